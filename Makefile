@@ -1,0 +1,45 @@
+# Two commands on a fresh Debian/Ubuntu machine with Python 3, make and apt:
+#   make demo   -- the whole pipeline on an embedded default
+#   make test   -- install everything into .venv and run the whole suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# apt needs root; use sudo when we are not root and sudo exists.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
+
+.PHONY: demo test lint venv system-deps bench clean docs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install it with 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/pip install -q --upgrade pip
+
+# Re-install when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Mosquitto (the MQTT broker the tests and the demo start themselves). amqtt, a
+# test dependency, stands in only where the Debian package cannot be installed.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing mosquitto (Debian package)"; \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null ) \
+	  || echo "mosquitto could not be installed; MQTT tests fall back to amqtt"; }
+
+demo: venv system-deps
+	$(BIN)/facespace-bridge demo
+
+lint: venv
+	$(BIN)/ruff check facespace_bridge tests bench
+
+test: venv system-deps lint
+	$(BIN)/pytest
+
+bench: venv system-deps
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from facespace_bridge.cli import main
+
+main()
