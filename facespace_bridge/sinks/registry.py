@@ -1,0 +1,64 @@
+"""Which sinks exist, their CLI options, and how `--broker NAME` becomes a `Sink`.
+
+Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
+
+    OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`
+    def from_config(config: Mapping[str, Any]) -> Sink
+        builds the sink from the parsed options (all commands' options, by click
+        parameter name). It validates and raises `click.BadParameter` /
+        `click.UsageError` for bad input, and does no I/O: connecting is `start()`.
+
+Adding a sink is one new file plus one line in SINK_MODULES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
+from typing import Any, TypeVar
+
+from facespace_bridge.sinks.base import Sink
+
+SINK_MODULES: dict[str, str] = {
+    "kafka": "facespace_bridge.sinks.kafka",
+    "mqtt": "facespace_bridge.sinks.mqtt",
+    "webhook": "facespace_bridge.sinks.webhook",
+    "file": "facespace_bridge.sinks.file",
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(SINK_MODULES[name])
+    except ModuleNotFoundError as exc:  # a sink not written yet
+        if exc.name == SINK_MODULES[name]:
+            return None
+        raise
+
+
+def available() -> list[str]:
+    """Names accepted by `--broker`."""
+    return [name for name in SINK_MODULES if _module(name) is not None]
+
+
+def sink_options(command: F) -> F:
+    """Decorate a click command with every sink's options."""
+    for name in reversed(list(SINK_MODULES)):
+        module = _module(name)
+        for option in reversed(getattr(module, "OPTIONS", []) if module else []):
+            command = option(command)
+    return command
+
+
+def build_sinks(names: Iterable[str], config: Mapping[str, Any]) -> list[Sink]:
+    """One sink per distinct `--broker` name, validated, not yet started."""
+    sinks = []
+    for name in dict.fromkeys(names):
+        module = _module(name)
+        if module is None:
+            raise KeyError(name)
+        sinks.append(module.from_config(config))
+    return sinks
