@@ -24,8 +24,10 @@ class DefaultGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         first = args[0] if args else None
-        if first not in self.commands and first not in ("--help", "-h", "--version") and (
-            self.default_command in self.commands
+        if (
+            first not in self.commands
+            and first not in ("--help", "-h", "--version")
+            and (self.default_command in self.commands)
         ):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)

@@ -1,0 +1,66 @@
+"""The default checkpoint store: one JSON file, replaced atomically (temp file, fsync, rename)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, CheckpointStore
+
+
+def default_path(instance_id: str) -> Path:
+    """`$XDG_STATE_HOME/facespace-bridge/<instance>.json` (XDG default ~/.local/state)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state_home) / "facespace-bridge" / f"{instance_id}.json"
+
+
+class FileCheckpointStore(CheckpointStore):
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot create checkpoint directory {self.path.parent}: {exc.strerror}"
+            ) from None
+
+    async def load(self) -> Checkpoint | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc.strerror}") from None
+        try:
+            return Checkpoint.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {self.path} is corrupt: {exc}") from None
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        # The write and fsync run in a thread so the event loop keeps publishing meanwhile.
+        await asyncio.to_thread(self._write, checkpoint.to_bytes())
+
+    def _write(self, data: bytes) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            # fsync the directory so the rename itself survives a power cut.
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror}") from None

@@ -1,0 +1,26 @@
+"""What sources hand the bridge: events, each tied to the camera position it completes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from facespace_bridge.checkpoints import Position
+from facespace_bridge.events import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event to publish. `position` is the camera position that is done once it is acked
+    (None for events that are not checkpointed, such as realtime presence)."""
+
+    event: Event
+    position: Position | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Marks that everything before `through` has been handed over (all cameras): once every item
+    before the barrier is acked, the checkpoint's heartbeat time may move to `through`."""
+
+    through: datetime

@@ -1,0 +1,199 @@
+"""The history source: backfill of a fixed range, then a tail of `/logs` with a look-back window.
+
+Both walk per-camera listings in the API's order and give each entry two numbers:
+`k`, its occurrence among identical (camera, person, second) entries, which goes
+into the event id; and its position (second, n-th entry of that camera at that
+second), which goes into the checkpoint. An entry at or before a camera's resume
+position was published before and is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import datetime, timedelta, timezone
+
+from facespace_bridge.checkpoints import Checkpoint, Position
+from facespace_bridge.client import AsyncLogsAPI, BadEntry, HTTPRequestError, LogEntry
+from facespace_bridge.events import checked, deadletter_event, sighting_event
+from facespace_bridge.sources.base import Barrier, Item
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def minute_floor(dt: datetime) -> datetime:
+    return dt.replace(second=0, microsecond=0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Numbering:
+    """Numbers one window's entries per camera: k (for ids) and position (for checkpoints).
+
+    Windows are minute-aligned, so a second is never split between two windows and the
+    counters can start afresh for every listing.
+    """
+
+    def __init__(self) -> None:
+        self._second: dict[str, datetime] = {}
+        self._at_second: Counter[str] = Counter()
+        self._identical: dict[str, Counter[str]] = defaultdict(Counter)
+        self._last: dict[str, Position] = {}
+
+    def number(self, entry: LogEntry) -> tuple[int, Position]:
+        cam = entry.camera_id
+        if self._second.get(cam) != entry.seen_at:
+            self._second[cam] = entry.seen_at
+            self._at_second[cam] = 0
+            self._identical[cam].clear()
+        self._at_second[cam] += 1
+        k = self._identical[cam][entry.person]
+        self._identical[cam][entry.person] = k + 1
+        position = Position(entry.seen_at, self._at_second[cam])
+        self._last[cam] = position
+        return k, position
+
+    def last(self, camera_id: str) -> Position | None:
+        """Position of the latest good entry of the camera: where a bad entry after it belongs."""
+        return self._last.get(camera_id)
+
+
+def _dead_letter(bad: BadEntry, position: Position | None) -> Item:
+    event = deadletter_event(bad.camera_id, bad.raw, bad.reason, source="logs")
+    return Item(event, position)
+
+
+def _sighting(entry: LogEntry, k: int, position: Position) -> Item:
+    # `checked` turns a payload that fails its schema into a dead letter with the reason.
+    return Item(checked(sighting_event(entry, k)), position)
+
+
+class LogsSource:
+    """Reads `/logs` for the bridge. One instance per run; not thread-safe."""
+
+    def __init__(
+        self,
+        client: AsyncLogsAPI,
+        *,
+        camera_id: str | None = None,
+        lateness: timedelta = timedelta(minutes=2),
+        tail_interval: float = 5.0,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.client = client
+        self.camera_id = camera_id
+        self.lateness = lateness
+        self.tail_interval = tail_interval
+        self.clock = clock
+        self.newest_seen: dict[str, datetime] = {}  # per camera, for the lag metric
+        self.polls = 0
+
+    # -- backfill ---------------------------------------------------------------------------------
+
+    async def backfill(
+        self, start: datetime, t0: datetime, resume: Checkpoint
+    ) -> AsyncIterator[Item | Barrier]:
+        """Every entry in [start, t0) after its camera's resume position, window by window.
+
+        After each window a Barrier lets the checkpoint's heartbeat time follow, so a crash
+        resumes at the last window rather than at the start.
+        """
+        start = minute_floor(start)
+        async for window in self.client.iter_windows(start, t0, self.camera_id):
+            numbering = _Numbering()
+            for item in self._fresh(window.entries, numbering, resume):
+                yield item
+            yield Barrier(window.end)
+
+    def _fresh(
+        self, entries: Iterable[LogEntry | BadEntry], numbering: _Numbering, resume: Checkpoint
+    ) -> Iterable[Item]:
+        for entry in entries:
+            if isinstance(entry, BadEntry):
+                at = numbering.last(entry.camera_id)
+                floor = resume.position(entry.camera_id)
+                if at is None or floor is None or at >= floor:  # a repeat beats a loss
+                    yield _dead_letter(entry, at or floor)
+                continue
+            k, position = numbering.number(entry)
+            floor = resume.position(entry.camera_id)
+            if floor is None or position > floor:
+                self._saw(entry)
+                yield _sighting(entry, k, position)
+
+    def _saw(self, entry: LogEntry) -> None:
+        newest = self.newest_seen.get(entry.camera_id)
+        if newest is None or entry.seen_at > newest:
+            self.newest_seen[entry.camera_id] = entry.seen_at
+
+    # -- tail -------------------------------------------------------------------------------------
+
+    async def tail(self, resume: Checkpoint, stop: asyncio.Event) -> AsyncIterator[Item | Barrier]:
+        """Poll `/logs` every `tail_interval` seconds until `stop` is set.
+
+        Each poll re-reads a look-back window of `lateness` before the newest entry seen,
+        so entries the API inserts late are still published; what was already handed over
+        inside the window is remembered (by event identity) and skipped. Entries at or
+        before the resume positions of `resume` were published before this run.
+        """
+        # camera -> second -> {(person, k)} handed over; pruned as the window moves on.
+        handed: dict[str, dict[datetime, set[tuple[str, int]]]] = defaultdict(dict)
+        bad_before: Counter[tuple[str, str]] = Counter()
+        earliest = resume.earliest()
+        query_from = minute_floor((earliest or self.clock()) - self.lateness)
+        backoff = self.tail_interval
+        while not stop.is_set():
+            bad_now: Counter[tuple[str, str]] = Counter()
+            try:
+                async for window in self.client.iter_windows(query_from, None, self.camera_id):
+                    numbering = _Numbering()
+                    for entry in window.entries:
+                        if isinstance(entry, BadEntry):
+                            key = (entry.camera_id, repr(entry.raw))
+                            bad_now[key] += 1
+                            if bad_now[key] > bad_before[key]:  # not dead-lettered by an earlier poll
+                                at = numbering.last(entry.camera_id)
+                                floor = resume.position(entry.camera_id)
+                                if at is None or floor is None or at >= floor:  # a repeat beats a loss
+                                    yield _dead_letter(entry, at)
+                            continue
+                        k, position = numbering.number(entry)
+                        done = handed[entry.camera_id].setdefault(entry.seen_at, set())
+                        if (entry.person, k) in done:
+                            continue
+                        done.add((entry.person, k))
+                        floor = resume.position(entry.camera_id)
+                        if floor is not None and position <= floor:
+                            continue  # published before this run
+                        self._saw(entry)
+                        yield _sighting(entry, k, position)
+            except HTTPRequestError as exc:
+                log.warning("logs poll failed, retrying in %.0f s: %s", backoff, exc)
+                await _sleep_or_stop(stop, backoff)
+                backoff = min(backoff * 2, 60.0)
+                continue
+            backoff = self.tail_interval
+            bad_before = bad_now
+            self.polls += 1
+            # Move the window: entries before (newest - lateness) are final from now on.
+            newest = max(self.newest_seen.values(), default=None)
+            if newest is not None:
+                query_from = max(query_from, minute_floor(newest - self.lateness))
+            for seconds in handed.values():
+                for second in [s for s in seconds if s < query_from]:
+                    del seconds[second]
+            yield Barrier(query_from)
+            await _sleep_or_stop(stop, self.tail_interval)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
