@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from facespace_bridge.checkpoints import Checkpoint, Position
 from facespace_bridge.client import AsyncLogsAPI, BadEntry, HTTPRequestError, LogEntry
 from facespace_bridge.events import checked, deadletter_event, sighting_event
-from facespace_bridge.sources.base import Barrier, Item
+from facespace_bridge.sources.base import Barrier, Item, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class LogsSource:
                         yield _sighting(entry, k, position)
             except HTTPRequestError as exc:
                 log.warning("logs poll failed, retrying in %.0f s: %s", backoff, exc)
-                await _sleep_or_stop(stop, backoff)
+                await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
             backoff = self.tail_interval
@@ -189,11 +189,4 @@ class LogsSource:
                 for second in [s for s in seconds if s < query_from]:
                     del seconds[second]
             yield Barrier(query_from)
-            await _sleep_or_stop(stop, self.tail_interval)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
+            await sleep_or_stop(stop, self.tail_interval)

@@ -1,0 +1,105 @@
+"""The realtime source: polls `/recognition` and publishes a camera's presence when it changes.
+
+Recognition flickers: a person in view is missed in some replies. A person therefore
+counts as present from the first reply that names them until `presence_timeout`
+seconds after the last one, so one missed reply neither ends nor restarts a presence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+
+from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
+from facespace_bridge.events import checked, presence_event
+from facespace_bridge.sources.base import Item, sleep_or_stop
+
+log = logging.getLogger(__name__)
+
+
+class PresenceTracker:
+    """Debounced presence per camera, fed with recognition snapshots."""
+
+    def __init__(self, presence_timeout: float) -> None:
+        self.presence_timeout = presence_timeout
+        self._last_seen: dict[str, dict[str, float]] = {}  # camera -> person -> monotonic time
+        self.present: dict[str, frozenset[str]] = {}  # what was last published per camera
+
+    def update(
+        self, snapshot: dict[str, list[str]], now: float
+    ) -> list[tuple[str, frozenset, frozenset, frozenset]]:
+        """Feed one snapshot; returns (camera, people, arrived, departed) for every camera that changed,
+        and for every camera seen for the first time."""
+        for camera, names in snapshot.items():
+            seen = self._last_seen.setdefault(camera, {})
+            for name in names:
+                seen[name] = now
+        changes = []
+        for camera, seen in self._last_seen.items():
+            for name in [n for n, t in seen.items() if now - t > self.presence_timeout]:
+                del seen[name]
+            people = frozenset(seen)
+            before = self.present.get(camera)
+            if before is None or people != before:
+                before = before or frozenset()
+                changes.append((camera, people, people - before, before - people))
+                self.present[camera] = people
+        return changes
+
+    def cameras(self) -> list[str]:
+        return sorted(self.present)
+
+
+class RealtimeSource:
+    """Yields presence events until `stop` is set."""
+
+    def __init__(
+        self,
+        client: AsyncLogsAPI,
+        *,
+        refresh: float = 1.0,
+        presence_timeout: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.refresh = refresh
+        self.tracker = PresenceTracker(presence_timeout)
+        self.monotonic = monotonic
+        self.status = "starting"  # polling | stopped by the API | error: ...
+        self.polls = 0
+
+    async def run(self, stop: asyncio.Event) -> AsyncIterator[Item]:
+        delay = self.refresh
+        while not stop.is_set():
+            started = self.monotonic()
+            try:
+                snapshot = await self.client.get_realtime()
+            except StopLogsSignal as exc:
+                # Not an error: no camera is active. Keep asking, less often, and say so once.
+                if self.status != "stopped":
+                    log.info("the API reports no active cameras (%s); polling on with back-off", exc)
+                self.status = "stopped"
+                snapshot = {}
+                delay = min(max(delay * 2, self.refresh), 30.0)
+            except APIKeyError:
+                raise
+            except HTTPRequestError as exc:
+                log.warning("recognition poll failed: %s", exc)
+                self.status = f"error: {exc}"
+                delay = min(max(delay * 2, self.refresh), 30.0)
+                await sleep_or_stop(stop, delay)
+                continue
+            else:
+                if self.status != "polling":
+                    log.info("polling recognition every %.2g s", self.refresh)
+                self.status = "polling"
+                delay = self.refresh
+            self.polls += 1
+            observed_at = datetime.now(timezone.utc).replace(microsecond=0)
+            for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic()):
+                yield Item(checked(presence_event(camera, people, arrived, departed, observed_at)))
+            # Keep the cadence: sleep what is left of the interval after the request took its time.
+            await sleep_or_stop(stop, max(0.0, delay - (self.monotonic() - started)))
