@@ -1,0 +1,404 @@
+"""The bridge: sources → events → sinks → acks → checkpoint (DESIGN §4).
+
+Two positions, as in Kafka Connect: each source keeps its own read cursor and moves
+on every poll; the durable checkpoint is the low watermark of what *every* sink has
+acknowledged, contiguous per camera, and is written behind the stream by one task.
+A kill therefore repeats at most what was in flight, and never loses anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
+from facespace_bridge.client import AsyncLogsAPI, LogEntry
+from facespace_bridge.metrics import Metrics
+from facespace_bridge.sinks import Sink
+from facespace_bridge.sources.base import Barrier, Item
+from facespace_bridge.sources.logs import LogsSource, utcnow
+from facespace_bridge.sources.realtime import RealtimeSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BridgeOptions:
+    refresh: float = 1.0  # seconds between /recognition polls
+    tail_interval: float = 5.0  # seconds between /logs polls
+    backfill_from: datetime | None = None  # None: start at "now", no backfill
+    lateness: timedelta = timedelta(minutes=2)  # look-back window for late-inserted entries
+    presence_timeout: float = 30.0
+    camera_id: str | None = None
+    realtime: bool = True
+    logs: bool = True
+    heartbeat: float = 10.0  # the checkpoint is rewritten at least this often
+    safety_lag: timedelta = timedelta(seconds=5)  # T0 = now - safety_lag: the API may still be writing "now"
+    shutdown_timeout: float = 3.0  # how long a stop waits for outstanding acks
+    announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    seq: int
+    camera_id: str | None
+    position: Position | None
+    waiting: int  # sinks that have not acknowledged yet
+    done: bool = False
+
+
+class AckTracker:
+    """Turns acknowledgements into a durable checkpoint.
+
+    A camera's position only moves over a contiguous run of acknowledged events, and the
+    heartbeat time (`through`) only moves past a Barrier once everything before it is acked.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, on_change: Callable[[], None]) -> None:
+        self.checkpoint = checkpoint
+        self._on_change = on_change
+        self._seq = 0
+        self._per_camera: dict[str, deque[_Pending]] = {}
+        self._outstanding: set[int] = set()
+        self._heap: list[int] = []
+        self._barriers: deque[tuple[int, datetime]] = deque()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._outstanding)
+
+    def add(self, item: Item, sinks: int) -> _Pending:
+        self._seq += 1
+        pending = _Pending(self._seq, item.event.camera_id, item.position, sinks)
+        if item.position is not None:
+            self._per_camera.setdefault(item.event.camera_id, deque()).append(pending)
+        self._outstanding.add(pending.seq)
+        heapq.heappush(self._heap, pending.seq)
+        self._idle.clear()
+        return pending
+
+    def barrier(self, through: datetime) -> None:
+        self._barriers.append((self._seq, through))
+        self._settle_barriers()
+
+    def acked(self, pending: _Pending) -> None:
+        pending.done = True
+        self._forget(pending)
+        queue = self._per_camera.get(pending.camera_id or "")
+        if pending.position is not None and queue:
+            position = None
+            while queue and queue[0].done:
+                position = queue.popleft().position
+            if position is not None:
+                current = self.checkpoint.cameras.get(pending.camera_id or "")
+                if current is None or position > current:
+                    self.checkpoint = self.checkpoint.with_position(pending.camera_id or "", position)
+                    self._on_change()
+        self._settle_barriers()
+
+    def abandon(self, pending: _Pending) -> None:
+        """A publish that was cancelled at shutdown: it never counts as done."""
+        self._forget(pending)
+
+    def set_backfill(self, backfill: Backfill | None, through: datetime | None = None) -> None:
+        self.checkpoint = replace(
+            self.checkpoint, backfill=backfill, through=through or self.checkpoint.through
+        )
+        self._on_change()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+    def _forget(self, pending: _Pending) -> None:
+        self._outstanding.discard(pending.seq)
+        if not self._outstanding:
+            self._idle.set()
+
+    def _settle_barriers(self) -> None:
+        while self._heap and self._heap[0] not in self._outstanding:
+            heapq.heappop(self._heap)
+        oldest = self._heap[0] if self._heap else None
+        moved = None
+        while self._barriers and (oldest is None or self._barriers[0][0] < oldest):
+            moved = self._barriers.popleft()[1]
+        if moved is not None and (self.checkpoint.through is None or moved > self.checkpoint.through):
+            self.checkpoint = replace(self.checkpoint, through=moved)
+            self._on_change()
+
+
+@dataclass
+class BridgeStatus:
+    """What /readyz and `check` report."""
+
+    sinks_started: bool = False
+    realtime: str = "off"
+    last_logs_poll: float | None = None
+    checkpoint_saved_at: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class Bridge:
+    def __init__(
+        self,
+        client: AsyncLogsAPI,
+        sinks: list[Sink],
+        store: CheckpointStore,
+        options: BridgeOptions | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if not sinks:
+            raise ValueError("the bridge needs at least one sink")
+        self.client = client
+        self.sinks = sinks
+        self.store = store
+        self.options = options or BridgeOptions()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.status = BridgeStatus()
+        self._changed = asyncio.Event()
+        self._redeliveries: set[asyncio.Task[None]] = set()
+        self.tracker: AckTracker | None = None
+        self.logs_source = LogsSource(
+            client,
+            camera_id=self.options.camera_id,
+            lateness=self.options.lateness,
+            tail_interval=self.options.tail_interval,
+            clock=clock,
+        )
+        self.realtime_source = RealtimeSource(
+            client, refresh=self.options.refresh, presence_timeout=self.options.presence_timeout
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; then flush, write the checkpoint and close the sinks."""
+        await self.store.open()
+        checkpoint = await self._initial_checkpoint()
+        self.tracker = AckTracker(checkpoint, self._changed.set)
+        started: list[Sink] = []
+        try:
+            for sink in self.sinks:
+                await sink.start()
+                started.append(sink)
+            self.status.sinks_started = True
+            await self._announce()
+            await self._serve(stop)
+        finally:
+            for sink in reversed(started):
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            await self.store.close()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
+        assert self.tracker is not None
+        writer = asyncio.create_task(self._write_checkpoints(stop), name="checkpoint-writer")
+        sources = []
+        if self.options.logs:
+            sources.append(asyncio.create_task(self._logs(stop), name="logs"))
+        if self.options.realtime:
+            sources.append(asyncio.create_task(self._pump(self.realtime_source.run(stop)), name="realtime"))
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            # A source that fails (say, the API key was refused) ends the run.
+            done, _ = await asyncio.wait([*sources, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            for task in sources:
+                task.cancel()
+            await asyncio.gather(*sources, return_exceptions=True)
+            stopper.cancel()
+            # Let what is in flight land, within the shutdown budget, then make it durable.
+            try:
+                await asyncio.wait_for(self.tracker.idle(), self.options.shutdown_timeout)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "%d events still unacknowledged at shutdown; they will be sent again",
+                    self.tracker.in_flight,
+                )
+            for task in self._redeliveries:
+                task.cancel()
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await self._save()
+
+    async def _initial_checkpoint(self) -> Checkpoint:
+        loaded = await self.store.load()
+        if loaded is not None:
+            log.info("resuming from checkpoint (%s)", self.store.describe())
+            return loaded
+        now = self.clock()
+        if self.options.backfill_from is not None:
+            t0 = now - self.options.safety_lag
+            start = self.options.backfill_from
+            if start >= t0:
+                raise CheckpointError("--backfill-from is not in the past")
+            checkpoint = Checkpoint(through=start, backfill=Backfill(start, t0))
+            log.info("no checkpoint yet: backfilling from %s up to %s, then tailing", start, t0)
+        else:
+            checkpoint = Checkpoint(through=now - self.options.safety_lag)
+            log.info("no checkpoint yet: starting at now, no backfill")
+        # Written before anything is published, so a crash during the backfill keeps its T0.
+        await self.store.save(checkpoint)
+        return checkpoint
+
+    async def _announce(self) -> None:
+        """Tell sinks that care (Home Assistant discovery) which cameras and people exist."""
+        announcers = [s for s in self.sinks if hasattr(s, "announce")]
+        if not announcers:
+            return
+        cameras: set[str] = set()
+        people: set[str] = set()
+        with contextlib.suppress(Exception):
+            for camera, names in (await self.client.get_realtime()).items():
+                cameras.add(camera)
+                people.update(names)
+        with contextlib.suppress(Exception):
+            end = self.clock()
+            async for entry in self.client.iter_entries(
+                end - self.options.announce_history, end, self.options.camera_id
+            ):
+                if isinstance(entry, LogEntry):
+                    cameras.add(entry.camera_id)
+                    people.add(entry.person)
+        for sink in announcers:
+            await sink.announce(sorted(cameras), sorted(people))  # type: ignore[attr-defined]
+
+    # -- the logs source: backfill, then tail ------------------------------------------------------
+
+    async def _logs(self, stop: asyncio.Event) -> None:
+        assert self.tracker is not None
+        checkpoint = self.tracker.checkpoint
+        backfill = checkpoint.backfill
+        if backfill is not None and not backfill.complete:
+            start = checkpoint.earliest() or backfill.start
+            await self._pump(self.logs_source.backfill(start, backfill.t0, checkpoint))
+            await self.tracker.idle()
+            self.tracker.set_backfill(replace(backfill, complete=True), through=backfill.t0)
+            await self._save()
+            log.info("backfill complete up to %s; tailing", backfill.t0)
+        await self._pump(self.logs_source.tail(self.tracker.checkpoint, stop))
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def _pump(self, items: AsyncIterator[Item | Barrier]) -> None:
+        assert self.tracker is not None
+        async for item in items:
+            if isinstance(item, Barrier):
+                self.tracker.barrier(item.through)
+                self.status.last_logs_poll = time.monotonic()
+                self._observe_lag()
+                continue
+            await self.publish(item)
+
+    async def publish(self, item: Item) -> None:
+        """Hand one item to every sink; its acks feed the tracker."""
+        assert self.tracker is not None
+        pending = self.tracker.add(item, len(self.sinks))
+        handed = 0
+        try:
+            for sink in self.sinks:
+                ack = asyncio.ensure_future(await sink.publish(item.event))
+                handed += 1
+                ack.add_done_callback(partial(self._on_ack, sink, item, pending))
+        except BaseException:
+            if handed == 0:
+                self.tracker.abandon(pending)
+            raise
+        if item.event.kind == "deadletter":
+            self.metrics.dead_letters.labels(source=str(item.event.fields.get("source", ""))).inc()
+
+    def _on_ack(self, sink: Sink, item: Item, pending: _Pending, ack: asyncio.Future[Any]) -> None:
+        assert self.tracker is not None
+        if ack.cancelled():
+            return
+        error = ack.exception()
+        if error is not None:
+            # Not acknowledged: deliver it again (same event id, so duplicates are harmless)
+            # and hold the checkpoint until it lands.
+            self.metrics.publish_failures.labels(sink=sink.name).inc()
+            log.warning(
+                "%s did not acknowledge event %s (%s); retrying", sink.name, item.event.event_id, error
+            )
+            task = asyncio.create_task(self._redeliver(sink, item, pending))
+            self._redeliveries.add(task)
+            task.add_done_callback(self._redeliveries.discard)
+            return
+        self.metrics.published.labels(sink=sink.name, type=item.event.kind).inc()
+        pending.waiting -= 1
+        if pending.waiting == 0:
+            self.tracker.acked(pending)
+
+    async def _redeliver(self, sink: Sink, item: Item, pending: _Pending) -> None:
+        assert self.tracker is not None
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await (await sink.publish(item.event))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # still down: keep trying, slower
+                log.debug("redelivery to %s failed: %s", sink.name, exc)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.metrics.published.labels(sink=sink.name, type=item.event.kind).inc()
+            pending.waiting -= 1
+            if pending.waiting == 0:
+                self.tracker.acked(pending)
+            return
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    async def _write_checkpoints(self, stop: asyncio.Event) -> None:
+        """Write the latest checkpoint behind the stream: as soon as the previous write is done,
+        and at least every `heartbeat` seconds (so the checkpoint age shows the bridge is alive)."""
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=self.options.heartbeat)
+            await self._save()
+
+    async def _save(self) -> None:
+        assert self.tracker is not None
+        self._changed.clear()
+        try:
+            await self.store.save(self.tracker.checkpoint)
+        except CheckpointError as exc:
+            log.error("%s", exc)
+            self.status.errors.append(str(exc))
+            return
+        self.status.checkpoint_saved_at = time.monotonic()
+        self.metrics.checkpoint_saved.set_to_current_time()
+
+    def _observe_lag(self) -> None:
+        now = self.clock()
+        for camera, newest in self.logs_source.newest_seen.items():
+            self.metrics.camera_lag.labels(camera=camera).set((now - newest).total_seconds())
+        if self.tracker is not None:
+            self.metrics.in_flight.set(self.tracker.in_flight)
+
+    # -- status -----------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Connected and polling: sinks started, and the sources have answered recently."""
+        if not self.status.sinks_started:
+            return False
+        fresh = time.monotonic() - 3 * max(self.options.tail_interval, self.options.refresh) - 30
+        logs_ok = not self.options.logs or (self.status.last_logs_poll or 0) > fresh
+        realtime_ok = not self.options.realtime or self.realtime_source.status in ("polling", "stopped")
+        return logs_ok and realtime_ok

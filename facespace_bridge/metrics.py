@@ -1,0 +1,112 @@
+"""Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+
+Served by aiohttp (already the simulator's server) so that the probes and the metrics
+share one port; prometheus-client renders the exposition format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+PREFIX = "facespace_bridge"
+
+
+class Metrics:
+    """All of the bridge's metrics, in a registry of their own (tests run several bridges)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.published = Counter(
+            f"{PREFIX}_events_published", "Events acknowledged by a sink", ["sink", "type"], registry=r
+        )
+        self.publish_failures = Counter(
+            f"{PREFIX}_publish_failures",
+            "Events a sink failed to acknowledge (retried)",
+            ["sink"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters",
+            "Entries or payloads sent to the dead-letter destination",
+            ["source"],
+            registry=r,
+        )
+        self.api_requests = Counter(
+            f"{PREFIX}_api_requests", "HTTP requests to the FaceSpace API", ["endpoint", "status"], registry=r
+        )
+        self.api_errors = Counter(
+            f"{PREFIX}_api_errors",
+            "FaceSpace API requests that failed (network or non-2xx)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.camera_lag = Gauge(
+            f"{PREFIX}_camera_lag_seconds",
+            "Now minus the newest seen_at read for a camera",
+            ["camera"],
+            registry=r,
+        )
+        self.checkpoint_saved = Gauge(
+            f"{PREFIX}_checkpoint_saved_timestamp_seconds",
+            "When the checkpoint was last made durable (checkpoint age = time() - this)",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_in_flight_events", "Events handed to sinks, not yet acknowledged", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Wraps the client's transport to count API requests by endpoint and status (retries included)."""
+
+    def __init__(self, metrics: Metrics, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.metrics = metrics
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        endpoint = request.url.path.rsplit("/", 1)[-1] or "/"
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.HTTPError:
+            self.metrics.api_requests.labels(endpoint=endpoint, status="network-error").inc()
+            self.metrics.api_errors.labels(endpoint=endpoint).inc()
+            raise
+        self.metrics.api_requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        if response.status_code >= 400:
+            self.metrics.api_errors.labels(endpoint=endpoint).inc()
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def serve_metrics(
+    metrics: Metrics, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+) -> web.AppRunner:
+    """Start the metrics/health server; returns its runner (call `cleanup()` to stop it)."""
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ready\n") if ready() else web.Response(status=503, text="not ready\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
