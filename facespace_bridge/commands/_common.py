@@ -1,0 +1,183 @@
+"""What several commands share: API connection options, configuration sources, logging.
+
+Configuration precedence is flag > environment > TOML file > default, as click applies
+it: every option also reads `FACESPACE_BRIDGE_<OPTION>` (added by `with_env`), and
+`--config FILE` fills click's default map from the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from facespace_bridge.client._logging import redactor
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "FACESPACE_BRIDGE"
+DEFAULT_API_URL = "https://visionapi.automa.one/facespace"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """`--config FILE`: TOML keys are option names (`bootstrap_servers` or `bootstrap-servers`)."""
+    if not value:
+        return value
+    try:
+        with open(value, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}", param_hint="--config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{value} is not valid TOML: {exc}", param_hint="--config") from None
+    known = {p.name for p in ctx.command.params if p.name}
+    defaults = {}
+    for key, item in data.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+config_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config,
+    help="TOML file of settings (keys are option names); flags and env vars override it.",
+)
+
+
+def with_env(command: click.Command) -> click.Command:
+    """Let every option of `command` also be set by `FACESPACE_BRIDGE_<NAME>` (after its own env var)."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name and param.name not in ("help", "version"):
+            ours = f"{ENV_PREFIX}_{param.name.upper()}"
+            existing = param.envvar
+            if existing is None:
+                param.envvar = ours
+            elif isinstance(existing, str):
+                param.envvar = [existing, ours] if existing != ours else existing
+            elif ours not in existing:
+                param.envvar = [*existing, ours]
+            param.show_envvar = True
+    return command
+
+
+def api_options(command: F) -> F:
+    """The FaceSpace API connection. The key comes from env or a file, never from argv (ps shows argv)."""
+    for option in reversed(
+        [
+            click.option(
+                "--api-url",
+                envvar="FACESPACE_API_URL",
+                default=DEFAULT_API_URL,
+                show_default=True,
+                help="Base URL of the FaceSpace API (the simulator prints its own).",
+            ),
+            click.option(
+                "--api-key-file",
+                type=click.Path(dir_okay=False),
+                help="File holding the API key (default: env FACESPACE_API_KEY).",
+            ),
+            click.option(
+                "--api-timeout",
+                type=click.FloatRange(min=0.1),
+                default=10.0,
+                show_default=True,
+                help="Seconds before an API request times out.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def api_key_from(config: dict[str, Any]) -> str:
+    """The API key from `--api-key-file`, env FACESPACE_API_KEY or the config file's `api_key`."""
+    path = config.get("api_key_file")
+    if path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {path}: {exc.strerror}", param_hint="--api-key-file"
+            ) from None
+    else:
+        key = os.environ.get("FACESPACE_API_KEY", "") or str(config.get("api_key") or "")
+    if not key:
+        raise click.UsageError("no API key: set FACESPACE_API_KEY or pass --api-key-file")
+    redactor.add(key)
+    return key
+
+
+def logging_options(command: F) -> F:
+    for option in reversed(
+        [
+            click.option(
+                "--log-format",
+                type=click.Choice(["text", "json"]),
+                default="text",
+                show_default=True,
+                help="Human-readable lines, or one JSON object per line for log collectors.",
+            ),
+            click.option(
+                "--log-level",
+                type=click.Choice(["debug", "info", "warning", "error"]),
+                default="info",
+                show_default=True,
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(data).decode()
+
+
+def setup_logging(log_format: str = "text", log_level: str = "info") -> None:
+    """One stderr handler with the secret redactor on it: no line leaves with a key or password."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(redactor)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(log_level.upper())
+    for noisy in ("aiokafka", "kafka", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def register_secret(secret: str | None) -> None:
+    """Broker passwords and the like: redacted from every log line from now on."""
+    if secret:
+        redactor.add(secret)

@@ -1,0 +1,189 @@
+"""`facespace-bridge run` (the default command): realtime + tail + backfill into the sinks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from facespace_bridge.bridge import Bridge, BridgeOptions
+from facespace_bridge.checkpoints import CheckpointError, CheckpointStore, FileCheckpointStore, default_path
+from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, HTTPRequestError
+from facespace_bridge.client._timefmt import parse_user_time
+from facespace_bridge.commands._common import (
+    api_key_from,
+    api_options,
+    config_option,
+    logging_options,
+    setup_logging,
+    with_env,
+)
+from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
+from facespace_bridge.sinks import Sink, SinkError
+from facespace_bridge.sinks.registry import SINK_MODULES, build_sinks, sink_options
+
+log = logging.getLogger("facespace_bridge")
+
+
+@click.command("run")
+@config_option
+@click.option(
+    "--broker",
+    "brokers",
+    multiple=True,
+    type=click.Choice(list(SINK_MODULES)),
+    required=True,
+    help="Where events go; repeat for several (kafka, mqtt, webhook, file).",
+)
+@api_options
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between realtime (/recognition) polls.",
+)
+@click.option(
+    "--tail-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds between history (/logs) polls.",
+)
+@click.option(
+    "--backfill-from",
+    metavar="TIME",
+    help="With no checkpoint yet, publish the history from TIME before tailing (default: now).",
+)
+@click.option(
+    "--lateness",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Seconds of look-back for entries the API inserts late.",
+)
+@click.option(
+    "--presence-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="A person counts as gone after this many seconds unseen.",
+)
+@click.option("--camera-id", help="Only this camera (default: all).")
+@click.option("--no-realtime", is_flag=True, help="Do not poll /recognition (no presence events).")
+@click.option(
+    "--checkpoint",
+    "checkpoint_target",
+    metavar="PATH|kafka",
+    help="Checkpoint file (default $XDG_STATE_HOME/facespace-bridge/<instance>.json), "
+    "or 'kafka' for the compacted topic facespace-bridge.offsets.",
+)
+@click.option(
+    "--instance-id",
+    default="default",
+    show_default=True,
+    help="Names this bridge's checkpoint (and its transactional id with --exactly-once).",
+)
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Kafka only: events and checkpoint in one transaction (needs a broker with transactions).",
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics, /healthz and /readyz on this port."
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
+@logging_options
+@sink_options
+def command(**config: Any) -> int:
+    """Run the bridge: realtime presence, history tail and backfill, into the sinks."""
+    setup_logging(config["log_format"], config["log_level"])
+    # Everything that can be checked without touching the network is checked here,
+    # before any side effect; bad input ends with exit 2.
+    api_key = api_key_from(config)
+    backfill_from = None
+    if config["backfill_from"]:
+        try:
+            backfill_from = parse_user_time(config["backfill_from"])
+        except FaceSpaceError as exc:
+            raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
+    if config["exactly_once"] and "kafka" not in config["brokers"]:
+        raise click.UsageError("--exactly-once needs --broker kafka")
+    try:
+        sinks = build_sinks(config["brokers"], config)
+    except KeyError as exc:
+        raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
+    options = BridgeOptions(
+        refresh=config["refresh"],
+        tail_interval=config["tail_interval"],
+        backfill_from=backfill_from,
+        lateness=timedelta(seconds=config["lateness"]),
+        presence_timeout=config["presence_timeout"],
+        camera_id=config["camera_id"],
+        realtime=not config["no_realtime"],
+    )
+    return asyncio.run(_run(config, api_key, sinks, options))
+
+
+def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
+    target = config.get("checkpoint_target")
+    if target == "kafka":
+        from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
+
+        return KafkaCheckpointStore.from_config(config)
+    return FileCheckpointStore(target or default_path(config["instance_id"]))
+
+
+async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options: BridgeOptions) -> int:
+    metrics = Metrics()
+    client = AsyncLogsAPI(
+        api_key,
+        base_url=config["api_url"],
+        timeout=config["api_timeout"],
+        transport=CountingTransport(metrics),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = None
+    try:
+        # Reach the API once before any side effect: a wrong key or URL is a configuration error.
+        try:
+            await client.get_realtime()
+        except APIKeyError as exc:
+            raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
+        except HTTPRequestError as exc:
+            raise click.UsageError(f"cannot reach the FaceSpace API at {config['api_url']}: {exc}") from None
+        except FaceSpaceError:
+            pass  # the stop reply: the API is there, just idle
+        store = checkpoint_store(config)
+        bridge = Bridge(client, sinks, store, options, metrics)
+        if config["metrics_port"] is not None:
+            runner = await serve_metrics(
+                metrics, config["metrics_port"], bridge.ready, config["metrics_host"]
+            )
+        log.info(
+            "bridge running: %s -> %s (checkpoint: %s)",
+            config["api_url"],
+            ", ".join(s.name for s in sinks),
+            store.describe(),
+        )
+        await bridge.run(stop)
+        log.info("stopped cleanly")
+        return 0
+    except (SinkError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except APIKeyError as exc:
+        raise click.ClickException(f"the FaceSpace API refused the key: {exc}") from None
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await client.aclose()
+
+
+with_env(command)
