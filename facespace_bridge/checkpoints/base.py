@@ -60,11 +60,13 @@ class Checkpoint:
         return own
 
     def earliest(self) -> datetime | None:
-        """The earliest resume time over all cameras: where a restarted tail must ask from."""
-        times = [p.seen_at for p in self.cameras.values()]
+        """The earliest resume time over all cameras: where a restarted reader must ask from.
+
+        A camera not seen yet resumes at `through`, so with a heartbeat that is the answer.
+        """
         if self.through is not None:
-            times = [max(t, self.through) for t in times] or [self.through]
-        return min(times) if times else None
+            return self.through
+        return min((p.seen_at for p in self.cameras.values()), default=None)
 
     def with_position(self, camera_id: str, position: Position) -> Checkpoint:
         return replace(self, cameras={**self.cameras, camera_id: position})

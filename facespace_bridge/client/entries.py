@@ -38,10 +38,41 @@ class BadEntry:
     reason: str
 
 
+# Timestamps repeat a lot (sorted history, many people per second): cache their datetimes.
+_STAMP_CACHE: dict[str, datetime] = {}
+_STAMP_CACHE_MAX = 65_536
+_STAMP = re.compile(r"(\d\d):(\d\d):(\d\d) (\d\d)/(\d\d)/(\d\d)", re.ASCII)
+
+
+def _stamp(text: str) -> datetime | None:
+    """The datetime of a canonical `HH:MM:SS DD/MM/YY`; None when it is not one."""
+    seen_at = _STAMP_CACHE.get(text)
+    if seen_at is not None:
+        return seen_at
+    match = _STAMP.fullmatch(text)
+    if match is None:
+        return None
+    h, m, s, d, mo, y = map(int, match.groups())
+    try:
+        seen_at = datetime(2000 + y, mo, d, h, m, s, tzinfo=timezone.utc)
+    except ValueError:
+        return None  # the slow path reports why
+    if len(_STAMP_CACHE) >= _STAMP_CACHE_MAX:
+        _STAMP_CACHE.clear()
+    _STAMP_CACHE[text] = seen_at
+    return seen_at
+
+
 def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
     """Parse one history entry; never raises for bad input."""
     if not isinstance(raw, str):
         return BadEntry(camera_id, raw, f"entry is {type(raw).__name__}, not a string")
+    # Fast path for the canonical form "<name> @ HH:MM:SS DD/MM/YY" (what the API sends).
+    if len(raw) > 20 and raw[-20:-17] == " @ ":
+        name = raw[:-20].strip()
+        seen_at = _stamp(raw[-17:])
+        if name and seen_at is not None:
+            return LogEntry(camera_id, name, seen_at, raw)
     match = _ENTRY.match(raw)
     if match is None:
         return BadEntry(camera_id, raw, "not '<Name> @ HH:MM:SS DD/MM/YY'")
