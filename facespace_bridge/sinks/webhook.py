@@ -1,0 +1,99 @@
+"""Webhook sink (`--broker webhook --webhook-url URL`): each event POSTed as JSON.
+
+Carries the original client's webhook feature over to events, through the same
+`WebhookPoster` the client uses (retries, never the API key). An event is acknowledged
+on a 2xx reply; one the webhook keeps refusing is not, so the bridge retries it and
+the checkpoint waits. Several POSTs may be in flight (`--webhook-concurrency`), so a
+receiver that cares about order sorts by `seen_at`, and deduplicates by `event_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import click
+import httpx
+import orjson
+
+from facespace_bridge.client.webhook import WebhookPoster
+from facespace_bridge.events import Event
+from facespace_bridge.sinks.base import Ack, Sink, SinkError
+
+OPTIONS = [
+    click.option("--webhook-url", help="Webhook sink: URL that receives each event as a JSON POST."),
+    click.option(
+        "--webhook-header",
+        "webhook_headers",
+        multiple=True,
+        metavar="NAME:VALUE",
+        help="Webhook sink: extra header for every POST (repeatable).",
+    ),
+    click.option(
+        "--webhook-concurrency",
+        type=click.IntRange(1, 256),
+        default=4,
+        show_default=True,
+        help="Webhook sink: POSTs in flight at once.",
+    ),
+]
+
+
+class WebhookSink(Sink):
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        concurrency: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.poster = WebhookPoster(url, headers=headers, transport=transport)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def publish(self, event: Event) -> Ack:
+        await self._slots.acquire()  # back-pressure: at most `concurrency` POSTs in flight
+        task = asyncio.create_task(self._post(event))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _post(self, event: Event) -> None:
+        try:
+            # The payload is already canonical JSON: a Fragment sends those bytes unchanged.
+            if not await self.poster.post(orjson.Fragment(event.payload)):
+                raise SinkError(f"webhook {self.poster.url} did not accept event {event.event_id}")
+        finally:
+            self._slots.release()
+
+    async def flush(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.flush()
+        await self.poster.aclose()
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{value!r} is not NAME:VALUE", param_hint="--webhook-header")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+def from_config(config: Mapping[str, Any]) -> WebhookSink:
+    url = config.get("webhook_url")
+    if not url:
+        raise click.UsageError("--broker webhook needs --webhook-url URL")
+    parsed = httpx.URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--webhook-url")
+    return WebhookSink(
+        url, _headers(tuple(config.get("webhook_headers") or ())), config.get("webhook_concurrency") or 4
+    )
