@@ -91,7 +91,10 @@ def from_config(config: Mapping[str, Any]) -> WebhookSink:
     url = config.get("webhook_url")
     if not url:
         raise click.UsageError("--broker webhook needs --webhook-url URL")
-    parsed = httpx.URL(url)
+    try:
+        parsed = httpx.URL(url)
+    except Exception:  # httpx.InvalidURL and friends
+        parsed = httpx.URL("invalid:")
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--webhook-url")
     return WebhookSink(
