@@ -1,0 +1,129 @@
+"""Checkpoints in a compacted Kafka topic (`--checkpoint kafka`), so a container with no disk resumes.
+
+One record per bridge instance, key = instance id, value = the checkpoint JSON; compaction
+keeps the latest per key. `load` reads the topic from the start to its end offset and
+keeps the last value for our key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, CheckpointStore
+
+log = logging.getLogger(__name__)
+
+OFFSETS_TOPIC = "facespace-bridge.offsets"
+
+
+class KafkaCheckpointStore(CheckpointStore):
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        instance_id: str,
+        topic: str = OFFSETS_TOPIC,
+        replication_factor: int = 1,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.key = instance_id.encode()
+        self.topic = topic
+        self.replication_factor = replication_factor
+        self.client_options = dict(client_options or {})  # TLS / SASL, shared with the Kafka sink
+        self._producer: Any = None
+
+    def describe(self) -> str:
+        return f"kafka topic {self.topic} key {self.key.decode()}"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> KafkaCheckpointStore:
+        from facespace_bridge.sinks.kafka import connection_options
+
+        bootstrap = config.get("bootstrap_servers")
+        if not bootstrap:
+            raise CheckpointError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+        return cls(
+            bootstrap,
+            config.get("instance_id") or "default",
+            replication_factor=config.get("replication_factor") or 1,
+            client_options=connection_options(config),
+        )
+
+    async def open(self) -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.client_options)
+        try:
+            await admin.start()
+            existing = await admin.list_topics()
+            if self.topic not in existing:
+                topic = NewTopic(
+                    self.topic,
+                    num_partitions=1,
+                    replication_factor=self.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+                try:
+                    await admin.create_topics([topic])
+                except TopicAlreadyExistsError:
+                    pass
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=0, **self.client_options
+            )
+            await self._producer.start()
+        except KafkaError as exc:
+            raise CheckpointError(f"cannot open the checkpoint topic {self.topic}: {exc}") from None
+        finally:
+            await admin.close()
+
+    async def load(self) -> Checkpoint | None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.errors import KafkaError
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self.client_options
+        )
+        latest: bytes | None = None
+        try:
+            await consumer.start()
+            partitions = [
+                TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or {0}
+            ]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            for tp in partitions:
+                while await consumer.position(tp) < ends[tp]:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    for record in batch.get(tp, []):
+                        if record.key == self.key:
+                            latest = record.value
+        except KafkaError as exc:
+            raise CheckpointError(f"cannot read the checkpoint topic {self.topic}: {exc}") from None
+        finally:
+            await consumer.stop()
+        if latest is None:
+            return None
+        try:
+            return Checkpoint.from_bytes(latest)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"the checkpoint in {self.topic} is corrupt: {exc}") from None
+
+    async def save(self, checkpoint: Checkpoint) -> None:
+        from aiokafka.errors import KafkaError
+
+        try:
+            await self._producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
+        except KafkaError as exc:
+            raise CheckpointError(f"cannot write the checkpoint to {self.topic}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
