@@ -1,0 +1,132 @@
+"""The client's logging: named loggers, the optional log file, and API-key redaction.
+
+Every logger made by `client_logger` carries one shared `SecretRedactor`, and so does
+every handler this package creates, so a secret registered by any live client is
+replaced by `***` in the message, its arguments and any traceback text, whichever
+handler (ours or the application's) finally writes the line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+LOGGER_NAME = "facespace_bridge.client"
+REDACTED = "***"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SecretRedactor(logging.Filter):
+    """Replaces registered secrets in log records. Secrets are reference-counted, so two
+    clients with the same key can come and go independently."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._secrets: Counter[str] = Counter()
+
+    def add(self, secret: str) -> None:
+        if secret:
+            with self._lock:
+                self._secrets[secret] += 1
+
+    def discard(self, secret: str) -> None:
+        with self._lock:
+            if self._secrets[secret] > 1:
+                self._secrets[secret] -= 1
+            else:
+                self._secrets.pop(secret, None)
+
+    def redact(self, text: str) -> str:
+        with self._lock:
+            secrets = sorted(self._secrets, key=len, reverse=True)  # longest first: no partial leftovers
+        for secret in secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        return True
+
+
+redactor = SecretRedactor()
+
+
+def client_logger(name: str = LOGGER_NAME) -> logging.Logger:
+    """A logger of this package with the redactor attached (once)."""
+    logger = logging.getLogger(name)
+    if redactor not in logger.filters:
+        logger.addFilter(redactor)
+    return logger
+
+
+class _ToParent(logging.Handler):
+    """Hands records on to the parent logger's handlers, at its own level: with a log file,
+    the client logger stops propagating so that the file can be more verbose than the
+    application's console without the console seeing the extra lines."""
+
+    def __init__(self, logger: logging.Logger, level: int) -> None:
+        super().__init__(level)
+        self._logger = logger
+        self.addFilter(redactor)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        parent = self._logger.parent
+        if parent is not None:
+            parent.handle(record)
+
+
+class ClientLogging:
+    """What `log_level`, `file_log_level` and `log_to_file` of the original mean.
+
+    Levels are process-wide (one logger), as in the original; the file handler and its
+    file belong to the client that opened it and are closed by `close()`.
+    """
+
+    def __init__(self, log_level: int, file_log_level: int, log_to_file: bool) -> None:
+        self.logger = client_logger()
+        self.file_path: Path | None = None
+        self._handlers: list[logging.Handler] = []
+        if not log_to_file:
+            self.logger.setLevel(log_level)
+            return
+        self.file_path = Path.cwd() / f"facespace_log_{datetime.now():%Y%m%d_%H%M%S}.log"
+        file_handler = logging.FileHandler(self.file_path, encoding="utf-8", delay=True)
+        file_handler.setLevel(file_log_level)
+        file_handler.setFormatter(logging.Formatter(_FORMAT))
+        file_handler.addFilter(redactor)
+        self._handlers = [file_handler, _ToParent(self.logger, log_level)]
+        for handler in self._handlers:
+            self.logger.addHandler(handler)
+        self.logger.setLevel(min(log_level, file_log_level))
+        self.logger.propagate = False
+
+    def close(self) -> None:
+        """Close the log file; it reopens (appending) if the client logs again after closing."""
+        for handler in self._handlers:
+            handler.flush()
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+
+    def detach(self) -> None:
+        """Remove this client's handlers from the shared logger (when the client is collected)."""
+        for handler in self._handlers:
+            self.logger.removeHandler(handler)
+            handler.close()
+        if self._handlers and not any(isinstance(h, _ToParent) for h in self.logger.handlers):
+            self.logger.propagate = True
+        self._handlers = []
