@@ -25,7 +25,8 @@ from tenacity import (
     retry_if_exception_type,
     stop_after_attempt,
     stop_before_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from facespace_bridge.client._logging import ClientLogging, redactor
@@ -229,6 +230,10 @@ class AsyncLogsAPI:
         self.max_retries = max(0, max_retries)
         self.retry_max_seconds = retry_max_seconds
         self.retry_initial_seconds = retry_initial_seconds
+        # initial, 2×, 4× ... capped, plus up to one initial step of jitter (spreads a herd of clients)
+        self._backoff = wait_exponential(
+            multiplier=retry_initial_seconds, max=retry_max_seconds
+        ) + wait_random(0, retry_initial_seconds)
         self.last_stop_reason: str | None = None  # the API's stop reply text, once received
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -236,15 +241,21 @@ class AsyncLogsAPI:
         self._logging = ClientLogging(log_level, file_log_level, log_to_file)
         self.log = self._logging.logger
         self._webhook = (
-            WebhookPoster(webhook_url, headers=self.additional_headers, secrets=[key], timeout=timeout,
-                          transport=transport)
+            WebhookPoster(
+                webhook_url,
+                headers=self.additional_headers,
+                secrets=[key],
+                timeout=timeout,
+                transport=transport,
+            )
             if webhook_url
             else None
         )
         # Handlers and the redaction entry live as long as the client object.
         weakref.finalize(self, _forget, self._logging, key)
-        self.log.debug("FaceSpace client for %s (timeout %.1f s, %d retries)",
-                       self.base_url, timeout, self.max_retries)
+        self.log.debug(
+            "FaceSpace client for %s (timeout %.1f s, %d retries)", self.base_url, timeout, self.max_retries
+        )
 
     @property
     def log_file(self) -> str | None:
@@ -285,9 +296,7 @@ class AsyncLogsAPI:
         return self._http
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(
-            initial=self.retry_initial_seconds, max=self.retry_max_seconds, jitter=self.retry_initial_seconds
-        )(state)
+        backoff = self._backoff(state)
         failure = state.outcome.exception() if state.outcome else None
         if isinstance(failure, _RetryableStatus) and failure.retry_after is not None:
             return failure.retry_after  # the API said when; earlier would only be refused again
@@ -296,8 +305,13 @@ class AsyncLogsAPI:
     def _before_sleep(self, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
         sleep = state.next_action.sleep if state.next_action else 0.0
-        self.log.warning("request failed (%s: %s); retry %d in %.2f s",
-                         type(failure).__name__, failure, state.attempt_number, sleep)
+        self.log.warning(
+            "request failed (%s: %s); retry %d in %.2f s",
+            type(failure).__name__,
+            failure,
+            state.attempt_number,
+            sleep,
+        )
 
     async def _get(self, path: str, params: Mapping[str, str], *, max_bytes: int | None = None) -> _Reply:
         """GET with retries; errors become the package's exceptions."""
@@ -355,15 +369,27 @@ class AsyncLogsAPI:
                         raise _TooLarge(None)
                     chunks.append(chunk)
                 body = b"".join(chunks)
-        self.log.debug("GET /%s %s -> %d (%d bytes in %.3f s)",
-                       path, dict(params), status, len(body), time.monotonic() - started)
+        self.log.debug(
+            "GET /%s %s -> %d (%d bytes in %.3f s)",
+            path,
+            dict(params),
+            status,
+            len(body),
+            time.monotonic() - started,
+        )
         try:
             return _Reply(orjson.loads(body), len(body))
         except orjson.JSONDecodeError:
             raise HTTPRequestError(f"GET /{path}: the reply is not JSON: {body[:80]!r}", status) from None
 
-    async def _logs(self, start: datetime | None, end: datetime | None, camera_id: str | None,
-                    *, max_bytes: int | None = None) -> tuple[dict[str, Any], bool, int]:
+    async def _logs(
+        self,
+        start: datetime | None,
+        end: datetime | None,
+        camera_id: str | None,
+        *,
+        max_bytes: int | None = None,
+    ) -> tuple[dict[str, Any], bool, int]:
         """The `/logs` reply for the minutes enclosing `[start, end)`; whether it is exact; its size."""
         params, exact = wire_params(start, end)
         if camera_id is not None:
@@ -398,8 +424,13 @@ class AsyncLogsAPI:
                         continue
                 trimmed[camera] = raws
             data = trimmed
-        self.log.info("logs %s .. %s%s: %d entries", start_time, end_time,
-                      f" camera {camera_id}" if camera_id else "", _count(data))
+        self.log.info(
+            "logs %s .. %s%s: %d entries",
+            start_time,
+            end_time,
+            f" camera {camera_id}" if camera_id else "",
+            _count(data),
+        )
         if self.post_logs and self._webhook is not None:
             await self._webhook.post(data)
         return data
@@ -505,8 +536,9 @@ class AsyncLogsAPI:
                 except _TooLarge as refused:
                     ask_open, remainder, since_refusal, windows_since = False, refused.body_bytes, 0, 0
                     patience *= 2
-                    self.log.debug("open range from %s refused (%s bytes): walking windows",
-                                   cursor, refused.body_bytes)
+                    self.log.debug(
+                        "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
+                    )
                     continue
                 entries = _entries(data, cursor, None)
                 newest = max((e.seen_at for e in entries if isinstance(e, LogEntry)), default=None)
@@ -541,7 +573,11 @@ class AsyncLogsAPI:
                     ask_open = windows_since >= patience
 
     async def iter_entries(
-        self, start: datetime, end: datetime | None, camera_id: str | None = None, *,
+        self,
+        start: datetime,
+        end: datetime | None,
+        camera_id: str | None = None,
+        *,
         target_entries: int = 20_000,
     ) -> AsyncIterator[LogEntry | BadEntry]:
         """The entries of `iter_windows`, one at a time."""

@@ -17,7 +17,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from facespace_bridge.client._logging import client_logger
@@ -89,9 +90,8 @@ class WebhookPoster:
             body = orjson.dumps(payload)
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((_RetryableStatus, httpx.TransportError)),
-                wait=wait_exponential_jitter(
-                    initial=self.backoff_initial, max=self.backoff_max, jitter=self.backoff_initial
-                ),
+                wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max)
+                + wait_random(0, self.backoff_initial),
                 stop=stop_after_attempt(self.attempts),
                 reraise=True,
             )
