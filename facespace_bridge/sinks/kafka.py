@@ -1,0 +1,592 @@
+"""Kafka sink (aiokafka): sightings, presence and dead letters as keyed records, acks=all.
+
+Key = camera id, so one camera's events stay ordered in one partition (aiokafka sends
+at most one batch per partition at a time, so a retry cannot reorder a partition even
+without idempotence). Headers `content-type`, `schema`, `event-id`; the record
+timestamp is the ingest time, never part of the payload (DESIGN §3, §5).
+
+aiokafka has no producer memory bound, so `publish` holds one of `max_in_flight`
+slots per unacknowledged record: a slow broker pushes back on the sources (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import click
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka import codec as _codec
+from aiokafka import errors as kafka_errors
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.coordination import FindCoordinatorRequest
+from aiokafka.protocol.transaction import InitProducerIdRequest
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
+
+from facespace_bridge.events import Event
+from facespace_bridge.sinks.base import Ack, Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOPICS = {
+    "sighting": "facespace.sightings",
+    "presence": "facespace.presence",
+    "deadletter": "facespace.deadletter",
+}
+# Defaults chosen by measurement (bench/kafka_replay.py --tune, figures in bench/README.md).
+DEFAULT_LINGER_MS = 5
+DEFAULT_BATCH_SIZE = 256 * 1024
+DEFAULT_MAX_IN_FLIGHT = 4096
+DEFAULT_CONNECT_TIMEOUT = 30.0
+DEFAULT_PARTITIONS = 3
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# Only the codecs the installed libraries can write (snappy/lz4/zstd need cramjam).
+COMPRESSIONS = (
+    "none",
+    *(name for name in ("gzip", "snappy", "lz4", "zstd") if getattr(_codec, f"has_{name}")()),
+)
+# A transactional id used only to ask the broker whether it can do transactions; no
+# producer ever writes with it, and Kafka expires it after transactional.id.expiration.ms.
+_PROBE_TRANSACTIONAL_ID = "facespace-bridge.capability-probe"
+_CONTENT_TYPE = ("content-type", b"application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCapabilities:
+    """What the broker can do, asked of it rather than assumed (Tansu advertises the APIs
+    in ApiVersions but fails InitProducerId)."""
+
+    idempotence: bool
+    transactions: bool
+    brokers: int  # how many brokers the cluster metadata lists
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Everything the Kafka sink needs; `from_config` builds it from the CLI options."""
+
+    bootstrap_servers: str = "localhost:9092"
+    topics: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    partitions: int = DEFAULT_PARTITIONS
+    replication_factor: int | None = None  # None: min(3, brokers in the cluster)
+    linger_ms: int = DEFAULT_LINGER_MS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    compression: str = "none"
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    request_timeout_ms: int = 40_000
+    security_protocol: str = "PLAINTEXT"
+    ssl_context: ssl.SSLContext | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = field(default=None, repr=False)
+    sasl_password: str | None = field(default=None, repr=False)
+    idempotence: bool = True  # asked for; used only where the broker supports it
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """The arguments every aiokafka client of this sink shares (bootstrap, TLS, SASL)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.ssl_context is not None:
+            kwargs["ssl_context"] = self.ssl_context
+        if self.sasl_mechanism is not None:
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return kwargs
+
+
+# -- capability probes ---------------------------------------------------------------------------
+
+
+async def probe_capabilities(client: AIOKafkaClient) -> BrokerCapabilities:
+    """Ask a bootstrapped client's cluster whether it supports idempotent and transactional
+    producers: InitProducerId without, then with, a transactional id."""
+    node = client.get_random_node()
+    brokers = len(client.cluster.brokers())
+    idempotence = await _init_producer_id(client, node, None)
+    transactions = False
+    if idempotence:  # transactions need an idempotent producer id first
+        reply = await client.send(node, FindCoordinatorRequest(_PROBE_TRANSACTIONAL_ID, 1))
+        if reply.error_code == 0:
+            transactions = await _init_producer_id(client, reply.coordinator_id, _PROBE_TRANSACTIONAL_ID)
+    return BrokerCapabilities(idempotence=idempotence, transactions=transactions, brokers=brokers)
+
+
+async def _init_producer_id(client: AIOKafkaClient, node: int, transactional_id: str | None) -> bool:
+    try:
+        reply = await client.send(node, InitProducerIdRequest(transactional_id, 60_000))
+    except kafka_errors.KafkaError as exc:
+        log.debug("InitProducerId(%s) failed: %r", transactional_id, exc)
+        return False
+    return bool(reply.error_code == 0 and reply.producer_id >= 0)
+
+
+async def broker_capabilities(settings: KafkaSettings) -> BrokerCapabilities:
+    """Connect once (no retries) and probe the broker; raises aiokafka's errors."""
+    client = AIOKafkaClient(**settings.connection_kwargs())
+    try:
+        await client.bootstrap()
+        return await probe_capabilities(client)
+    finally:
+        await client.close()
+
+
+# -- the sink ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _quiet_aiokafka_bootstrap() -> Iterator[None]:
+    """aiokafka logs every failed bootstrap at ERROR; during our retries we log one line per
+    attempt ourselves instead."""
+    loggers = [logging.getLogger(name) for name in ("aiokafka", "aiokafka.client", "aiokafka.conn")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, (asyncio.TimeoutError, OSError)) or (
+        isinstance(exc, kafka_errors.KafkaError) and exc.retriable
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line for a user; aiokafka's texts repeat the class name and list sockets."""
+    if isinstance(exc, kafka_errors.KafkaConnectionError):
+        return "no broker answered"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if text.startswith(name):
+        return text
+    return f"{name}: {text}" if text else name
+
+
+_backoff = wait_exponential(multiplier=0.5, max=5.0)
+
+
+def _wait_until(deadline: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff, cut short so that the last attempt happens at the deadline."""
+
+    def wait(state: RetryCallState) -> float:
+        return max(0.0, min(_backoff(state), deadline - time.monotonic()))
+
+    return wait
+
+
+class KafkaSink(Sink):
+    """Publishes events to Kafka. `start()` connects (with retries), probes the broker and
+    starts an idempotent producer where the broker supports one."""
+
+    name = "kafka"
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.capabilities: BrokerCapabilities | None = None
+        self.idempotent = False  # what the running producer really is
+        self.failed = 0  # records the broker never acknowledged
+        self._producer: AIOKafkaProducer | None = None
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._ready_topics: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._schema_headers: dict[str, tuple[str, list[tuple[str, bytes]], str]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        timeout = settings.connect_timeout
+        deadline = time.monotonic() + timeout
+        attempts = 0
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "Kafka broker %s not reachable (attempt %d: %s); retrying in %.1f s",
+                settings.bootstrap_servers,
+                state.attempt_number,
+                _reason(exc) if exc else "?",
+                wait,
+            )
+
+        try:
+            with _quiet_aiokafka_bootstrap():
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_delay(timeout),
+                    wait=_wait_until(deadline),
+                    retry=retry_if_exception(_retriable),
+                    before_sleep=before_sleep,
+                    reraise=True,
+                ):
+                    with attempt:
+                        attempts += 1
+                        remaining = max(0.1, deadline - time.monotonic())
+                        await asyncio.wait_for(self._connect(), remaining)
+        except (asyncio.TimeoutError, OSError, kafka_errors.KafkaError) as exc:
+            await self._discard_producer()
+            if _retriable(exc):
+                raise SinkError(
+                    f"Kafka broker {settings.bootstrap_servers} unreachable after {timeout:g} s "
+                    f"({attempts} attempts): {_reason(exc)}"
+                ) from None
+            raise SinkError(f"Kafka broker {settings.bootstrap_servers} refused us: {_reason(exc)}") from None
+
+    async def _connect(self) -> None:
+        """One attempt: probe the broker, then start the producer it can support."""
+        await self._discard_producer()
+        probe = AIOKafkaClient(**self.settings.connection_kwargs())
+        try:
+            await probe.bootstrap()
+            caps = await probe_capabilities(probe)
+        finally:
+            await probe.close()
+        if self.capabilities is None and self.settings.idempotence and not caps.idempotence:
+            log.warning(
+                "Kafka broker %s does not support idempotent producers (InitProducerId fails); "
+                "continuing with acks=all without idempotence: a retried send may be duplicated "
+                "(duplicates carry the same event-id)",
+                self.settings.bootstrap_servers,
+            )
+        self.capabilities = caps
+        self.idempotent = self.settings.idempotence and caps.idempotence
+        s = self.settings
+        producer = AIOKafkaProducer(
+            **s.connection_kwargs(),
+            acks="all",
+            enable_idempotence=self.idempotent,
+            linger_ms=s.linger_ms,
+            max_batch_size=s.batch_size,
+            max_request_size=max(s.batch_size, 1_048_576),
+            compression_type=None if s.compression == "none" else s.compression,
+            client_id="facespace-bridge",
+        )
+        self._producer = producer
+        await producer.start()
+
+    async def _discard_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 5)
+            except (asyncio.TimeoutError, kafka_errors.KafkaError, OSError):
+                pass
+
+    async def supports_transactions(self) -> bool:
+        """Whether the broker can run transactions (for `--exactly-once`); probed at start."""
+        if self.capabilities is None:
+            raise SinkError("the Kafka sink is not started")
+        return self.capabilities.transactions
+
+    async def flush(self) -> None:
+        """Wait until every record handed over so far is acknowledged (or failed)."""
+        if self._producer is None:
+            return
+        await self._producer.flush()
+        if self._pending:
+            await asyncio.wait(list(self._pending))
+        if self.failed:
+            raise SinkError(f"{self.failed} records were not acknowledged by Kafka")
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self._discard_producer()
+
+    # -- topics ------------------------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, config: Mapping[str, str] | None = None) -> None:
+        """Create `topic` when it is missing (`partitions`, `replication_factor`); an existing
+        topic is used as it is."""
+        async with self._topic_lock:
+            if topic in self._ready_topics:
+                return
+            s = self.settings
+            admin = AIOKafkaAdminClient(**s.connection_kwargs())
+            try:
+                await admin.start()
+                if topic not in await admin.list_topics():
+                    brokers = self.capabilities.brokers if self.capabilities else 1
+                    replication = s.replication_factor or min(3, max(1, brokers))
+                    reply = await admin.create_topics(
+                        [NewTopic(topic, s.partitions, replication, topic_configs=dict(config or {}))]
+                    )
+                    for _name, code, message in reply.topic_errors:
+                        error = kafka_errors.for_code(code)
+                        if error not in (kafka_errors.NoError, kafka_errors.TopicAlreadyExistsError):
+                            why = message or error.__name__
+                            raise SinkError(f"cannot create Kafka topic {topic!r}: {why}")
+                    log.info(
+                        "created Kafka topic %s (%d partitions, replication %d)",
+                        topic,
+                        s.partitions,
+                        replication,
+                    )
+            except kafka_errors.KafkaError as exc:
+                raise SinkError(f"cannot create Kafka topic {topic!r}: {_reason(exc)}") from None
+            finally:
+                await admin.close()
+            self._ready_topics.add(topic)
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    def _route(self, event: Event) -> tuple[str, list[tuple[str, bytes]], str]:
+        """(topic, headers without event-id, kind) per schema, computed once per schema."""
+        route = self._schema_headers.get(event.schema)
+        if route is None:
+            kind = event.kind
+            topic = self.settings.topics.get(kind)
+            if topic is None:
+                raise SinkError(f"the Kafka sink has no topic for {event.schema!r} events")
+            route = (topic, [_CONTENT_TYPE, ("schema", event.schema.encode())], kind)
+            self._schema_headers[event.schema] = route
+        return route
+
+    async def publish(self, event: Event) -> Ack:
+        producer = self._producer
+        if producer is None:
+            raise SinkError("the Kafka sink is not started")
+        topic, headers, _kind = self._route(event)
+        if topic not in self._ready_topics:
+            await self.ensure_topic(topic)
+        await self._slots.acquire()  # back-pressure: at most max_in_flight unacknowledged
+        try:
+            future = await producer.send(
+                topic,
+                event.payload,
+                key=event.camera_id.encode(),
+                headers=[*headers, ("event-id", event.event_id.encode())],
+                timestamp_ms=int(time.time() * 1000),
+            )
+        except kafka_errors.KafkaError as exc:
+            self._slots.release()
+            raise SinkError(f"Kafka send to {topic} failed: {_reason(exc)}") from None
+        except BaseException:
+            self._slots.release()
+            raise
+        self._pending.add(future)
+        future.add_done_callback(self._settled)
+        return cast(Ack, future)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        self._slots.release()
+        if not future.cancelled() and future.exception() is not None:
+            # Counted here (and so "retrieved"); the caller awaiting the ack still sees it.
+            self.failed += 1
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+OPTIONS: list[Callable[[Any], Any]] = [
+    click.option(
+        "--bootstrap-servers",
+        envvar="KAFKA_BOOTSTRAP_SERVERS",
+        default="localhost:9092",
+        show_default=True,
+        help="Kafka brokers, host:port[,host:port] (env KAFKA_BOOTSTRAP_SERVERS).",
+    ),
+    click.option(
+        "--topic", default=DEFAULT_TOPICS["sighting"], show_default=True, help="Kafka topic for sightings."
+    ),
+    click.option(
+        "--presence-topic",
+        default=DEFAULT_TOPICS["presence"],
+        show_default=True,
+        help="Kafka topic for presence changes.",
+    ),
+    click.option(
+        "--deadletter-topic",
+        default=DEFAULT_TOPICS["deadletter"],
+        show_default=True,
+        help="Kafka topic for entries that could not be published as events.",
+    ),
+    click.option(
+        "--partitions",
+        type=click.IntRange(min=1),
+        default=DEFAULT_PARTITIONS,
+        show_default=True,
+        help="Partitions of a topic the bridge creates (existing topics are used as they are).",
+    ),
+    click.option(
+        "--replication-factor",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Replication factor of a Kafka topic the bridge creates [default: min(3, brokers)].",
+    ),
+    click.option(
+        "--kafka-linger-ms",
+        type=click.IntRange(min=0),
+        default=DEFAULT_LINGER_MS,
+        show_default=True,
+        help="How long the producer waits to fill a batch.",
+    ),
+    click.option(
+        "--kafka-batch-size",
+        type=click.IntRange(min=1024),
+        default=DEFAULT_BATCH_SIZE,
+        show_default=True,
+        help="Maximum bytes of one producer batch (per partition).",
+    ),
+    click.option(
+        "--kafka-compression",
+        type=click.Choice(COMPRESSIONS),
+        default="none",
+        show_default=True,
+        help="Compression of producer batches (codecs the installed libraries support).",
+    ),
+    click.option(
+        "--kafka-max-in-flight",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_IN_FLIGHT,
+        show_default=True,
+        help="Unacknowledged records before publishing waits (bounds memory).",
+    ),
+    click.option(
+        "--kafka-connect-timeout",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_CONNECT_TIMEOUT,
+        show_default=True,
+        help="Seconds to keep retrying an unreachable broker at start.",
+    ),
+    click.option(
+        "--kafka-security-protocol",
+        type=click.Choice(SECURITY_PROTOCOLS, case_sensitive=False),
+        default=None,
+        help="[default: SASL_SSL with SASL, SSL with a TLS file, else PLAINTEXT]",
+    ),
+    click.option(
+        "--kafka-ssl-cafile",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="CA bundle that signed the broker's certificate (TLS).",
+    ),
+    click.option(
+        "--kafka-ssl-certfile",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Client certificate (PEM) for mutual TLS.",
+    ),
+    click.option(
+        "--kafka-ssl-keyfile",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="Client private key (PEM); its password, if any, from env KAFKA_SSL_KEY_PASSWORD.",
+    ),
+    click.option(
+        "--kafka-sasl-mechanism",
+        type=click.Choice(SASL_MECHANISMS, case_sensitive=False),
+        default=None,
+        help="SASL mechanism; credentials from env KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD.",
+    ),
+]
+
+
+def from_config(config: Mapping[str, Any]) -> KafkaSink:
+    """The sink from parsed CLI options (click parameter names). Validates; connects nothing.
+    TLS files are read here so that a bad certificate is bad input (exit 2), not a run-time failure."""
+    mechanism = config.get("kafka_sasl_mechanism")
+    mechanism = mechanism.upper() if mechanism else None
+    cafile, certfile, keyfile = (
+        config.get("kafka_ssl_cafile"),
+        config.get("kafka_ssl_certfile"),
+        config.get("kafka_ssl_keyfile"),
+    )
+    protocol = config.get("kafka_security_protocol")
+    if protocol:
+        protocol = protocol.upper()
+    elif mechanism:
+        protocol = "SASL_SSL"
+    elif cafile or certfile or keyfile:
+        protocol = "SSL"
+    else:
+        protocol = "PLAINTEXT"
+    if keyfile and not certfile:
+        raise click.BadParameter("needs --kafka-ssl-certfile as well", param_hint="--kafka-ssl-keyfile")
+    if protocol.startswith("SASL") and not mechanism:
+        raise click.UsageError(f"--kafka-security-protocol {protocol} needs --kafka-sasl-mechanism")
+    if mechanism and not protocol.startswith("SASL"):
+        raise click.UsageError(f"--kafka-sasl-mechanism needs a SASL security protocol, not {protocol}")
+    if not protocol.endswith("SSL") and (cafile or certfile or keyfile):
+        raise click.UsageError(f"--kafka-ssl-* files need an SSL security protocol, not {protocol}")
+
+    username = password = None
+    if mechanism:
+        username, password = os.environ.get("KAFKA_SASL_USERNAME"), os.environ.get("KAFKA_SASL_PASSWORD")
+        if not username or not password:
+            raise click.UsageError(
+                f"--kafka-sasl-mechanism {mechanism} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD "
+                "in the environment"
+            )
+
+    context = None
+    if protocol.endswith("SSL"):
+        try:
+            context = create_ssl_context(
+                cafile=cafile,
+                certfile=certfile,
+                keyfile=keyfile,
+                password=os.environ.get("KAFKA_SSL_KEY_PASSWORD") or None,
+            )
+        except (ssl.SSLError, OSError) as exc:
+            raise click.UsageError(f"cannot load the Kafka TLS files: {exc}") from None
+
+    bootstrap = (config.get("bootstrap_servers") or "").strip()
+    if not bootstrap or any(":" not in part for part in bootstrap.split(",")):
+        raise click.BadParameter(
+            f"expected host:port[,host:port], got {bootstrap!r}", param_hint="--bootstrap-servers"
+        )
+    compression = config.get("kafka_compression") or "none"
+    if compression not in COMPRESSIONS:
+        raise click.BadParameter(
+            f"{compression!r} is not one of {', '.join(COMPRESSIONS)}", param_hint="--kafka-compression"
+        )
+    topics = {
+        "sighting": config.get("topic") or DEFAULT_TOPICS["sighting"],
+        "presence": config.get("presence_topic") or DEFAULT_TOPICS["presence"],
+        "deadletter": config.get("deadletter_topic") or DEFAULT_TOPICS["deadletter"],
+    }
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        topics=topics,
+        partitions=int(config.get("partitions") or DEFAULT_PARTITIONS),
+        replication_factor=config.get("replication_factor"),
+        linger_ms=int(_or(config.get("kafka_linger_ms"), DEFAULT_LINGER_MS)),
+        batch_size=int(config.get("kafka_batch_size") or DEFAULT_BATCH_SIZE),
+        compression=compression,
+        max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
+        connect_timeout=float(_or(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
+        security_protocol=protocol,
+        ssl_context=context,
+        sasl_mechanism=mechanism,
+        sasl_username=username,
+        sasl_password=password,
+    )
+    return KafkaSink(settings)
+
+
+def _or(value: Any, default: Any) -> Any:
+    """`value` unless it is None (0 is a real value for linger and timeouts)."""
+    return default if value is None else value
