@@ -504,9 +504,34 @@ OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 
-def from_config(config: Mapping[str, Any]) -> KafkaSink:
-    """The sink from parsed CLI options (click parameter names). Validates; connects nothing.
-    TLS files are read here so that a bad certificate is bad input (exit 2), not a run-time failure."""
+@dataclass(frozen=True)
+class _Security:
+    protocol: str
+    ssl_context: ssl.SSLContext | None
+    sasl_mechanism: str | None
+    sasl_username: str | None = field(repr=False)
+    sasl_password: str | None = field(repr=False)
+
+
+def connection_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """TLS / SASL keyword arguments for any aiokafka client, from the same CLI options and env
+    as the sink (for the Kafka checkpoint store). Raises click errors for bad input."""
+    security = _security(config)
+    options: dict[str, Any] = {"security_protocol": security.protocol}
+    if security.ssl_context is not None:
+        options["ssl_context"] = security.ssl_context
+    if security.sasl_mechanism is not None:
+        options.update(
+            sasl_mechanism=security.sasl_mechanism,
+            sasl_plain_username=security.sasl_username,
+            sasl_plain_password=security.sasl_password,
+        )
+    return options
+
+
+def _security(config: Mapping[str, Any]) -> _Security:
+    """TLS files are read here so that a bad certificate is bad input (exit 2), not a run-time
+    failure; SASL credentials come only from the environment, never from argv."""
     mechanism = config.get("kafka_sasl_mechanism")
     mechanism = mechanism.upper() if mechanism else None
     cafile, certfile, keyfile = (
@@ -552,7 +577,12 @@ def from_config(config: Mapping[str, Any]) -> KafkaSink:
             )
         except (ssl.SSLError, OSError) as exc:
             raise click.UsageError(f"cannot load the Kafka TLS files: {exc}") from None
+    return _Security(protocol, context, mechanism, username, password)
 
+
+def from_config(config: Mapping[str, Any]) -> KafkaSink:
+    """The sink from parsed CLI options (click parameter names). Validates; connects nothing."""
+    security = _security(config)
     bootstrap = (config.get("bootstrap_servers") or "").strip()
     if not bootstrap or any(":" not in part for part in bootstrap.split(",")):
         raise click.BadParameter(
@@ -578,11 +608,11 @@ def from_config(config: Mapping[str, Any]) -> KafkaSink:
         compression=compression,
         max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
         connect_timeout=float(_or(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
-        security_protocol=protocol,
-        ssl_context=context,
-        sasl_mechanism=mechanism,
-        sasl_username=username,
-        sasl_password=password,
+        security_protocol=security.protocol,
+        ssl_context=security.ssl_context,
+        sasl_mechanism=security.sasl_mechanism,
+        sasl_username=security.sasl_username,
+        sasl_password=security.sasl_password,
     )
     return KafkaSink(settings)
 

@@ -1,0 +1,246 @@
+"""The Kafka sink against a real broker (tests/fixtures/kafka.py), plus option validation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+
+import click
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from facespace_bridge.events import Event
+from facespace_bridge.sinks.base import SinkError
+from facespace_bridge.sinks.kafka import (
+    COMPRESSIONS,
+    OPTIONS,
+    KafkaSink,
+    connection_options,
+    from_config,
+)
+from tests.fixtures.kafka import KafkaBroker, free_port
+
+
+def sighting(camera: str, n: int) -> Event:
+    fields = {
+        "schema": "facespace.sighting/v1",
+        "event_id": f"{camera}-{n:06d}",
+        "camera_id": camera,
+        "person": "Alice",
+        "seen_at": f"2023-10-23T00:{n // 60 % 60:02d}:{n % 60:02d}Z",
+        "source": "logs",
+    }
+    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields)
+
+
+def of_kind(kind: str, camera: str = "Camera1") -> Event:
+    fields = {"schema": f"facespace.{kind}/v1", "event_id": f"{kind}-1", "camera_id": camera}
+    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields)
+
+
+def sink_for(kafka: KafkaBroker, topic: str, **options: object) -> KafkaSink:
+    config = {
+        "bootstrap_servers": kafka.bootstrap,
+        "topic": topic,
+        "presence_topic": f"{topic}.presence",
+        "deadletter_topic": f"{topic}.deadletter",
+        "kafka_connect_timeout": 10.0,
+        **options,
+    }
+    return from_config(config)
+
+
+async def test_records_carry_key_headers_ingest_time_and_exact_payload(kafka, kafka_topic, read_topic):
+    events = [sighting("Camera1", 0), sighting("Cam é/2", 1)]
+    before = int(time.time() * 1000)
+    async with sink_for(kafka, kafka_topic) as sink:
+        acks = [await sink.publish(event) for event in events]
+        await asyncio.gather(*acks)
+    after = int(time.time() * 1000)
+
+    records = await read_topic(kafka_topic)
+    assert sorted((r.key, r.value) for r in records) == sorted(
+        (e.camera_id.encode(), e.payload) for e in events
+    )
+    for record in records:
+        payload = orjson.loads(record.value)
+        assert record.headers == {
+            "content-type": b"application/json",
+            "schema": b"facespace.sighting/v1",
+            "event-id": payload["event_id"].encode(),
+        }
+        assert before <= record.timestamp <= after  # ingest time, not seen_at (2023)
+
+
+async def test_each_kind_goes_to_its_topic(kafka, kafka_topic, read_topic):
+    async with sink_for(kafka, kafka_topic) as sink:
+        for kind in ("sighting", "presence", "deadletter"):
+            await (await sink.publish(of_kind(kind)))
+    for topic, schema in [
+        (kafka_topic, b"facespace.sighting/v1"),
+        (f"{kafka_topic}.presence", b"facespace.presence/v1"),
+        (f"{kafka_topic}.deadletter", b"facespace.deadletter/v1"),
+    ]:
+        records = await read_topic(topic)
+        assert [r.headers["schema"] for r in records] == [schema]
+
+
+async def test_missing_topic_is_created_and_existing_topic_used_as_it_is(kafka, kafka_topic):
+    existing = f"{kafka_topic}.existing"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(existing, 1, 1)])
+        async with sink_for(kafka, kafka_topic, partitions=5) as sink:
+            await (await sink.publish(sighting("Camera1", 0)))
+        async with sink_for(kafka, existing, partitions=5) as sink:
+            await (await sink.publish(sighting("Camera1", 0)))
+        described = {
+            t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([kafka_topic, existing])
+        }
+    finally:
+        await admin.close()
+    assert described == {kafka_topic: 5, existing: 1}
+
+
+async def test_each_camera_stays_in_order_in_one_partition(kafka, kafka_topic, read_topic):
+    cameras = [f"Camera{i}" for i in range(6)]
+    async with sink_for(kafka, kafka_topic, kafka_max_in_flight=50, kafka_linger_ms=0) as sink:
+        acks = [await sink.publish(sighting(camera, n)) for n in range(300) for camera in cameras]
+        await asyncio.gather(*acks)
+
+    partitions: dict[str, set[int]] = defaultdict(set)
+    sequence: dict[str, list[str]] = defaultdict(list)
+    for record in await read_topic(kafka_topic):  # (partition, offset) order
+        camera = record.key.decode()
+        partitions[camera].add(record.partition)
+        sequence[camera].append(orjson.loads(record.value)["event_id"])
+    assert all(len(p) == 1 for p in partitions.values())
+    assert sequence == {camera: [f"{camera}-{n:06d}" for n in range(300)] for camera in cameras}
+
+
+async def test_idempotence_follows_the_broker_with_one_warning(kafka, kafka_topic, caplog):
+    caplog.set_level(logging.WARNING, logger="facespace_bridge.sinks.kafka")
+    async with sink_for(kafka, kafka_topic) as sink:
+        await (await sink.publish(sighting("Camera1", 0)))
+        assert sink.idempotent is kafka.supports_idempotence
+        assert await sink.supports_transactions() is kafka.supports_transactions
+    warnings = [r for r in caplog.records if "idempotent" in r.getMessage()]
+    assert len(warnings) == (0 if kafka.supports_idempotence else 1)
+
+
+async def test_publish_waits_for_a_slot_while_the_broker_does_not_ack(kafka, kafka_topic, read_topic):
+    if not kafka.can_interrupt:
+        pytest.skip("needs a broker the tests can interrupt")
+    events = [sighting("Camera1", n) for n in range(3)]
+    async with sink_for(kafka, kafka_topic, kafka_max_in_flight=2, kafka_linger_ms=0) as sink:
+        await (await sink.publish(sighting("Camera1", 99)))  # topic created, metadata known
+        with kafka.unavailable():
+            first = [await sink.publish(events[0]), await sink.publish(events[1])]
+            third = asyncio.ensure_future(sink.publish(events[2]))
+            await asyncio.sleep(0.5)
+            # Nothing can be acknowledged while the broker is down, so no slot is free.
+            assert not third.done()
+            assert not any(asyncio.ensure_future(ack).done() for ack in first)
+        await asyncio.wait_for(asyncio.gather(*first, await third), 60)
+    values = [r.value for r in await read_topic(kafka_topic)]
+    assert sorted(values) == sorted([sighting("Camera1", 99).payload] + [e.payload for e in events])
+
+
+async def test_start_retries_until_the_broker_comes_back(kafka, kafka_topic, read_topic):
+    if not kafka.can_interrupt:
+        pytest.skip("needs a broker the tests can interrupt")
+    sink = sink_for(kafka, kafka_topic, kafka_connect_timeout=20.0)
+    outage = asyncio.ensure_future(kafka.outage(1.5))
+    await asyncio.sleep(0)  # the outage begins before the sink connects
+    try:
+        await sink.start()
+        await (await sink.publish(sighting("Camera1", 0)))
+    finally:
+        await outage
+        await sink.close()
+    assert len(await read_topic(kafka_topic)) == 1
+
+
+async def test_unreachable_broker_gives_up_with_one_line_and_one_log_line_per_retry(caplog):
+    caplog.set_level(logging.WARNING, logger="facespace_bridge.sinks.kafka")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    sink = from_config({"bootstrap_servers": address, "kafka_connect_timeout": 1.5})
+    with pytest.raises(SinkError) as raised:
+        await sink.start()
+    message = str(raised.value)
+    assert "\n" not in message and address in message and "unreachable after 1.5 s" in message
+    retries = [r for r in caplog.records if "not reachable" in r.getMessage()]
+    attempts = int(message.split("(")[1].split(" attempts")[0])
+    assert attempts >= 2 and len(retries) == attempts - 1
+    assert all(address in r.getMessage() for r in retries)
+
+
+# -- options, no broker --------------------------------------------------------------------------
+
+
+def test_defaults_and_topics_from_options():
+    sink = from_config({"bootstrap_servers": "b1:9092,b2:9092", "presence_topic": "p"})
+    s = sink.settings
+    assert s.bootstrap_servers == "b1:9092,b2:9092"
+    assert dict(s.topics) == {
+        "sighting": "facespace.sightings",
+        "presence": "p",
+        "deadletter": "facespace.deadletter",
+    }
+    assert s.security_protocol == "PLAINTEXT" and s.ssl_context is None and s.sasl_mechanism is None
+
+
+def test_sasl_credentials_come_from_the_environment_only(monkeypatch):
+    monkeypatch.delenv("KAFKA_SASL_USERNAME", raising=False)
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD", raising=False)
+    config = {"bootstrap_servers": "b:9093", "kafka_sasl_mechanism": "scram-sha-512"}
+    with pytest.raises(click.UsageError, match="KAFKA_SASL_USERNAME"):
+        from_config(config)
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "bridge")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
+    settings = from_config(config).settings
+    assert (settings.sasl_mechanism, settings.security_protocol) == ("SCRAM-SHA-512", "SASL_SSL")
+    assert (settings.sasl_username, settings.sasl_password) == ("bridge", "s3cret")
+    assert "s3cret" not in repr(settings)
+    assert connection_options(config)["sasl_plain_password"] == "s3cret"
+    flags = {opt for option in OPTIONS for opt in option(click.Command("x")).params[-1].opts}
+    assert not any("password" in flag or "username" in flag for flag in flags)
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"bootstrap_servers": "no-port"}, "host:port"),
+        ({"bootstrap_servers": "b:1", "kafka_security_protocol": "SASL_PLAINTEXT"}, "--kafka-sasl-mechanism"),
+        ({"bootstrap_servers": "b:1", "kafka_compression": "brotli"}, "brotli"),
+    ],
+)
+def test_bad_options_are_usage_errors(config, problem):
+    with pytest.raises(click.UsageError, match=problem):
+        from_config(config)
+
+
+def test_tls_files_are_read_up_front(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(click.UsageError, match="TLS"):
+        from_config({"bootstrap_servers": "b:9093", "kafka_ssl_cafile": str(bad)})
+    with pytest.raises(click.BadParameter, match="certfile"):
+        from_config({"bootstrap_servers": "b:9093", "kafka_ssl_keyfile": str(bad)})
+
+
+def test_only_installed_codecs_are_offered():
+    from aiokafka import codec
+
+    assert COMPRESSIONS[0] == "none"
+    assert all(getattr(codec, f"has_{name}")() for name in COMPRESSIONS[1:])
+
+
+async def test_publish_before_start_is_a_sink_error():
+    sink = from_config({"bootstrap_servers": "b:9092"})
+    with pytest.raises(SinkError, match="not started"):
+        await sink.publish(sighting("Camera1", 0))
