@@ -1,0 +1,336 @@
+"""`facespace-bridge replay`: publish a date range of history into the sinks, then exit.
+
+The range streams through the client's windows (one or two in memory, never the whole
+range); every entry becomes the same event a tail or backfill would publish (same id,
+same bytes: k counts identical (camera, person, second) entries per window, and windows
+never split a second). Entries that do not parse and payloads that fail their schema go
+to the dead-letter destination. The summary is printed once every event is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from facespace_bridge.client import (
+    APIKeyError,
+    AsyncLogsAPI,
+    BadEntry,
+    FaceSpaceError,
+    Window,
+    parse_user_time,
+)
+from facespace_bridge.commands._common import (
+    api_key_from,
+    api_options,
+    config_option,
+    logging_options,
+    setup_logging,
+    with_env,
+)
+from facespace_bridge.events import DEADLETTER_SCHEMA, Event, deadletter_event, sighting_event
+from facespace_bridge.sinks import Sink, SinkError
+from facespace_bridge.sinks.registry import SINK_MODULES, build_sinks, sink_options
+
+log = logging.getLogger("facespace_bridge.replay")
+
+SOURCE = "logs"  # sightings carry the same bytes however they were read (DESIGN §3)
+
+
+@dataclass
+class AckTracker:
+    """Counts one sink's acknowledgements without keeping them: the sink bounds how many are
+    outstanding, so memory stays flat however long the range."""
+
+    sink: str
+    outstanding: int = 0
+    failed: int = 0
+    first_error: BaseException | None = None
+    _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    def track(self, ack: Awaitable[Any]) -> None:
+        future = ack if asyncio.isfuture(ack) else asyncio.ensure_future(ack)
+        self.outstanding += 1
+        future.add_done_callback(self._settled)
+
+    def _settled(self, future: asyncio.Future[Any]) -> None:
+        self.outstanding -= 1
+        error = asyncio.CancelledError() if future.cancelled() else future.exception()
+        if error is not None:
+            self.failed += 1
+            self.first_error = self.first_error or error
+        if self.outstanding == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def settled(self) -> None:
+        """Until every tracked acknowledgement has arrived or failed."""
+        if self.outstanding:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+
+
+@dataclass
+class Tally:
+    published: int = 0
+    deadlettered: int = 0
+
+    @property
+    def entries(self) -> int:
+        return self.published + self.deadlettered
+
+
+async def _prefetched(windows: AsyncIterator[Window]) -> AsyncIterator[Window]:
+    """The next window is fetched while the current one is published (at most two in memory)."""
+    queue: asyncio.Queue[Window | BaseException | None] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for window in windows:
+                await queue.put(window)
+            await queue.put(None)
+        except Exception as exc:  # handed to the consumer, which raises it
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+
+def window_events(window: Window) -> list[Event]:
+    """The events of one window, in the API's order: sightings numbered per (camera, person,
+    second), dead letters for entries that did not parse; `sighting_event` already turns a
+    payload that fails its schema into a dead letter."""
+    seen: dict[tuple[str, str, datetime], int] = {}
+    events = []
+    for entry in window.entries:
+        if isinstance(entry, BadEntry):
+            events.append(deadletter_event(entry.camera_id, entry.raw, entry.reason, SOURCE))
+            continue
+        key = (entry.camera_id, entry.person, entry.seen_at)
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        events.append(sighting_event(entry, k, SOURCE))
+    return events
+
+
+class _Progress:
+    """A rich progress bar on a terminal (time of the range done, entries, rate, ETA); nothing otherwise."""
+
+    def __init__(self, enabled: bool, start: datetime, end: datetime | None) -> None:
+        self.start, self.end = start, end
+        self.bar: Progress | None = None
+        if enabled:
+            self.bar = Progress(
+                TextColumn("[bold]replay"),
+                BarColumn(),
+                TextColumn("{task.fields[entries]:,} entries"),
+                TextColumn("{task.fields[rate]:,.0f}/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            total = (end - start).total_seconds() if end is not None else None
+            self.task = self.bar.add_task("replay", total=total, entries=0, rate=0.0)
+            self.bar.start()
+        self.began = time.monotonic()
+
+    def update(self, through: datetime, entries: int) -> None:
+        if self.bar is not None:
+            rate = entries / max(1e-9, time.monotonic() - self.began)
+            done = (through - self.start).total_seconds()
+            self.bar.update(self.task, completed=done, entries=entries, rate=rate)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+async def replay(
+    client: AsyncLogsAPI,
+    sinks: list[Sink],
+    start: datetime,
+    end: datetime | None,
+    camera_id: str | None = None,
+    *,
+    progress: bool = False,
+) -> Tally:
+    """Publish `[start, end)` (end None: up to the latest entry) to every started sink and wait
+    for every acknowledgement. With no sinks, only counts (a dry run). Raises SinkError when a
+    sink failed to acknowledge some events, the client's errors when the API fails."""
+    windows = _prefetched(client.iter_windows(start, end, camera_id))
+    return await publish_windows(windows, sinks, _Progress(progress, start, end))
+
+
+async def publish_windows(
+    windows: AsyncIterator[Window], sinks: list[Sink], bar: _Progress | None = None
+) -> Tally:
+    tally = Tally()
+    trackers = [AckTracker(sink.name) for sink in sinks]
+    pairs = list(zip(sinks, trackers, strict=True))
+    try:
+        async for window in windows:
+            for event in window_events(window):
+                if event.schema == DEADLETTER_SCHEMA:
+                    tally.deadlettered += 1
+                else:
+                    tally.published += 1
+                for sink, tracker in pairs:
+                    tracker.track(await sink.publish(event))
+            if bar is not None:
+                bar.update(window.end, tally.entries)
+        for sink, tracker in pairs:
+            await sink.flush()
+            await tracker.settled()
+    finally:
+        if bar is not None:
+            bar.stop()
+    for tracker in trackers:
+        if tracker.failed:
+            raise SinkError(
+                f"{tracker.failed} events were not acknowledged by the {tracker.sink} sink: "
+                f"{tracker.first_error}"
+            )
+    return tally
+
+
+async def _then(first: Window | None, rest: AsyncIterator[Window]) -> AsyncIterator[Window]:
+    if first is None:
+        return
+    yield first
+    async for window in rest:
+        yield window
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def _time(value: str, option: str, *, end: bool = False) -> datetime:
+    try:
+        return parse_user_time(value, end=end)
+    except FaceSpaceError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+@click.command("replay")
+@config_option
+@click.option("--start-time", required=True, metavar="TIME", help="First moment of the range (inclusive).")
+@click.option(
+    "--end-time",
+    metavar="TIME",
+    help="Last moment of the range, inclusive at the resolution given (a date: that whole day). "
+    "Default: up to the latest entry.",
+)
+@click.option("--camera-id", help="Only this camera (default: all).")
+@click.option(
+    "--broker",
+    "brokers",
+    multiple=True,
+    type=click.Choice(list(SINK_MODULES)),
+    help="Where events go; repeat for several. Not needed with --dry-run.",
+)
+@click.option("--dry-run", is_flag=True, help="Read, number and validate the range; publish nothing.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr [default: when stderr is a terminal].",
+)
+@api_options
+@logging_options
+@sink_options
+def command(**config: Any) -> None:
+    """Publish a range of history into the sinks, then print a summary.
+
+    TIME: 'HH:MM:SS DD/MM/YY', 'HH:MM DD/MM/YY', 'DD/MM/YY' (day first) or ISO 8601; UTC
+    unless ISO 8601 gives an offset.
+    """
+    setup_logging(config["log_format"], config["log_level"])
+    # Every check that needs no network comes first: bad input ends with exit 2, no side effect.
+    start = _time(config["start_time"], "--start-time")
+    end = _time(config["end_time"], "--end-time", end=True) if config["end_time"] is not None else None
+    if end is not None and start >= end:
+        raise click.BadParameter(
+            f"start {config['start_time']!r} is not before end {config['end_time']!r}",
+            param_hint="--start-time",
+        )
+    api_key = api_key_from(config)
+    dry_run = config["dry_run"]
+    if not config["brokers"] and not dry_run:
+        raise click.UsageError("--broker is required (or --dry-run)")
+    try:
+        sinks = build_sinks(config["brokers"], config)
+    except KeyError as exc:
+        raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
+    progress = config["progress"]
+    if progress is None:
+        progress = sys.stderr.isatty()
+    client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"])
+    began = time.monotonic()
+    tally = asyncio.run(_main(client, [] if dry_run else sinks, start, end, config["camera_id"], progress))
+    seconds = time.monotonic() - began
+    rate = tally.entries / seconds if seconds > 0 else 0.0
+    verb = "dry run: would publish" if dry_run else "published"
+    click.echo(
+        f"{verb} {tally.published} sightings and {tally.deadlettered} dead letters "
+        f"in {seconds:.1f} s ({rate:,.0f} events/s)"
+    )
+
+
+async def _main(
+    client: AsyncLogsAPI,
+    sinks: list[Sink],
+    start: datetime,
+    end: datetime | None,
+    camera_id: str | None,
+    progress: bool,
+) -> Tally:
+    started: list[Sink] = []
+    windows = _prefetched(client.iter_windows(start, end, camera_id))
+    try:
+        # The first window before the first sink: a refused key or an unreachable API
+        # ends the run before any topic is created.
+        first = await anext(windows, None)
+        for sink in sinks:
+            await sink.start()
+            started.append(sink)
+        return await publish_windows(_then(first, windows), started, _Progress(progress, start, end))
+    except SinkError as exc:
+        raise click.ClickException(str(exc)) from None
+    except APIKeyError as exc:
+        raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
+    finally:
+        await windows.aclose()
+        for sink in reversed(started):
+            try:
+                await sink.close()
+            except SinkError as exc:
+                log.warning("%s", exc)
+        await client.aclose()
+
+
+with_env(command)
