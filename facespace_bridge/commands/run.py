@@ -102,8 +102,13 @@ log = logging.getLogger("facespace_bridge")
 def command(**config: Any) -> int:
     """Run the bridge: realtime presence, history tail and backfill, into the sinks."""
     setup_logging(config["log_format"], config["log_level"])
-    # Everything that can be checked without touching the network is checked here,
-    # before any side effect; bad input ends with exit 2.
+    api_key, sinks, options = prepare(config)
+    return asyncio.run(_run(config, api_key, sinks, options))
+
+
+def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
+    """Everything that can be checked without the network, checked before any side effect;
+    bad input raises click's usage errors (exit 2)."""
     api_key = api_key_from(config)
     backfill_from = None
     if config["backfill_from"]:
@@ -113,6 +118,8 @@ def command(**config: Any) -> int:
             raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
     if config["exactly_once"] and "kafka" not in config["brokers"]:
         raise click.UsageError("--exactly-once needs --broker kafka")
+    if config.get("checkpoint_target") == "kafka" and not config.get("bootstrap_servers"):
+        raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
     try:
         sinks = build_sinks(config["brokers"], config)
     except KeyError as exc:
@@ -126,7 +133,28 @@ def command(**config: Any) -> int:
         camera_id=config["camera_id"],
         realtime=not config["no_realtime"],
     )
-    return asyncio.run(_run(config, api_key, sinks, options))
+    return api_key, sinks, options
+
+
+def make_client(config: dict[str, Any], api_key: str, metrics: Metrics | None = None) -> AsyncLogsAPI:
+    return AsyncLogsAPI(
+        api_key,
+        base_url=config["api_url"],
+        timeout=config["api_timeout"],
+        transport=CountingTransport(metrics) if metrics else None,
+    )
+
+
+async def preflight(client: AsyncLogsAPI, api_url: str) -> dict[str, list[str]]:
+    """Reach the API once: a wrong key or URL is a configuration error (exit 2), before any side effect."""
+    try:
+        return await client.get_realtime()
+    except APIKeyError as exc:
+        raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
+    except HTTPRequestError as exc:
+        raise click.UsageError(f"cannot reach the FaceSpace API at {api_url}: {exc}") from None
+    except FaceSpaceError:
+        return {}  # the stop reply: the API is there, just idle
 
 
 def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
@@ -140,27 +168,14 @@ def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
 
 async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options: BridgeOptions) -> int:
     metrics = Metrics()
-    client = AsyncLogsAPI(
-        api_key,
-        base_url=config["api_url"],
-        timeout=config["api_timeout"],
-        transport=CountingTransport(metrics),
-    )
+    client = make_client(config, api_key, metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = None
     try:
-        # Reach the API once before any side effect: a wrong key or URL is a configuration error.
-        try:
-            await client.get_realtime()
-        except APIKeyError as exc:
-            raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
-        except HTTPRequestError as exc:
-            raise click.UsageError(f"cannot reach the FaceSpace API at {config['api_url']}: {exc}") from None
-        except FaceSpaceError:
-            pass  # the stop reply: the API is there, just idle
+        await preflight(client, config["api_url"])
         store = checkpoint_store(config)
         bridge = Bridge(client, sinks, store, options, metrics)
         if config["metrics_port"] is not None:

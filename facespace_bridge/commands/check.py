@@ -1,0 +1,69 @@
+"""`facespace-bridge check`: validate the configuration and reach the API and every broker.
+
+Takes exactly the options of `run`, prints one line per check, exits 0 when all pass
+and 1 otherwise (bad input still exits 2 before any check).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from facespace_bridge.commands import run
+from facespace_bridge.sinks import Sink
+
+
+def _check(**config: Any) -> int:
+    api_key, sinks, _ = run.prepare(config)
+    return asyncio.run(_reach(config, api_key, sinks))
+
+
+async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int:
+    failures = 0
+
+    def line(name: str, ok: bool, detail: str) -> None:
+        nonlocal failures
+        failures += not ok
+        click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+
+    line("config", True, f"brokers {', '.join(config['brokers'])}")
+    client = run.make_client(config, api_key)
+    try:
+        try:
+            snapshot = await run.preflight(client, config["api_url"])
+            line("api", True, f"{config['api_url']} answered ({len(snapshot)} cameras in view)")
+        except click.UsageError as exc:
+            line("api", False, exc.format_message())
+    finally:
+        await client.aclose()
+    for sink in sinks:
+        try:
+            await sink.start()
+            line(sink.name, True, "connected")
+        except Exception as exc:  # report every failure as one line; nothing else to do here
+            line(sink.name, False, str(exc) or type(exc).__name__)
+        finally:
+            try:
+                await sink.close()
+            except Exception:  # closing a sink that never started
+                pass
+    try:
+        store = run.checkpoint_store(config)
+        await store.open()
+        checkpoint = await store.load()
+        await store.close()
+        where = "none yet" if checkpoint is None else f"resumes at {checkpoint.earliest()}"
+        line("checkpoint", True, f"{store.describe()}: {where}")
+    except Exception as exc:
+        line("checkpoint", False, str(exc))
+    return 1 if failures else 0
+
+
+command = click.Command(
+    "check",
+    params=list(run.command.params),
+    callback=_check,
+    help="Validate the configuration and reach the API and each broker (one line per check).",
+)
