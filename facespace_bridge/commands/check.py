@@ -28,16 +28,12 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
         failures += not ok
         click.echo(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
 
-    line("config", True, f"brokers {', '.join(config['brokers'])}")
-    client = run.make_client(config, api_key)
+    line("config", True, f"brokers {', '.join(config['broker'])}")
     try:
-        try:
-            snapshot = await run.preflight(client, config["api_url"])
-            line("api", True, f"{config['api_url']} answered ({len(snapshot)} cameras in view)")
-        except click.UsageError as exc:
-            line("api", False, exc.format_message())
-    finally:
-        await client.aclose()
+        snapshot = await run.preflight(config, api_key)
+        line("api", True, f"{config['api_url']} answered ({len(snapshot)} cameras in view)")
+    except click.UsageError as exc:
+        line("api", False, exc.format_message())
     for sink in sinks:
         try:
             await sink.start()

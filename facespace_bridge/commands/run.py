@@ -33,7 +33,6 @@ log = logging.getLogger("facespace_bridge")
 @config_option
 @click.option(
     "--broker",
-    "brokers",
     multiple=True,
     type=click.Choice(list(SINK_MODULES)),
     required=True,
@@ -77,7 +76,6 @@ log = logging.getLogger("facespace_bridge")
 @click.option("--no-realtime", is_flag=True, help="Do not poll /recognition (no presence events).")
 @click.option(
     "--checkpoint",
-    "checkpoint_target",
     metavar="PATH|kafka",
     help="Checkpoint file (default $XDG_STATE_HOME/facespace-bridge/<instance>.json), "
     "or 'kafka' for the compacted topic facespace-bridge.offsets.",
@@ -116,12 +114,12 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             backfill_from = parse_user_time(config["backfill_from"])
         except FaceSpaceError as exc:
             raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
-    if config["exactly_once"] and "kafka" not in config["brokers"]:
+    if config["exactly_once"] and "kafka" not in config["broker"]:
         raise click.UsageError("--exactly-once needs --broker kafka")
-    if config.get("checkpoint_target") == "kafka" and not config.get("bootstrap_servers"):
+    if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
     try:
-        sinks = build_sinks(config["brokers"], config)
+        sinks = build_sinks(config["broker"], config)
     except KeyError as exc:
         raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
     options = BridgeOptions(
@@ -136,17 +134,23 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
     return api_key, sinks, options
 
 
-def make_client(config: dict[str, Any], api_key: str, metrics: Metrics | None = None) -> AsyncLogsAPI:
+def make_client(
+    config: dict[str, Any], api_key: str, metrics: Metrics | None = None, **retry: Any
+) -> AsyncLogsAPI:
     return AsyncLogsAPI(
         api_key,
         base_url=config["api_url"],
         timeout=config["api_timeout"],
         transport=CountingTransport(metrics) if metrics else None,
+        **retry,
     )
 
 
-async def preflight(client: AsyncLogsAPI, api_url: str) -> dict[str, list[str]]:
-    """Reach the API once: a wrong key or URL is a configuration error (exit 2), before any side effect."""
+async def preflight(config: dict[str, Any], api_key: str) -> dict[str, list[str]]:
+    """Reach the API once: a wrong key or URL is a configuration error (exit 2), before any side effect.
+    A short retry budget: this answers "is it there at all", the run itself retries patiently."""
+    api_url = config["api_url"]
+    client = make_client(config, api_key, max_retries=2, retry_max_seconds=5.0)
     try:
         return await client.get_realtime()
     except APIKeyError as exc:
@@ -155,10 +159,12 @@ async def preflight(client: AsyncLogsAPI, api_url: str) -> dict[str, list[str]]:
         raise click.UsageError(f"cannot reach the FaceSpace API at {api_url}: {exc}") from None
     except FaceSpaceError:
         return {}  # the stop reply: the API is there, just idle
+    finally:
+        await client.aclose()
 
 
 def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
-    target = config.get("checkpoint_target")
+    target = config.get("checkpoint")
     if target == "kafka":
         from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 
@@ -175,7 +181,7 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
         loop.add_signal_handler(signum, stop.set)
     runner = None
     try:
-        await preflight(client, config["api_url"])
+        await preflight(config, api_key)
         store = checkpoint_store(config)
         bridge = Bridge(client, sinks, store, options, metrics)
         if config["metrics_port"] is not None:
