@@ -64,8 +64,23 @@ class Event:
 # -- time ------------------------------------------------------------------------------------------
 
 
+# Timestamps repeat a lot (one second holds many sightings; a listing is sorted): cache the text.
+_TEXT_CACHE: dict[datetime, str] = {}
+_TEXT_CACHE_MAX = 65_536
+
+
 def seen_at_text(dt: datetime) -> str:
     """RFC 3339 in UTC with `Z`, second resolution (sub-seconds are dropped, not rounded)."""
+    text = _TEXT_CACHE.get(dt)
+    if text is None:
+        text = _utc_text(dt)
+        if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
+            _TEXT_CACHE.clear()
+        _TEXT_CACHE[dt] = text
+    return text
+
+
+def _utc_text(dt: datetime) -> str:
     offset = dt.utcoffset()
     if offset is None:
         raise ValueError(f"naive datetime {dt.isoformat()}: event times must be timezone-aware")

@@ -114,12 +114,16 @@ def compiled(schema_id: str) -> jsonschema_rs.Validator:
 @functools.cache
 def _compiled_or_reason(schema_id: str) -> jsonschema_rs.Validator | str:
     # Misses are cached too, so a stream of payloads naming an unknown schema costs no disk reads.
-    if SCHEMA_ID.fullmatch(schema_id) is None:
+    match = SCHEMA_ID.fullmatch(schema_id)
+    if match is None:
         return f"unknown schema {schema_id!r} (expected facespace.<name>/v<N>)"
-    try:
-        document = load_schema(schema_id)
-    except SchemaNotFoundError as exc:
-        return str(exc)
+    versions = catalogue().get(match["name"])
+    if not versions:
+        return f"unknown schema {schema_id!r} (no schema named {match['name']!r})"
+    found = [s for s in versions if s.version == int(match["version"])]
+    if not found:
+        return f"unknown schema {schema_id!r} (have {', '.join(f'v{s.version}' for s in versions)})"
+    document = orjson.loads(found[0].path.read_bytes())
     # ignore_unknown_formats=False: a misspelt format in a schema file fails here, not silently.
     return jsonschema_rs.validator_for(document, validate_formats=True, ignore_unknown_formats=False)
 
