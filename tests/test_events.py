@@ -1,0 +1,396 @@
+"""Event builders: canonical payloads, deterministic ids, k numbering, dead letters, the validation gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+
+from facespace_bridge.client.entries import BadEntry, LogEntry, parse_entry
+from facespace_bridge.events import (
+    DEADLETTER_SCHEMA,
+    PRESENCE_SCHEMA,
+    SIGHTING_SCHEMA,
+    Event,
+    OccurrenceCounter,
+    checked,
+    deadletter_event,
+    listing_events,
+    number_sightings,
+    parse_rfc3339,
+    presence_event,
+    seen_at_text,
+    sighting_event,
+)
+from facespace_bridge.schemas import validate
+
+UTC = timezone.utc
+T = datetime(2023, 10, 23, 0, 5, 22, tzinfo=UTC)
+
+
+def _entry(person: str = "Alice", camera: str = "Camera1", at: datetime = T) -> LogEntry:
+    return LogEntry(camera, person, at, f"{person} @ {at:%H:%M:%S %d/%m/%y}")
+
+
+def _expected_id(*parts: object) -> str:
+    """The documented id: sha256 of the compact UTF-8 JSON array, first 32 hex digits.
+
+    Computed with the standard library's json, independently of the builders' orjson.
+    """
+    text = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _compact(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# -- time --------------------------------------------------------------------------------------------
+
+
+def test_seen_at_text_is_utc_z_at_second_resolution() -> None:
+    assert seen_at_text(T) == "2023-10-23T00:05:22Z"
+    assert seen_at_text(T.replace(microsecond=999_999)) == "2023-10-23T00:05:22Z"  # dropped, not rounded
+    plus_two = timezone(timedelta(hours=2))
+    assert seen_at_text(datetime(2023, 10, 23, 2, 5, 22, tzinfo=plus_two)) == "2023-10-23T00:05:22Z"
+    assert seen_at_text(datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0999-01-02T03:04:05Z"
+
+
+def test_seen_at_text_refuses_naive_datetimes() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        seen_at_text(datetime(2023, 10, 23, 0, 5, 22))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-10-23T00:05:22Z", T),
+        ("2023-10-23t00:05:22z", T),
+        ("2023-10-23 00:05:22Z", T),
+        ("2023-10-23T02:05:22+02:00", T),
+        ("2023-10-23T00:05:22.5Z", T.replace(microsecond=500_000)),
+        ("2023-10-23T00:05:22.123456789Z", T.replace(microsecond=123_456)),
+    ],
+)
+def test_parse_rfc3339(text: str, expected: datetime) -> None:
+    parsed = parse_rfc3339(text)
+    assert parsed == expected and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "text", ["2023-10-23T00:05:22", "yesterday", "", "2023-13-45T99:00:00Z", "2023-10-23"]
+)
+def test_parse_rfc3339_rejects_what_is_not_rfc3339(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rfc3339(text)
+
+
+def test_seen_at_round_trips() -> None:
+    for hours in range(0, 24 * 400, 37):
+        dt = T + timedelta(hours=hours, seconds=hours % 60)
+        assert parse_rfc3339(seen_at_text(dt)) == dt
+
+
+# -- sightings ---------------------------------------------------------------------------------------
+
+
+def test_sighting_payload_is_the_documented_structure() -> None:
+    event = sighting_event(_entry("Alice"), 0)
+    event_id = _expected_id("sighting", "Camera1", "Alice", "2023-10-23T00:05:22Z", 0)
+    expected = {
+        "schema": "facespace.sighting/v1",
+        "event_id": event_id,
+        "camera_id": "Camera1",
+        "person": "Alice",
+        "seen_at": "2023-10-23T00:05:22Z",
+        "source": "logs",
+    }
+    assert event.payload == _compact(expected)  # key order and bytes, not just equal dicts
+    assert dict(event.fields) == expected
+    assert (event.schema, event.event_id, event.camera_id, event.kind) == (
+        SIGHTING_SCHEMA, event_id, "Camera1", "sighting"
+    )
+    assert validate(event.payload) == []
+
+
+@pytest.mark.parametrize(
+    "person",
+    [
+        "Bob @ Home", "Zoë Ångström", "李小龙", "Ann  Marie", "emoji 😀",
+        'quote " and \\ backslash', "tab\there",
+    ],
+)
+def test_odd_names_give_valid_payloads_with_the_documented_id(person: str) -> None:
+    event = sighting_event(_entry(person, camera="Hall / Door #2"), 1)
+    assert event.kind == "sighting", event.fields
+    assert event.fields["person"] == person
+    assert event.event_id == _expected_id("sighting", "Hall / Door #2", person, "2023-10-23T00:05:22Z", 1)
+    assert orjson.loads(event.payload) == event.fields
+
+
+def test_name_with_at_sign_is_parsed_and_kept_whole() -> None:
+    entry = parse_entry("Camera1", "Bob @ Home @ 00:05:22 23/10/23")
+    assert isinstance(entry, LogEntry)
+    event = sighting_event(entry, 0)
+    assert event.fields["person"] == "Bob @ Home"
+    assert event.event_id != sighting_event(_entry("Bob"), 0).event_id
+
+
+def test_spacing_of_the_raw_entry_does_not_change_the_payload() -> None:
+    # The raw text is not part of the payload: the same sighting gives the same bytes.
+    tidy = parse_entry("Camera1", "Alice @ 00:05:22 23/10/23")
+    loose = parse_entry("Camera1", "  Alice   @  00:05:22   23/10/23 ")
+    assert isinstance(tidy, LogEntry) and isinstance(loose, LogEntry)
+    assert sighting_event(tidy, 0).payload == sighting_event(loose, 0).payload
+
+
+def test_id_encoding_is_unambiguous() -> None:
+    # Splitting the same characters differently between fields must not collide.
+    a = sighting_event(_entry("b c", camera="a"), 0)
+    b = sighting_event(_entry("c", camera="a b"), 0)
+    c = sighting_event(_entry("a", camera="Camera1"), 11)
+    d = sighting_event(_entry("a", camera="Camera1"), 1)
+    assert len({a.event_id, b.event_id, c.event_id, d.event_id}) == 4
+
+
+def test_same_entry_same_id_and_bytes_across_builds() -> None:
+    first = sighting_event(_entry("Zoë"), 2)
+    second = sighting_event(LogEntry("Camera1", "Zoë", datetime(2023, 10, 23, 0, 5, 22, tzinfo=UTC), "x"), 2)
+    assert first == second
+    assert first.payload == second.payload
+
+
+_CHILD = """
+import sys
+from datetime import datetime, timezone
+from facespace_bridge.client.entries import parse_entry
+from facespace_bridge.events import listing_events
+raws = ["Zoë @ 00:05:22 23/10/23", "Bob @ Home @ 00:05:22 23/10/23", "Zoë @ 00:05:22 23/10/23", "??"]
+for event in listing_events(parse_entry("Cam 1", raw) for raw in raws):
+    sys.stdout.buffer.write(event.payload + b"\\n")
+"""
+
+
+def test_bytes_are_identical_in_separate_processes() -> None:
+    outputs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}  # set order must not leak into payloads
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD], capture_output=True, check=True, env=env, timeout=60
+        )
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
+    lines = outputs.pop().splitlines()
+    assert len(lines) == 4
+    raws = ["Zoë @ 00:05:22 23/10/23", "Bob @ Home @ 00:05:22 23/10/23", "Zoë @ 00:05:22 23/10/23", "??"]
+    here = [e.payload for e in listing_events(parse_entry("Cam 1", raw) for raw in raws)]
+    assert lines == here
+
+
+def test_negative_k_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        sighting_event(_entry(), -1)
+
+
+def test_invalid_sighting_becomes_a_dead_letter() -> None:
+    event = sighting_event(LogEntry("Camera1", "", T, " @ 00:05:22 23/10/23"), 0)
+    assert event.kind == "deadletter"
+    assert event.fields["source"] == "validation"
+    assert event.fields["failed_schema"] == SIGHTING_SCHEMA
+    assert "/person" in event.fields["reason"]
+    assert orjson.loads(event.fields["raw"])["person"] == ""
+    assert validate(event.payload) == []
+
+
+# -- k numbering -------------------------------------------------------------------------------------
+
+
+def test_k_counts_identical_entries_in_the_same_second() -> None:
+    later = T + timedelta(seconds=1)
+    entries = [
+        _entry("A"), _entry("A"), _entry("B"), _entry("A"),
+        _entry("A", at=later), _entry("A", camera="Camera2"), _entry("A"),
+    ]
+    assert [k for _, k in number_sightings(entries)] == [0, 1, 0, 2, 0, 0, 3]
+
+
+def test_counter_does_not_need_time_order() -> None:
+    counter = OccurrenceCounter()
+    earlier = T - timedelta(seconds=1)
+    assert [counter.number(e) for e in [_entry("A"), _entry("A", at=earlier), _entry("A")]] == [0, 0, 1]
+
+
+def test_duplicates_in_one_second_get_distinct_ids_and_a_reread_gives_the_same() -> None:
+    listing = [_entry("A"), _entry("A"), _entry("B"), _entry("A")]
+    first = [e.event_id for e in listing_events(listing)]
+    again = [e.event_id for e in listing_events(listing)]  # a resume re-reads the whole second
+    assert len(set(first)) == 4
+    assert first == again
+    expected = [
+        _expected_id("sighting", "Camera1", name, "2023-10-23T00:05:22Z", k)
+        for name, k in [("A", 0), ("A", 1), ("B", 0), ("A", 2)]
+    ]
+    assert first == expected
+
+
+def test_listing_events_dead_letters_bad_entries_in_place() -> None:
+    raws = ["A @ 00:05:22 23/10/23", "garbage", "A @ 00:05:22 23/10/23"]
+    entries = [parse_entry("Camera1", raw) for raw in raws]
+    events = list(listing_events(entries))
+    assert [e.kind for e in events] == ["sighting", "deadletter", "sighting"]
+    assert events[1].fields["raw"] == "garbage" and events[1].fields["source"] == "logs"
+    assert events[0].event_id != events[2].event_id
+
+
+# -- presence ----------------------------------------------------------------------------------------
+
+
+def test_presence_payload_is_sorted_and_deterministic() -> None:
+    at = T + timedelta(microseconds=250)
+    event = presence_event("Camera1", {"Bob", "Alice", "Zoë"}, ["Zoë", "Alice"], frozenset({"Carl"}), at)
+    expected = {
+        "schema": "facespace.presence/v1",
+        "event_id": _expected_id("presence", "Camera1", "2023-10-23T00:05:22Z", ["Alice", "Bob", "Zoë"]),
+        "camera_id": "Camera1",
+        "people": ["Alice", "Bob", "Zoë"],
+        "arrived": ["Alice", "Zoë"],
+        "departed": ["Carl"],
+        "observed_at": "2023-10-23T00:05:22Z",
+    }
+    assert event.payload == _compact(expected)
+    assert (event.schema, event.kind, event.camera_id) == (PRESENCE_SCHEMA, "presence", "Camera1")
+    again = presence_event("Camera1", ["Zoë", "Bob", "Alice", "Bob"], {"Alice", "Zoë"}, ["Carl"], T)
+    assert again.payload == event.payload
+
+
+def test_presence_of_an_empty_camera_is_valid() -> None:
+    event = presence_event("Camera1", [], [], ["Alice"], T)
+    assert event.kind == "presence" and event.fields["people"] == []
+
+
+@pytest.mark.parametrize("people", [["Alice", 1], [["nested"]], [None]])
+def test_presence_with_names_that_are_not_strings_is_a_dead_letter(people: list[Any]) -> None:
+    event = presence_event("Camera1", people, [], [], T)
+    assert event.kind == "deadletter", event.fields
+    assert event.fields["camera_id"] == "Camera1"
+    assert validate(event.payload) == []
+
+
+# -- dead letters ------------------------------------------------------------------------------------
+
+
+def test_dead_letter_of_a_bad_entry() -> None:
+    bad = parse_entry("Camera1", "Alice at noon")
+    assert isinstance(bad, BadEntry)
+    event = deadletter_event(bad.camera_id, bad.raw, bad.reason, source="logs")
+    expected = {
+        "schema": DEADLETTER_SCHEMA,
+        "event_id": _expected_id("deadletter", "Camera1", "Alice at noon", bad.reason),
+        "camera_id": "Camera1",
+        "source": "logs",
+        "raw": "Alice at noon",
+        "reason": bad.reason,
+    }
+    assert event.payload == _compact(expected)
+    assert (event.kind, event.camera_id) == ("deadletter", "Camera1")
+    assert validate(event.payload) == []
+
+
+def test_dead_letter_json_encodes_raws_that_are_not_strings() -> None:
+    event = deadletter_event("Camera1", {"name": ["A", 1]}, "entry is dict, not a string", "logs")
+    assert event.fields["raw"] == '{"name":["A",1]}'
+    assert deadletter_event("Camera1", 42, "why", "logs").fields["raw"] == "42"
+    assert deadletter_event("Camera1", None, "why", "logs").fields["raw"] == "null"
+
+
+@pytest.mark.parametrize(
+    ("camera_id", "raw", "reason", "failed_schema"),
+    [
+        (None, "x", "why", None),
+        ("Camera1", "lone \ud800 surrogate", "line one\nline two", None),
+        ("Camera1", b"\xff\xfe bytes", "", "facespace.sighting/v1"),
+        ("Camera1", object(), "why", "not a schema id"),
+        ("Cam\udfff", {1: {2}}, "why", None),
+    ],
+)
+def test_dead_letters_always_validate(
+    camera_id: str | None, raw: object, reason: str, failed_schema: str | None
+) -> None:
+    event = deadletter_event(camera_id, raw, reason, "logs", failed_schema)
+    assert validate(event.payload) == [], event.fields
+    assert "\n" not in event.fields["reason"]
+    assert event.camera_id == (event.fields["camera_id"] or "")
+
+
+def test_dead_letter_without_camera_is_null_in_the_payload() -> None:
+    event = deadletter_event(None, "x", "why", "realtime")
+    assert event.fields["camera_id"] is None and event.camera_id == ""
+
+
+def test_dead_letter_keeps_a_bad_failed_schema_in_the_reason() -> None:
+    event = deadletter_event("C", "x", "why", "validation", "nonsense")
+    assert "failed_schema" not in event.fields
+    assert event.fields["reason"] == "why (schema 'nonsense')"
+
+
+# -- the gate ----------------------------------------------------------------------------------------
+
+
+def _forged(fields: dict[str, Any], schema: str = SIGHTING_SCHEMA, payload: bytes | None = None) -> Event:
+    """An event built by hand, bypassing the builders' validation."""
+    data = payload if payload is not None else orjson.dumps(fields)
+    return Event(schema, "0" * 32, "Camera1", data, fields)
+
+
+def test_checked_passes_a_valid_event_through_unchanged() -> None:
+    event = sighting_event(_entry(), 0)
+    assert checked(event) is event
+
+
+@pytest.mark.parametrize("seen_at", ["2023-13-45T99:00:00Z", "yesterday"])
+def test_checked_turns_a_bad_timestamp_into_a_dead_letter(seen_at: str) -> None:
+    fields = {**sighting_event(_entry(), 0).fields, "seen_at": seen_at}
+    forged = _forged(fields)
+    result = checked(forged)
+    assert result.kind == "deadletter"
+    assert result.camera_id == "Camera1"
+    assert result.fields["source"] == "validation"
+    assert result.fields["failed_schema"] == SIGHTING_SCHEMA
+    assert "date-time" in result.fields["reason"]
+    assert result.fields["raw"] == forged.payload.decode()
+    assert validate(result.payload) == []
+
+
+def test_checked_validates_the_bytes_not_the_fields() -> None:
+    good = sighting_event(_entry(), 0)
+    forged = _forged(dict(good.fields), payload=good.payload.replace(b'"logs"', b'"logs","extra":1'))
+    result = checked(forged)
+    assert result.kind == "deadletter" and "extra" in result.fields["reason"]
+
+
+def test_checked_rejects_a_payload_naming_another_schema() -> None:
+    good = sighting_event(_entry(), 0)
+    result = checked(_forged(dict(good.fields), schema=PRESENCE_SCHEMA))
+    assert result.kind == "deadletter"
+    assert "names schema 'facespace.sighting/v1'" in result.fields["reason"]
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"[1]"])
+def test_checked_rejects_payloads_that_are_not_json_objects(payload: bytes) -> None:
+    result = checked(_forged({}, payload=payload))
+    assert result.kind == "deadletter" and validate(result.payload) == []
+
+
+def test_checked_never_passes_an_invalid_dead_letter() -> None:
+    forged = _forged({"schema": DEADLETTER_SCHEMA, "raw": 1}, schema=DEADLETTER_SCHEMA)
+    result = checked(forged)
+    assert result is not forged
+    assert result.kind == "deadletter" and validate(result.payload) == []
+    assert result.fields["failed_schema"] == DEADLETTER_SCHEMA
