@@ -197,6 +197,16 @@ class MqttSink(Sink):
         self._acks: deque[tuple[int, Any]] = deque()
         self._ack_scheduled = False
 
+    @property
+    def connected(self) -> bool:
+        """Whether the sink has a live broker connection right now."""
+        return self._connected
+
+    @property
+    def pending(self) -> int:
+        """Messages queued or awaiting their PUBACK."""
+        return len(self._queue) + len(self._inflight)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
