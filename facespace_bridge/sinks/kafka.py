@@ -27,6 +27,7 @@ from aiokafka import codec as _codec
 from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.protocol.coordination import FindCoordinatorRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
@@ -42,9 +43,9 @@ DEFAULT_TOPICS = {
     "deadletter": "facespace.deadletter",
 }
 # Defaults chosen by measurement (bench/kafka_replay.py --tune, figures in bench/README.md).
-DEFAULT_LINGER_MS = 5
-DEFAULT_BATCH_SIZE = 256 * 1024
-DEFAULT_MAX_IN_FLIGHT = 4096
+DEFAULT_LINGER_MS = 0
+DEFAULT_BATCH_SIZE = 32 * 1024
+DEFAULT_MAX_IN_FLIGHT = 2000
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_PARTITIONS = 3
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -58,6 +59,8 @@ COMPRESSIONS = (
 # producer ever writes with it, and Kafka expires it after transactional.id.expiration.ms.
 _PROBE_TRANSACTIONAL_ID = "facespace-bridge.capability-probe"
 _CONTENT_TYPE = ("content-type", b"application/json")
+_MAX_PLACEMENTS = 100_000
+_partitioner = DefaultPartitioner()
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +210,12 @@ class KafkaSink(Sink):
         self.failed = 0  # records the broker never acknowledged
         self._producer: AIOKafkaProducer | None = None
         self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._pending: set[asyncio.Future[Any]] = set()
+        self._outstanding = 0  # records sent and not yet acknowledged or failed
+        self._idle: asyncio.Event | None = None  # set when _outstanding drops to 0 (flush)
         self._ready_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
-        self._schema_headers: dict[str, tuple[str, list[tuple[str, bytes]], str]] = {}
+        self._routes: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+        self._placements: dict[tuple[str, str], tuple[bytes, int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -304,8 +309,9 @@ class KafkaSink(Sink):
         if self._producer is None:
             return
         await self._producer.flush()
-        if self._pending:
-            await asyncio.wait(list(self._pending))
+        if self._outstanding:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
         if self.failed:
             raise SinkError(f"{self.failed} records were not acknowledged by Kafka")
 
@@ -352,31 +358,51 @@ class KafkaSink(Sink):
 
     # -- the hot path ------------------------------------------------------------------------------
 
-    def _route(self, event: Event) -> tuple[str, list[tuple[str, bytes]], str]:
-        """(topic, headers without event-id, kind) per schema, computed once per schema."""
-        route = self._schema_headers.get(event.schema)
+    def _route(self, event: Event) -> tuple[str, list[tuple[str, bytes]]]:
+        """(topic, headers without event-id) per schema, computed once per schema."""
+        route = self._routes.get(event.schema)
         if route is None:
-            kind = event.kind
-            topic = self.settings.topics.get(kind)
+            topic = self.settings.topics.get(event.kind)
             if topic is None:
                 raise SinkError(f"the Kafka sink has no topic for {event.schema!r} events")
-            route = (topic, [_CONTENT_TYPE, ("schema", event.schema.encode())], kind)
-            self._schema_headers[event.schema] = route
+            route = (topic, [_CONTENT_TYPE, ("schema", event.schema.encode())])
+            self._routes[event.schema] = route
         return route
+
+    async def _place(self, topic: str, camera_id: str) -> tuple[bytes, int]:
+        """The key bytes and partition of a camera's records in `topic`.
+
+        The partition is the default partitioner's (murmur2 of the key, as the Java client),
+        computed once per camera: aiokafka's pure-Python murmur2 per record was a fifth of
+        the publish cost. Partitions are only ever added, so a cached choice stays valid and
+        keeps the camera's records in one partition.
+        """
+        if topic not in self._ready_topics:
+            await self.ensure_topic(topic)
+        assert self._producer is not None
+        partitions = sorted(await self._producer.partitions_for(topic))
+        key = camera_id.encode()
+        placed = (key, _partitioner(key, partitions, partitions))
+        if len(self._placements) >= _MAX_PLACEMENTS:  # a flood of camera ids must not grow memory
+            self._placements.clear()
+        self._placements[(topic, camera_id)] = placed
+        return placed
 
     async def publish(self, event: Event) -> Ack:
         producer = self._producer
         if producer is None:
             raise SinkError("the Kafka sink is not started")
-        topic, headers, _kind = self._route(event)
-        if topic not in self._ready_topics:
-            await self.ensure_topic(topic)
+        topic, headers = self._route(event)
+        placed = self._placements.get((topic, event.camera_id))
+        if placed is None:
+            placed = await self._place(topic, event.camera_id)
         await self._slots.acquire()  # back-pressure: at most max_in_flight unacknowledged
         try:
             future = await producer.send(
                 topic,
                 event.payload,
-                key=event.camera_id.encode(),
+                key=placed[0],
+                partition=placed[1],
                 headers=[*headers, ("event-id", event.event_id.encode())],
                 timestamp_ms=int(time.time() * 1000),
             )
@@ -386,16 +412,18 @@ class KafkaSink(Sink):
         except BaseException:
             self._slots.release()
             raise
-        self._pending.add(future)
+        self._outstanding += 1
         future.add_done_callback(self._settled)
         return cast(Ack, future)
 
     def _settled(self, future: asyncio.Future[Any]) -> None:
-        self._pending.discard(future)
         self._slots.release()
+        self._outstanding -= 1
         if not future.cancelled() and future.exception() is not None:
             # Counted here (and so "retrieved"); the caller awaiting the ack still sees it.
             self.failed += 1
+        if self._outstanding == 0 and self._idle is not None:
+            self._idle.set()
 
 
 # -- CLI ------------------------------------------------------------------------------------------
