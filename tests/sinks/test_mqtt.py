@@ -20,7 +20,7 @@ from facespace_bridge.schemas import validate
 from facespace_bridge.sinks import SinkError
 from facespace_bridge.sinks._topics import camera_segment, person_segment
 from facespace_bridge.sinks.mqtt import MqttSink
-from tests.fixtures.mqtt import MqttBroker, MqttCollector, free_port, retained_async
+from tests.fixtures.mqtt import MqttBroker, MqttCollector, eventually, free_port, retained_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,22 +108,22 @@ async def test_last_will_says_offline_after_sigkill(mqtt_broker: MqttBroker, tmp
     script = tmp_path / "bridge.py"
     script.write_text(SCRIPT)
     with MqttCollector(mqtt_broker, "facespace/bridge/state") as collector:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), mqtt_broker.url],
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(script), mqtt_broker.url,
             stdout=subprocess.PIPE, cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": "."},
         )
         try:
             assert proc.stdout is not None
-            line = await asyncio.to_thread(proc.stdout.readline)
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
             assert line.strip() == b"ready"
-            await collector.wait_for(lambda ms: ms and ms[-1].payload == b"online", what="online")
+            await collector.wait_for(lambda ms: bool(ms) and ms[-1].payload == b"online", what="online")
             proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(proc.wait)
+            await proc.wait()
             messages = await collector.wait_for(lambda ms: ms[-1].payload == b"offline", what="the Last Will")
         finally:
-            if proc.poll() is None:
+            if proc.returncode is None:
                 proc.kill()
-                proc.wait()
+                await proc.wait()
     assert [m.payload for m in messages][-2:] == [b"online", b"offline"]
     held = await retained_async(mqtt_broker, "facespace/bridge/state")
     assert held["facespace/bridge/state"] == b"offline"  # late subscribers learn it too
@@ -135,7 +135,8 @@ async def test_broker_restart_mid_stream_loses_nothing(mqtt_broker: MqttBroker) 
     expected = {e.event_id for e in events}
     assert len(expected) == n
     # A persistent session: the broker keeps its queue through the restart.
-    with MqttCollector(mqtt_broker, "facespace/+/sighting", client_id="restart-watcher", persistent=True) as col:
+    watcher = MqttCollector(mqtt_broker, "facespace/+/sighting", client_id="restart-watcher", persistent=True)
+    with watcher as col:
         async with sink_for(mqtt_broker, ha_discovery=False, max_queued=200) as sink:
             acks = []
             restart: asyncio.Future[None] | None = None
@@ -157,8 +158,7 @@ async def test_back_pressure_while_the_broker_is_down(mqtt_broker: MqttBroker) -
     with MqttCollector(mqtt_broker, "facespace/+/sighting", client_id="bp-watcher", persistent=True) as col:
         async with sink_for(mqtt_broker, ha_discovery=False, max_inflight=4, max_queued=10) as sink:
             await asyncio.to_thread(mqtt_broker.stop)
-            while sink.connected:
-                await asyncio.sleep(0.01)
+            await eventually(lambda: not sink.connected, what="the sink to notice")
             events = [sighting("Camera1", "Alice", second=i) for i in range(12)]
             acks = [await sink.publish(e) for e in events[:10]]  # the queue takes ten
             blocked = asyncio.ensure_future(sink.publish(events[10]))
