@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ from facespace_bridge.schemas import (
     schema_root,
     validate,
 )
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = Path(__file__).resolve().parent / "data" / "schemas"
@@ -88,6 +94,15 @@ def test_lookup_in_an_installed_wheel_layout(tmp_path: Path) -> None:
     checkout = {n: [(s.version, s.path.read_bytes()) for s in v] for n, v in catalogue().items()}
     assert installed == checkout
     assert resolve("sighting/v1", root).path == package / "_schemas" / "sighting" / "v1.json"
+
+
+def test_the_wheel_ships_the_schemas_where_the_loader_looks() -> None:
+    # pyproject force-includes the checkout's schemas/ as <package>/_schemas, the first place
+    # schema_root looks; a change to either side must change the other.
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        project = tomllib.load(handle)
+    force_include = project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    assert force_include["schemas"] == "facespace_bridge/_schemas"
 
 
 def test_lookup_in_a_checkout_layout(tmp_path: Path) -> None:
