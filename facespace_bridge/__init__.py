@@ -14,15 +14,40 @@ from facespace_bridge.client import (
     LogsAPI,
     StopLogsSignal,
 )
+from facespace_bridge.events import (
+    Event,
+    OccurrenceCounter,
+    checked,
+    deadletter_event,
+    listing_events,
+    number_sightings,
+    parse_rfc3339,
+    presence_event,
+    seen_at_text,
+    sighting_event,
+)
+from facespace_bridge.schemas import SchemaNotFoundError, validate
 
 __all__ = [
     "APIKeyError",
     "AsyncLogsAPI",
     "DateParseError",
+    "Event",
     "FaceSpaceError",
     "HTTPRequestError",
     "InvalidUsageError",
     "LogsAPI",
+    "OccurrenceCounter",
+    "SchemaNotFoundError",
     "StopLogsSignal",
     "__version__",
+    "checked",
+    "deadletter_event",
+    "listing_events",
+    "number_sightings",
+    "parse_rfc3339",
+    "presence_event",
+    "seen_at_text",
+    "sighting_event",
+    "validate",
 ]
