@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 import click
 import orjson
@@ -36,30 +35,56 @@ def show(name: str) -> None:
     click.echo(schema.path.read_text(encoding="utf-8"), nl=False)
 
 
-def _payloads(label: str, data: bytes) -> Iterator[tuple[str, Any]]:
-    """(where, decoded payload or _NotJSON) for a JSON or JSON-lines file.
+def _payloads(label: str, handle: BinaryIO) -> Iterator[tuple[str, Any]]:
+    """(where, decoded payload or _NotJSON) for each payload of a JSON or JSON-lines file.
 
-    A file that is one JSON document is one payload (`PATH`), a top-level array one per
-    item (`PATH[i]`); otherwise every non-blank line is a payload (`PATH:LINE`).
+    JSON lines are read a line at a time, so a large file is never held whole: each
+    non-blank line is a payload (`PATH:LINE`; a line holding an array, one per item,
+    `PATH:LINE[i]`). A file whose first line is not JSON by itself is read whole as one
+    document (pretty-printed JSON: `PATH`, or `PATH[i]` for the items of an array); if it
+    is not that either, it is reported line by line.
     """
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
+    lines = iter(handle)
+    number = 0
+    for first in lines:
+        number += 1
+        if first.strip():
+            break
     else:
-        if isinstance(document, list):
-            for index, item in enumerate(document):
-                yield f"{label}[{index}]", item
+        return  # an empty file holds no payloads
+    try:
+        decoded = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        data = first + b"".join(lines)
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            yield from _lines(label, data.splitlines(), number)
         else:
-            yield label, document
+            yield from _items(label, document)
         return
-    for number, line in enumerate(data.splitlines(), start=1):
+    yield from _items(f"{label}:{number}", decoded)
+    yield from _lines(label, lines, number + 1)
+
+
+def _lines(label: str, lines: Iterable[bytes], first_number: int) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(lines, start=first_number):
         if not line.strip():
             continue
         try:
-            yield f"{label}:{number}", orjson.loads(line)
+            decoded = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             yield f"{label}:{number}", _NotJSON(f"not JSON: {exc}")
+        else:
+            yield from _items(f"{label}:{number}", decoded)
+
+
+def _items(where: str, decoded: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(decoded, list):
+        for index, item in enumerate(decoded):
+            yield f"{where}[{index}]", item
+    else:
+        yield where, decoded
 
 
 class _NotJSON(str):
@@ -84,19 +109,16 @@ def validate(ctx: click.Context, files: tuple[str, ...], quiet: bool) -> None:
     """
     valid = invalid = 0
     for path in files:
-        if path == "-":
-            data, label = sys.stdin.buffer.read(), "<stdin>"
-        else:
-            with open(path, "rb") as handle:
-                data, label = handle.read(), path
-        for where, payload in _payloads(label, data):
-            errors = [str(payload)] if isinstance(payload, _NotJSON) else schemas.validate(payload)
-            if not errors:
-                valid += 1
-                continue
-            invalid += 1
-            for error in errors:
-                click.echo(f"{where}: {error}")
+        with click.open_file(path, "rb") as handle:
+            label = "<stdin>" if path == "-" else path
+            for where, payload in _payloads(label, handle):
+                errors = [str(payload)] if isinstance(payload, _NotJSON) else schemas.validate(payload)
+                if not errors:
+                    valid += 1
+                    continue
+                invalid += 1
+                for error in errors:
+                    click.echo(f"{where}: {error}")
     if not quiet:
         click.echo(f"{valid} valid, {invalid} invalid", err=True)
     if invalid:

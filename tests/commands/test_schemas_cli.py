@@ -79,6 +79,20 @@ def test_validate_a_json_file(capsys: Capture, tmp_path: Path) -> None:
     assert "1 valid, 0 invalid" in err
 
 
+def test_validate_a_pretty_printed_bad_file_names_the_file(capsys: Capture, tmp_path: Path) -> None:
+    pretty = tmp_path / "pretty.json"
+    pretty.write_bytes(orjson.dumps([orjson.loads(_payloads()[1]), orjson.loads(_bad_sighting())],
+                                    option=orjson.OPT_INDENT_2))
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b'{\n  "schema": "facespace.sighting/v1",\n  oops\n}\n')
+    code, out, err = _run(capsys, "validate", str(pretty), str(broken))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{pretty}[1]: /seen_at: ")
+    assert f"{broken}:1: not JSON" in out and f"{broken}:3: not JSON" in out
+    assert "1 valid" in err
+
+
 def test_validate_json_lines_and_a_json_array(capsys: Capture, tmp_path: Path) -> None:
     lines = tmp_path / "events.jsonl"
     lines.write_bytes(b"\n".join(_payloads()) + b"\n\n")
@@ -111,7 +125,7 @@ def test_validate_array_items_are_located_by_index(capsys: Capture, tmp_path: Pa
     path.write_bytes(b"[" + _payloads()[1] + b"," + _bad_sighting() + b"]")
     code, out, _ = _run(capsys, "validate", "--quiet", str(path))
     assert code == 1
-    assert out.startswith(f"{path}[1]: /seen_at: ")
+    assert out.startswith(f"{path}:1[1]: /seen_at: ")
 
 
 def test_validate_missing_file_is_one_line_exit_2(capsys: Capture, tmp_path: Path) -> None:
