@@ -121,7 +121,7 @@ def _event_id(parts: list[Any]) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:EVENT_ID_HEX_DIGITS]
 
 
-def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], source: str) -> Event:
+def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any]) -> Event:
     """Serialise and validate; a payload that fails becomes a dead letter with the reason."""
     try:
         payload = orjson.dumps(fields)
@@ -158,7 +158,7 @@ def sighting_event(entry: LogEntry, k: int, source: str = "logs") -> Event:
         "seen_at": seen_at,
         "source": source,
     }
-    return _finish(SIGHTING_SCHEMA, event_id, entry.camera_id, fields, source)
+    return _finish(SIGHTING_SCHEMA, event_id, entry.camera_id, fields)
 
 
 class OccurrenceCounter:
@@ -239,7 +239,7 @@ def presence_event(
         "departed": departed_sorted,
         "observed_at": observed,
     }
-    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields, "realtime")
+    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields)
 
 
 # -- dead letters ----------------------------------------------------------------------------------
