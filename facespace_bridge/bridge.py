@@ -169,6 +169,7 @@ class Bridge:
         self.status = BridgeStatus()
         self._changed = asyncio.Event()
         self._redeliveries: set[asyncio.Task[None]] = set()
+        self._save_lock = asyncio.Lock()  # one write at a time: the writer, backfill completion, shutdown
         self.tracker: AckTracker | None = None
         self.logs_source = LogsSource(
             client,
@@ -374,6 +375,11 @@ class Bridge:
             await self._save()
 
     async def _save(self) -> None:
+        assert self.tracker is not None
+        async with self._save_lock:
+            await self._save_now()
+
+    async def _save_now(self) -> None:
         assert self.tracker is not None
         self._changed.clear()
         try:

@@ -139,8 +139,9 @@ class LogsSource:
 
         Each poll re-reads a look-back window of `lateness` before the newest entry seen,
         so entries the API inserts late are still published; what was already handed over
-        inside the window is remembered (by event identity) and skipped. Entries at or
-        before the resume positions of `resume` were published before this run.
+        inside the window is remembered (by event identity) and skipped. In the first
+        poll, entries at or before the resume positions of `resume` were published before
+        this run: they are remembered as handed over, not published again.
         """
         # camera -> second -> {(person, k)} handed over; pruned as the window moves on.
         handed: dict[str, dict[datetime, set[tuple[str, int]]]] = defaultdict(dict)
@@ -148,6 +149,7 @@ class LogsSource:
         earliest = resume.earliest()
         query_from = minute_floor((earliest or self.clock()) - self.lateness)
         backoff = self.tail_interval
+        first = True
         while not stop.is_set():
             bad_now: Counter[tuple[str, str]] = Counter()
             try:
@@ -159,7 +161,7 @@ class LogsSource:
                             bad_now[key] += 1
                             if bad_now[key] > bad_before[key]:  # not dead-lettered by an earlier poll
                                 at = numbering.last(entry.camera_id)
-                                floor = resume.position(entry.camera_id)
+                                floor = resume.position(entry.camera_id) if first else None
                                 if at is None or floor is None or at >= floor:  # a repeat beats a loss
                                     yield _dead_letter(entry, at)
                             continue
@@ -168,7 +170,7 @@ class LogsSource:
                         if (entry.person, k) in done:
                             continue
                         done.add((entry.person, k))
-                        floor = resume.position(entry.camera_id)
+                        floor = resume.position(entry.camera_id) if first else None
                         if floor is not None and position <= floor:
                             continue  # published before this run
                         self._saw(entry)
@@ -179,6 +181,7 @@ class LogsSource:
                 backoff = min(backoff * 2, 60.0)
                 continue
             backoff = self.tail_interval
+            first = False
             bad_before = bad_now
             self.polls += 1
             # Move the window: entries before (newest - lateness) are final from now on.

@@ -1,0 +1,171 @@
+"""The bridge loop in-process, against the simulator over real HTTP, into the file sink.
+
+The Kafka and MQTT paths, kills and outages are in tests/test_crash_safety.py; here a
+frozen simulator clock and the bridge's injectable clock make every run exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from facespace_bridge.bridge import Bridge, BridgeOptions
+from facespace_bridge.checkpoints import FileCheckpointStore
+from facespace_bridge.client import AsyncLogsAPI
+from facespace_bridge.schemas import validate
+from facespace_bridge.sinks.file import FileSink
+from tests.fixtures.simulator import SIM_NOW
+
+BACKFILL = timedelta(hours=3)
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def truth(sim, start: datetime, end: datetime) -> Counter:
+    return Counter((cam, person, seen_at) for cam, person, seen_at in sim.world.entries(start, end))
+
+
+def sightings(events: list[dict]) -> Counter:
+    return Counter(
+        (e["camera_id"], e["person"], datetime.fromisoformat(e["seen_at"].replace("Z", "+00:00")))
+        for e in events
+        if e["schema"].startswith("facespace.sighting/")
+    )
+
+
+class Run:
+    """One bridge run in the background; `stop()` is the SIGTERM path."""
+
+    def __init__(self, sim, tmp_path: Path, **options) -> None:
+        self.output = tmp_path / "events.jsonl"
+        self.client = AsyncLogsAPI(sim.api_key, base_url=sim.base_url)
+        defaults = dict(
+            backfill_from=SIM_NOW - BACKFILL,
+            tail_interval=0.2,
+            refresh=0.2,
+            heartbeat=0.5,
+        )
+        self.bridge = Bridge(
+            self.client,
+            [FileSink(str(self.output))],
+            FileCheckpointStore(tmp_path / "checkpoint.json"),
+            BridgeOptions(**{**defaults, **options}),
+            clock=lambda: SIM_NOW,
+        )
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.create_task(self.bridge.run(self.stop_event))
+
+    async def wait_for(self, predicate, timeout: float = 30.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not predicate(read_events(self.output)):
+            if self.task.done():
+                self.task.result()
+                raise AssertionError("the bridge stopped early")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("timed out waiting for the bridge")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(self.task, 10)
+        await self.client.aclose()
+
+
+async def test_backfill_then_tail_publishes_every_sighting_once(simulator_factory, tmp_path):
+    sim = simulator_factory(visits_per_hour=120)
+    expected = truth(sim, SIM_NOW - BACKFILL, SIM_NOW)
+    same_second = Counter((camera, seen_at) for camera, _, seen_at in expected.elements())
+    assert max(same_second.values()) > 1  # the world has entries sharing a second
+    run = Run(sim, tmp_path)
+    await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()))
+    await asyncio.sleep(0.5)  # a few more tail polls: nothing may be repeated
+    await run.stop()
+    events = read_events(run.output)
+    assert sightings(events) == expected
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids))
+    assert all(validate(e) == [] for e in events)
+    presence = [e for e in events if e["schema"].startswith("facespace.presence/")]
+    assert {e["camera_id"] for e in presence} == set(sim.world.cameras())  # once per camera at start
+
+
+async def test_stop_and_restart_mid_backfill_repeats_nothing_and_loses_nothing(simulator_factory, tmp_path):
+    # Dense enough for several windows, each slowed down, so the stop lands mid-backfill.
+    sim = simulator_factory(visits_per_hour=4000, faults={"latency_ms": 150})
+    expected = truth(sim, SIM_NOW - BACKFILL, SIM_NOW)
+    total = sum(expected.values())
+    run = Run(sim, tmp_path, realtime=False)
+    await run.wait_for(lambda events: len(events) >= total // 3)
+    await run.stop()
+    first = len(read_events(run.output))
+    assert first < total, "the first run should have been stopped mid-backfill"
+    checkpoint = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
+    assert checkpoint["backfill"]["complete"] is False
+    run = Run(sim, tmp_path, realtime=False)
+    await run.wait_for(lambda events: len(events) >= total)
+    await asyncio.sleep(0.5)
+    await run.stop()
+    events = read_events(run.output)
+    assert sightings(events) == expected
+    assert len({e["event_id"] for e in events}) == len(events) == total
+
+
+async def test_late_inserted_entry_is_published_once(simulator_factory, tmp_path):
+    sim = simulator_factory(visits_per_hour=30)
+    run = Run(sim, tmp_path, backfill_from=SIM_NOW - timedelta(minutes=10), realtime=False)
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= 2)
+    before = len(read_events(run.output))
+    late_at = (SIM_NOW - timedelta(seconds=50)).replace(microsecond=0)
+    sim.insert("Camera1", "Late Comer", late_at)
+    await run.wait_for(lambda events: any(e.get("person") == "Late Comer" for e in events))
+    polls = run.bridge.logs_source.polls
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 3)
+    await run.stop()
+    events = read_events(run.output)
+    late = [e for e in events if e.get("person") == "Late Comer"]
+    assert len(late) == 1 and late[0]["seen_at"] == late_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert len(events) == before + 1
+
+
+async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_factory, tmp_path):
+    sim = simulator_factory(visits_per_hour=60)
+    # Stored junk: one in the backfilled range, one in the tail's look-back window.
+    sim.world.insert_malformed("Camera1", "Alice at noon", SIM_NOW - timedelta(minutes=20))
+    sim.world.insert_malformed("Camera2", 42, SIM_NOW - timedelta(seconds=30))
+    run = Run(sim, tmp_path, backfill_from=SIM_NOW - timedelta(minutes=30), realtime=False)
+    expected = truth(sim, SIM_NOW - timedelta(minutes=30), SIM_NOW)
+    await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()))
+    polls = run.bridge.logs_source.polls
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 2)
+    # ... and one that appears while tailing.
+    sim.world.insert_malformed("Camera1", "@ 99:99:99 99/99/99", SIM_NOW - timedelta(seconds=10))
+    polls = run.bridge.logs_source.polls
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 3)
+    await run.stop()
+    events = read_events(run.output)
+    dead = [e for e in events if e["schema"].startswith("facespace.deadletter/")]
+    assert sorted(e["raw"] for e in dead) == sorted(["Alice at noon", "42", "@ 99:99:99 99/99/99"])
+    assert all(e["reason"] and e["source"] == "logs" for e in dead)
+    assert sightings(events) == expected
+    assert run.bridge.metrics.dead_letters.labels(source="logs")._value.get() == len(dead)
+
+
+@pytest.mark.parametrize("stop_reply", [True])
+async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply):
+    sim = simulator_factory(visits_per_hour=30)
+    sim.set_faults(stop_signal=stop_reply)
+    run = Run(sim, tmp_path, backfill_from=None)
+    bridge = run.bridge
+    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 1)
+    assert run.bridge.realtime_source.status == "stopped"
+    assert not run.task.done()
+    await run.stop()
