@@ -420,8 +420,8 @@ class AsyncLogsAPI:
             for camera, raws in data.items():
                 if isinstance(raws, list):
                     raws = [r for r in raws if _in_range(parse_entry(camera, r), start, end)]
-                    if not raws:
-                        continue
+                    if not raws and camera_id is None:
+                        continue  # like the API: a named camera keeps its key, others appear when seen
                 trimmed[camera] = raws
             data = trimmed
         self.log.info(
