@@ -3,6 +3,7 @@ retries under faults, Retry-After, webhook posts, the stop reply, sync/async par
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -161,7 +162,7 @@ async def test_retry_after_is_honoured(simulator: SimulatorServer) -> None:
     assert info.value.status == 429
     times = [t for t, _ in transport.sent]
     assert len(times) == 3
-    assert all(b - a >= 0.9 for a, b in zip(times, times[1:], strict=False))  # backoff alone: ~0.01 s
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(times))  # backoff alone: ~0.01 s
 
 
 # -- realtime and the stop reply -------------------------------------------------------------------
