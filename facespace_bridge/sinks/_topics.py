@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from functools import lru_cache
 
 # Camera ids share the first level under the prefix with these fixed levels.
 RESERVED_CAMERA_SEGMENTS = frozenset({"person", "bridge", "deadletter"})
@@ -39,10 +40,12 @@ def topic_segment(name: str, *, reserved: frozenset[str] = frozenset()) -> str:
     return f"{cleaned}~{short_hash(name)}"
 
 
+@lru_cache(maxsize=4096)  # computed per message otherwise; names repeat
 def camera_segment(camera_id: str) -> str:
     return topic_segment(camera_id, reserved=RESERVED_CAMERA_SEGMENTS)
 
 
+@lru_cache(maxsize=4096)
 def person_segment(person: str) -> str:
     return topic_segment(person)
 

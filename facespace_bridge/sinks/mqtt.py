@@ -182,7 +182,8 @@ class MqttSink(Sink):
         self._queue: deque[_Message] = deque()
         self._queued_state: dict[str, _Message] = {}
         self._inflight: dict[int, _Message] = {}
-        self._space: asyncio.Semaphore | None = None
+        self._counted = 0  # event messages queued or in flight (the bounded part)
+        self._space: asyncio.Event | None = None  # set while _counted < max_queued
         self._idle: asyncio.Event | None = None
         self._connected = False
         self._ever_connected = False
@@ -211,7 +212,8 @@ class MqttSink(Sink):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._space = asyncio.Semaphore(self.max_queued)
+        self._space = asyncio.Event()
+        self._space.set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._first_connect = self._loop.create_future()
@@ -300,7 +302,8 @@ class MqttSink(Sink):
         person_state: str | None = None
         if kind == "sighting":
             person = str(fields["person"])
-            self._learn((event.camera_id,), (person,))
+            if event.camera_id not in self.cameras or person not in self.people:
+                self._learn((event.camera_id,), (person,))
             messages = [(self.layout.sighting(event.camera_id), False)]
             if self.ha is not None:  # feeds the per-person `event` entity
                 messages.append((self.layout.person_sighting(person), False))
@@ -322,7 +325,10 @@ class MqttSink(Sink):
         assert self._space is not None and self._loop is not None
         futures = []
         for topic, retain in messages:
-            await self._space.acquire()
+            while self._counted >= self.max_queued:  # back-pressure: wait for PUBACKs
+                self._space.clear()
+                await self._space.wait()
+            self._counted += 1
             future: asyncio.Future[None] = self._loop.create_future()
             self._queue.append(_Message(topic, event.payload, retain, True, [future]))
             futures.append(future)
@@ -345,7 +351,7 @@ class MqttSink(Sink):
         """Remember cameras and people; queue discovery configs for the new ones."""
         new_cameras = [c for c in dict.fromkeys(cameras) if c not in self.cameras]
         new_people = [p for p in dict.fromkeys(people) if p not in self.people]
-        if not new_cameras and not new_people:
+        if not new_cameras and not new_people:  # the usual case: nothing new
             return []
         self.cameras.update(new_cameras)
         self.people.update(new_people)
@@ -461,9 +467,13 @@ class MqttSink(Sink):
                 else:
                     future.set_result(None)
             if message.counted:
-                assert self._space is not None
-                self._space.release()
+                self._release()
         self._drain()
+
+    def _release(self) -> None:
+        self._counted -= 1
+        if self._space is not None and self._counted < self.max_queued:
+            self._space.set()
 
     def _fail_all(self, error: SinkError) -> None:
         for message in (*self._inflight.values(), *self._queue):
@@ -471,8 +481,8 @@ class MqttSink(Sink):
                 if not future.done():
                     future.set_exception(error)
                     future.exception()  # nobody may be waiting: do not warn about it
-            if message.counted and self._space is not None:
-                self._space.release()
+            if message.counted:
+                self._release()
         self._inflight.clear()
         self._queue.clear()
         self._queued_state.clear()
