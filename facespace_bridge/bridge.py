@@ -169,6 +169,7 @@ class Bridge:
         self.status = BridgeStatus()
         self._changed = asyncio.Event()
         self._redeliveries: set[asyncio.Task[None]] = set()
+        self._failing: dict[str, int] = {}  # sink name -> events retried since it stopped acking
         self._save_lock = asyncio.Lock()  # one write at a time: the writer, backfill completion, shutdown
         self.tracker: AckTracker | None = None
         self.logs_source = LogsSource(
@@ -250,7 +251,7 @@ class Bridge:
             if start >= t0:
                 raise CheckpointError("--backfill-from is not in the past")
             checkpoint = Checkpoint(through=start, backfill=Backfill(start, t0))
-            log.info("no checkpoint yet: backfilling from %s up to %s, then tailing", start, t0)
+            log.info("no checkpoint yet: backfilling from %s up to %s, then tailing", _text(start), _text(t0))
         else:
             checkpoint = Checkpoint(through=now - self.options.safety_lag)
             log.info("no checkpoint yet: starting at now, no backfill")
@@ -292,7 +293,7 @@ class Bridge:
             await self.tracker.idle()
             self.tracker.set_backfill(replace(backfill, complete=True), through=backfill.t0)
             await self._save()
-            log.info("backfill complete up to %s; tailing", backfill.t0)
+            log.info("backfill complete up to %s; tailing", _text(backfill.t0))
         await self._pump(self.logs_source.tail(self.tracker.checkpoint, stop))
 
     # -- publishing -------------------------------------------------------------------------------
@@ -333,9 +334,10 @@ class Bridge:
             # Not acknowledged: deliver it again (same event id, so duplicates are harmless)
             # and hold the checkpoint until it lands.
             self.metrics.publish_failures.labels(sink=sink.name).inc()
-            log.warning(
-                "%s did not acknowledge event %s (%s); retrying", sink.name, item.event.event_id, error
-            )
+            if sink.name not in self._failing:  # once per outage, not once per event
+                self._failing[sink.name] = 0
+                log.warning("%s is not acknowledging events (%s); retrying until it does", sink.name, error)
+            self._failing[sink.name] += 1
             task = asyncio.create_task(self._redeliver(sink, item, pending))
             self._redeliveries.add(task)
             task.add_done_callback(self._redeliveries.discard)
@@ -359,6 +361,9 @@ class Bridge:
                 delay = min(delay * 2, 10.0)
                 continue
             self.metrics.published.labels(sink=sink.name, type=item.event.kind).inc()
+            retried = self._failing.pop(sink.name, None)
+            if retried is not None:
+                log.info("%s acknowledges again (%d events were retried)", sink.name, retried)
             pending.waiting -= 1
             if pending.waiting == 0:
                 self.tracker.acked(pending)
@@ -408,3 +413,7 @@ class Bridge:
         logs_ok = not self.options.logs or (self.status.last_logs_poll or 0) > fresh
         realtime_ok = not self.options.realtime or self.realtime_source.status in ("polling", "stopped")
         return logs_ok and realtime_ok
+
+
+def _text(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

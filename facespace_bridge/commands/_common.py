@@ -173,8 +173,12 @@ def setup_logging(log_format: str = "text", log_level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(log_level.upper())
-    for noisy in ("aiokafka", "kafka", "aiohttp.access"):
+    # Libraries that log every request, or an error per reconnect attempt during an outage:
+    # the sinks and the client report those conditions themselves, once, in plain words.
+    for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for chatty in ("aiokafka", "kafka"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)
 
 
 def register_secret(secret: str | None) -> None:
