@@ -1,0 +1,129 @@
+"""How many history entries per second the simulator serves over real HTTP.
+
+Starts `facespace-bridge simulate` in its own process (as the bridge's benchmarks do) with
+a world of about 1,000,000 entries in the asked range, then times, from the client side
+(request, transfer and `orjson.loads` of the body):
+
+  1. the whole range in one request, cold (buckets generated on demand);
+  2. the same request again, warm (buckets cached);
+  3. the range in one-hour windows (every camera per request), warm.
+
+Baseline printed beside them: how fast the project's client parses entries
+(`parse_entry`), i.e. what the bridge can consume; the simulator should be well above it.
+
+    .venv/bin/python bench/simulator_rate.py [--entries 1000000] [--cameras 10] [--hours 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import orjson
+
+from facespace_bridge.client.entries import parse_entry
+
+NOW = datetime(2023, 10, 25, tzinfo=timezone.utc)
+KEY = "bench-key"
+
+
+def start_simulator(cameras: int, hours: int, per_hour: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "facespace_bridge",
+            "simulate",
+            "--port",
+            "0",
+            "--speed",
+            "0",
+            "--now",
+            NOW.isoformat(),
+            "--seed",
+            "1",
+            "--cameras",
+            str(cameras),
+            "--people",
+            "500",
+            "--history-hours",
+            str(hours),
+            "--visits-per-hour",
+            str(per_hour),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FACESPACE_API_KEY": KEY},
+    )
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    match = re.fullmatch(r"FACESPACE_API_URL=(\S+)\n", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"simulator did not start: {line!r}")
+    return proc, match.group(1)
+
+
+def fetch(client: httpx.Client, base: str, start: datetime, end: datetime) -> tuple[int, int, float]:
+    """(entries, body bytes, seconds) of one /logs request, the body decoded as a client would."""
+    params = {"start_time": f"{start:%H:%M %d/%m/%y}", "end_time": f"{end:%H:%M %d/%m/%y}"}
+    began = time.perf_counter()
+    reply = client.get(f"{base}/logs", params=params)
+    reply.raise_for_status()
+    body = orjson.loads(reply.content)
+    took = time.perf_counter() - began
+    return sum(map(len, body.values())), len(reply.content), took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--cameras", type=int, default=10)
+    parser.add_argument("--hours", type=int, default=100)
+    args = parser.parse_args()
+    per_hour = args.entries / (args.cameras * args.hours)
+    proc, base = start_simulator(args.cameras, args.hours, per_hour)
+    start, end = NOW - timedelta(hours=args.hours), NOW - timedelta(minutes=1)  # whole minutes, inside
+    rows: list[tuple[str, int, int, float]] = []
+    try:
+        with httpx.Client(headers={"x-api-key": KEY}, timeout=600) as client:
+            for label in ("one request, cold", "one request, warm"):
+                rows.append((label, *fetch(client, base, start, end)))
+            total = [0, 0, 0.0]
+            hour = start
+            while hour <= end:
+                last = min(hour + timedelta(minutes=59), end)
+                n, size, took = fetch(client, base, hour, last)
+                total[0] += n
+                total[1] += size
+                total[2] += took
+                hour += timedelta(hours=1)
+            rows.append((f"{args.hours} hour windows, warm", int(total[0]), int(total[1]), total[2]))
+            sample = client.get(f"{base}/logs", params={"start_time": f"{start:%H:%M %d/%m/%y}"}).json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+    raws = [(camera, raw) for camera, items in sample.items() for raw in items][:200_000]
+    began = time.perf_counter()
+    for camera, raw in raws:
+        parse_entry(camera, raw)
+    parse_rate = len(raws) / (time.perf_counter() - began)
+
+    print(f"simulator over HTTP: {args.cameras} cameras x {args.hours} h x {per_hour:g} visits/h")
+    print(f"{'case':<28} {'entries':>10} {'MB':>8} {'seconds':>8} {'entries/s':>12}")
+    for label, n, size, took in rows:
+        print(f"{label:<28} {n:>10,} {size / 1e6:>8.1f} {took:>8.2f} {n / took:>12,.0f}")
+    print(f"{'baseline: client parse_entry':<28} {len(raws):>10,} {'':>8} {'':>8} {parse_rate:>12,.0f}")
+
+
+if __name__ == "__main__":
+    main()
