@@ -435,7 +435,11 @@ class MqttSink(Sink):
                 payload = self._current(message.topic)
             else:
                 payload = message.payload
-            info = client.publish(message.topic, payload, self.qos, message.retain)
+            try:
+                info = client.publish(message.topic, payload, self.qos, message.retain)
+            except ValueError as exc:  # e.g. a payload over the protocol's size limit
+                self._settle(message, SinkError(f"cannot publish to {message.topic}: {exc}"))
+                continue
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and self.qos == 0:
                 # QoS 0 is not stored by paho: keep it ourselves until connected again.
                 message.payload = payload
@@ -459,16 +463,19 @@ class MqttSink(Sink):
             if message is None:
                 continue
             failed = reason is not None and getattr(reason, "is_failure", False)
-            for future in message.futures:
-                if future.done():
-                    continue
-                if failed:
-                    future.set_exception(SinkError(f"broker refused a message to {message.topic}: {reason}"))
-                else:
-                    future.set_result(None)
-            if message.counted:
-                self._release()
+            error = SinkError(f"broker refused a message to {message.topic}: {reason}") if failed else None
+            self._settle(message, error)
         self._drain()
+
+    def _settle(self, message: _Message, error: SinkError | None) -> None:
+        for future in message.futures:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
+        if message.counted:
+            self._release()
 
     def _release(self) -> None:
         self._counted -= 1

@@ -220,3 +220,19 @@ async def test_unreachable_broker_fails_start_with_one_line() -> None:
 async def test_publish_before_start_is_an_error() -> None:
     with pytest.raises(SinkError, match="not started"):
         await MqttSink().publish(sighting("Camera1", "Alice"))
+
+
+async def test_a_refused_message_fails_its_ack_under_mqtt5(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite facespace/bridge/#\ntopic readwrite facespace/+/presence\n")
+    broker = MqttBroker(tmp_path, extra_config=[f"acl_file {acl}"])
+    broker.start()
+    try:
+        async with sink_for(broker, protocol="5", ha_discovery=False) as sink:
+            allowed = await sink.publish(presence_event("Camera1", [], [], [], T0))
+            denied = await sink.publish(sighting("Camera1", "Alice"))
+            await allowed
+            with pytest.raises(SinkError, match="refused a message to facespace/Camera1/sighting"):
+                await denied
+    finally:
+        broker.stop()
