@@ -4,13 +4,23 @@ in a subprocess for exit codes and output."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
+import orjson
 import pytest
+
+from facespace_bridge.events import parse_rfc3339
+from facespace_bridge.schemas import validate
+from facespace_bridge.simulator import SimulatorServer
+from tests.fixtures.kafka import KafkaBroker, free_port
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 
@@ -107,4 +117,165 @@ def test_unreadable_api_key_file_is_bad_input(sentinel, tmp_path: Path):
     result = run_cli(["replay", "--start-time", "23/10/23", "--dry-run", "--api-key-file", str(missing)], env)
     assert result.returncode == 2
     assert "--api-key-file" in one_error_line(result)
+    assert nobody_connected(sentinel)
+
+
+# -- against the simulator and a real broker -----------------------------------------------------
+
+DAY_START = datetime(2023, 10, 23, tzinfo=timezone.utc)
+DAY_LAST_SECOND = datetime(2023, 10, 23, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def replay_env(sim: SimulatorServer) -> dict[str, str]:
+    return clean_env(FACESPACE_API_URL=sim.base_url, FACESPACE_API_KEY=sim.api_key)
+
+
+def replay_to(
+    kafka: KafkaBroker, sim: SimulatorServer, topic: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    result = run_cli(
+        [
+            "replay", "--broker", "kafka", "--bootstrap-servers", kafka.bootstrap,
+            "--topic", topic, "--deadletter-topic", f"{topic}.deadletter", "--kafka-connect-timeout", "10",
+            *args,
+        ],
+        replay_env(sim),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> tuple[int, int]:
+    """(published, dead-lettered) from the one summary line on stdout."""
+    (line,) = result.stdout.strip().splitlines()
+    match = re.fullmatch(
+        r"published (\d+) sightings and (\d+) dead letters in [\d.]+ s \([\d,]+ events/s\)", line
+    )
+    assert match, line
+    return int(match[1]), int(match[2])
+
+
+async def test_replay_publishes_exactly_the_ground_truth(kafka, kafka_topic, read_topic, simulator):
+    result = replay_to(kafka, simulator, kafka_topic, "--start-time", "23/10/23", "--end-time", "23/10/23")
+    truth = Counter(simulator.world.entries(DAY_START, DAY_LAST_SECOND))
+    assert sum(truth.values()) > 500  # a day of a small world: enough to mean something
+    assert summary(result) == (sum(truth.values()), 0)
+    assert "━" not in result.stderr and "\r" not in result.stderr  # no progress bar off a terminal
+
+    records = await read_topic(kafka_topic)
+    payloads = [orjson.loads(r.value) for r in records]
+    assert Counter((p["camera_id"], p["person"], parse_rfc3339(p["seen_at"])) for p in payloads) == truth
+    assert len({p["event_id"] for p in payloads}) == len(payloads)
+    last_seen: dict[tuple[int, str], str] = {}
+    for record, payload in zip(records, payloads, strict=True):  # (partition, offset) order
+        assert validate(record.value) == []
+        assert record.key == payload["camera_id"].encode()
+        assert record.headers == {
+            "content-type": b"application/json",
+            "schema": payload["schema"].encode(),
+            "event-id": payload["event_id"].encode(),
+        }
+        assert payload["schema"] == "facespace.sighting/v1"
+        at = (record.partition, payload["camera_id"])
+        assert payload["seen_at"] >= last_seen.get(at, "")  # RFC 3339 Z strings sort as times
+        last_seen[at] = payload["seen_at"]
+    assert await read_topic(f"{kafka_topic}.deadletter") == []
+
+    # The same range again, into a second topic: the very same (key, value) records.
+    again = f"{kafka_topic}.again"
+    replay_to(kafka, simulator, again, "--start-time", "2023-10-23", "--end-time", "2023-10-23T23:59:59Z")
+    first = Counter((r.key, r.value) for r in records)
+    assert Counter((r.key, r.value) for r in await read_topic(again)) == first
+
+
+async def test_replay_bounds_at_the_resolution_given_for_one_camera(
+    kafka, kafka_topic, read_topic, simulator
+):
+    replay_to(
+        kafka, simulator, kafka_topic,
+        "--start-time", "10:15:30 23/10/23", "--end-time", "2023-10-23T13:20", "--camera-id", "Camera2",
+    )  # fmt: skip
+    start = datetime(2023, 10, 23, 10, 15, 30, tzinfo=timezone.utc)
+    end = datetime(2023, 10, 23, 13, 20, 59, tzinfo=timezone.utc)  # HH:MM: that whole minute
+    truth = Counter(simulator.world.entries(start, end, "Camera2"))
+    assert sum(truth.values()) > 10
+    records = await read_topic(kafka_topic)
+    got = Counter(
+        (p["camera_id"], p["person"], parse_rfc3339(p["seen_at"]))
+        for p in map(orjson.loads, (r.value for r in records))
+    )
+    assert got == truth
+
+
+async def test_unparsable_entries_are_dead_lettered_not_dropped(kafka, kafka_topic, read_topic, simulator):
+    world = simulator.world
+    bad = {
+        "Camera1": ("Alice @ 25:61:00 23/10/23", datetime(2023, 10, 23, 9, 0, 5, tzinfo=timezone.utc)),
+        "TestCamera": ({"not": "a string"}, datetime(2023, 10, 23, 17, 30, 0, tzinfo=timezone.utc)),
+    }
+    for camera, (value, at) in bad.items():
+        world.insert_malformed(camera, value, at)
+    result = replay_to(kafka, simulator, kafka_topic, "--start-time", "23/10/23", "--end-time", "23/10/23")
+    truth = world.count(DAY_START, DAY_LAST_SECOND)
+    assert summary(result) == (truth, 2)
+    assert len(await read_topic(kafka_topic)) == truth
+
+    letters = await read_topic(f"{kafka_topic}.deadletter")
+    payloads = {orjson.loads(r.value)["camera_id"]: orjson.loads(r.value) for r in letters}
+    assert sorted(payloads) == sorted(bad)
+    for record in letters:
+        assert validate(record.value) == []
+        assert record.headers["schema"] == b"facespace.deadletter/v1"
+    assert payloads["Camera1"]["raw"] == "Alice @ 25:61:00 23/10/23"
+    assert orjson.loads(payloads["TestCamera"]["raw"]) == {"not": "a string"}
+    assert all(p["reason"] for p in payloads.values())
+
+
+def test_dry_run_counts_without_a_broker(simulator, sentinel):
+    result = run_cli(
+        ["replay", "--start-time", "23/10/23", "--end-time", "24/10/23", "--dry-run", "--broker", "kafka",
+         "--bootstrap-servers", address(sentinel)],
+        replay_env(simulator),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    truth = simulator.world.count(DAY_START, datetime(2023, 10, 24, 23, 59, 59, tzinfo=timezone.utc))
+    assert line.startswith(f"dry run: would publish {truth} sightings and 0 dead letters in ")
+    assert nobody_connected(sentinel)
+
+
+def test_unreachable_broker_exits_1_with_one_line_after_the_connect_timeout(simulator):
+    port = free_port()  # nothing listens there
+    began = time.monotonic()
+    result = run_cli(
+        ["replay", "--start-time", "23/10/23", "--end-time", "23/10/23", "--broker", "kafka",
+         "--bootstrap-servers", f"127.0.0.1:{port}", "--kafka-connect-timeout", "2"],
+        replay_env(simulator),
+        timeout=60,
+    )  # fmt: skip
+    elapsed = time.monotonic() - began
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        f"facespace-bridge: error: Kafka broker 127.0.0.1:{port} unreachable after 2 s"
+    )
+    retries = [line for line in lines[:-1] if "not reachable" in line]
+    assert retries and len(retries) == len(lines) - 1  # one log line per failed attempt, nothing else
+    # It gives up at its own deadline, not after aiokafka's 40 s request timeout (loose bound:
+    # interpreter start-up on a busy machine).
+    assert elapsed < 2 + 20
+
+
+def test_a_refused_api_key_is_bad_input_before_the_broker_is_touched(simulator, sentinel):
+    env = replay_env(simulator) | {"FACESPACE_API_KEY": "wrong-key"}
+    result = run_cli(
+        ["replay", "--start-time", "23/10/23", "--broker", "kafka", "--bootstrap-servers", address(sentinel)],
+        env,
+    )
+    assert result.returncode == 2
+    assert "key" in one_error_line(result)
+    assert "wrong-key" not in result.stderr
     assert nobody_connected(sentinel)
