@@ -169,3 +169,19 @@ async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_repl
     assert run.bridge.realtime_source.status == "stopped"
     assert not run.task.done()
     await run.stop()
+
+
+async def test_api_fault_storm_changes_nothing_in_what_is_published(simulator_factory, tmp_path):
+    sim = simulator_factory(visits_per_hour=200)
+    sim.set_faults(error_rate=0.3, throttle_rate=0.1, retry_after=0, drop_rate=0.05, latency_ms=20, seed=3)
+    start = SIM_NOW - timedelta(minutes=40)
+    expected = truth(sim, start, SIM_NOW)
+    run = Run(sim, tmp_path, backfill_from=start)
+    await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()), timeout=60)
+    polls = run.bridge.logs_source.polls
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 2, timeout=60)
+    await run.stop()
+    events = read_events(run.output)
+    assert sightings(events) == expected
+    stats = sim.stats()
+    assert sum(n for path in stats.values() for status, n in path.items() if status != "200") > 0, stats

@@ -1,0 +1,180 @@
+"""`facespace-bridge run` (the default command) and `check` from the outside: exit codes,
+configuration sources, secrets, metrics. The CLI runs in a subprocess, as users run it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+import orjson
+import pytest
+
+from facespace_bridge.commands import run
+
+CLI = [sys.executable, "-m", "facespace_bridge"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("FACESPACE", "KAFKA", "MQTT"))}
+    return subprocess.run(
+        [*CLI, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("facespace-bridge: error: ")
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--broker", "file", "--output", "x.jsonl"], {}, "no API key"),
+        (["--broker", "carrier-pigeon"], {"FACESPACE_API_KEY": "k"}, "carrier-pigeon"),
+        (["--broker", "file"], {"FACESPACE_API_KEY": "k"}, "--output"),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--backfill-from", "31/02/23"],
+            {"FACESPACE_API_KEY": "k"},
+            "--backfill-from",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--refresh", "0"],
+            {"FACESPACE_API_KEY": "k"},
+            "--refresh",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--exactly-once"],
+            {"FACESPACE_API_KEY": "k"},
+            "--exactly-once needs --broker kafka",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):
+    env = {**env, "XDG_STATE_HOME": str(tmp_path / "state")}
+    result = cli(*args, env=env)
+    assert needle in one_line_error(result)
+    assert not (tmp_path / "state").exists() and not Path("x.jsonl").exists()
+
+
+def test_unreachable_api_exits_2_quickly(tmp_path):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    result = cli(
+        "--broker", "file", "--output", str(tmp_path / "out.jsonl"),
+        "--api-url", f"http://127.0.0.1:{port}/facespace",
+        env={"FACESPACE_API_KEY": "k", "XDG_STATE_HOME": str(tmp_path / "state")},
+    )  # fmt: skip
+    assert "cannot reach the FaceSpace API" in one_line_error(result)
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "state").exists()
+
+
+def test_refused_key_exits_2(simulator, tmp_path):
+    result = cli(
+        "--broker", "file", "--output", str(tmp_path / "out.jsonl"), "--api-url", simulator.base_url,
+        env={"FACESPACE_API_KEY": "wrong-key"},
+    )  # fmt: skip
+    assert "refused the key" in one_line_error(result)
+    assert "wrong-key" not in result.stderr
+
+
+def test_settings_precedence_is_flag_then_env_then_file(tmp_path, monkeypatch):
+    config = tmp_path / "bridge.toml"
+    config.write_text('refresh = 3.0\ntail-interval = 7.0\nlateness = 30\nbroker = ["file"]\n')
+    monkeypatch.setenv("FACESPACE_BRIDGE_TAIL_INTERVAL", "8.5")
+    monkeypatch.setenv("FACESPACE_BRIDGE_LATENESS", "45")
+    with run.command.make_context("run", ["--config", str(config), "--lateness", "60"]) as ctx:
+        params = ctx.params
+    assert params["refresh"] == 3.0  # file
+    assert params["tail_interval"] == 8.5  # env beats file
+    assert params["lateness"] == 60.0  # flag beats env
+    assert params["broker"] == ("file",)
+
+
+def test_unknown_setting_in_config_file_is_bad_input(tmp_path):
+    config = tmp_path / "bridge.toml"
+    config.write_text("refrsh = 3.0\n")
+    with pytest.raises(click.BadParameter, match="refrsh"):
+        run.command.make_context("run", ["--config", str(config)])
+
+
+def test_default_command_is_run_and_check_reports_each_part(simulator, tmp_path):
+    env = {"FACESPACE_API_KEY": simulator.api_key, "FACESPACE_API_URL": simulator.base_url}
+    out = tmp_path / "out.jsonl"
+    result = cli(
+        "check", "--broker", "file", "--output", str(out), "--checkpoint", str(tmp_path / "c.json"), env=env
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[1].rstrip(":") for line in lines] == ["config", "api", "file", "checkpoint"]
+    assert all(line.startswith("ok") for line in lines)
+    bad = cli(
+        "check", "--broker", "kafka", "--bootstrap-servers", "127.0.0.1:1", "--kafka-connect-timeout", "1",
+        env=env,
+    )  # fmt: skip
+    assert bad.returncode == 1 and any(line.startswith("FAIL kafka") for line in bad.stdout.splitlines())
+
+
+def test_run_serves_metrics_health_and_keeps_secrets_out_of_logs(simulator, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "out.jsonl"
+    env = {
+        **os.environ,
+        "FACESPACE_API_KEY": simulator.api_key,
+        "FACESPACE_API_URL": simulator.base_url,
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    proc = subprocess.Popen(
+        [*CLI, "--broker", "file", "--output", str(out),
+         "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+         "--log-format", "json", "--log-level", "debug", "--tail-interval", "0.3", "--refresh", "0.3",
+         "--backfill-from", "24/10/23"],
+        env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        ready = None
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert ready is not None and ready.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        for name in (
+            'facespace_bridge_events_published_total{sink="file",type="sighting"}',
+            "facespace_bridge_api_requests_total",
+            "facespace_bridge_camera_lag_seconds",
+            "facespace_bridge_checkpoint_saved_timestamp_seconds",
+            "facespace_bridge_in_flight_events",
+        ):
+            assert name in metrics
+        assert f"{simulator.api_key}" not in " ".join(
+            Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0")
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert simulator.api_key not in stderr
+    assert simulator.api_key.encode() not in out.read_bytes()
