@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from facespace_bridge.commands._common import (
     api_options,
     config_option,
     logging_options,
+    register_secret,
     setup_logging,
     with_env,
 )
@@ -108,6 +110,8 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2)."""
     api_key = api_key_from(config)
+    for secret in ("KAFKA_SASL_PASSWORD", "MQTT_PASSWORD"):
+        register_secret(os.environ.get(secret))
     backfill_from = None
     if config["backfill_from"]:
         try:
@@ -163,6 +167,27 @@ async def preflight(config: dict[str, Any], api_key: str) -> dict[str, list[str]
         await client.aclose()
 
 
+async def require_transactions(sinks: list[Sink]) -> None:
+    """`--exactly-once` needs a broker with transactions; say so at start rather than pretend."""
+    from facespace_bridge.sinks.kafka import KafkaSink, broker_capabilities
+
+    for sink in sinks:
+        if isinstance(sink, KafkaSink):
+            try:
+                capabilities = await broker_capabilities(sink.settings)
+            except Exception as exc:
+                raise click.UsageError(f"--exactly-once: cannot ask the Kafka broker: {exc}") from None
+            if not capabilities.transactions:
+                raise click.UsageError(
+                    f"--exactly-once: the Kafka broker at {sink.settings.bootstrap_servers} does not support "
+                    "transactions; run without it (at-least-once: duplicates carry the same event_id)"
+                )
+            raise click.UsageError(
+                "--exactly-once: transactional delivery is not in this build yet; "
+                "run without it (at-least-once: duplicates carry the same event_id)"
+            )
+
+
 def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
     target = config.get("checkpoint")
     if target == "kafka":
@@ -182,6 +207,8 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     runner = None
     try:
         await preflight(config, api_key)
+        if config["exactly_once"]:
+            await require_transactions(sinks)
         store = checkpoint_store(config)
         bridge = Bridge(client, sinks, store, options, metrics)
         if config["metrics_port"] is not None:

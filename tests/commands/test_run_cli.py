@@ -178,3 +178,19 @@ def test_run_serves_metrics_health_and_keeps_secrets_out_of_logs(simulator, tmp_
     assert lines and all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
     assert simulator.api_key not in stderr
     assert simulator.api_key.encode() not in out.read_bytes()
+
+
+def test_exactly_once_without_broker_transactions_fails_at_start(simulator, kafka, kafka_topic, tmp_path):
+    if kafka.supports_transactions:
+        pytest.skip("this broker has transactions")  # never the case with Tansu (the machines here)
+    env = {
+        "FACESPACE_API_KEY": simulator.api_key,
+        "FACESPACE_API_URL": simulator.base_url,
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+    }
+    result = cli(
+        "--broker", "kafka", "--bootstrap-servers", kafka.bootstrap, "--topic", kafka_topic, "--exactly-once",
+        env=env,
+    )  # fmt: skip
+    assert "does not support transactions" in one_line_error(result)
+    assert not (tmp_path / "state").exists()
