@@ -74,7 +74,8 @@ class AsyncSimulator:
         return self.injector.faults
 
     async def start(self) -> AsyncSimulator:
-        runner = web.AppRunner(self.app.build(), access_log=None, handle_signals=False)
+        # Short shutdown: a request held by latency must not keep a test (or Ctrl-C) waiting.
+        runner = web.AppRunner(self.app.build(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
         try:
@@ -173,6 +174,10 @@ class SimulatorServer:
         """Request counts: path -> status (or "dropped") -> count."""
         return self.simulator.stats()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> SimulatorServer:
         if self._thread is not None:
             return self
@@ -192,6 +197,11 @@ class SimulatorServer:
             started.set()
             loop.run_forever()
             loop.run_until_complete(self.simulator.stop())
+            # Requests still held (by latency) past the runner's shutdown timeout: cancel them.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
@@ -208,9 +218,9 @@ class SimulatorServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        self._loop = self._thread = None
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        thread.join(timeout=30)
+        self._loop = self._thread = None
 
     def __enter__(self) -> SimulatorServer:
         return self.start()

@@ -162,3 +162,13 @@ def test_recognition_flicker(simulator_factory) -> None:
     assert any(r != present for r in replies)  # someone went missing from some reply
     union = {c: set().union(*(r[c] for r in replies)) for c in present}
     assert union == {c: set(p) for c, p in present.items()}  # ... but never for good
+
+
+def test_latency_holds_the_reply_and_does_not_hold_stopping(simulator_factory) -> None:
+    sim = simulator_factory(faults={"latency_ms": 60_000})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(f"{sim.base_url}/recognition", headers={"x-api-key": sim.api_key}, timeout=0.3)
+    sim.stop()  # the held request is still sleeping inside the server
+    assert not sim.running
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{sim.root_url}/admin/clock", headers={"x-api-key": sim.api_key}, timeout=1)
