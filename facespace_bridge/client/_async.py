@@ -504,7 +504,7 @@ class AsyncLogsAPI:
     ) -> AsyncIterator[Window]:
         """`[start, end)` as consecutive windows with minute-aligned inner boundaries, one in
         memory at a time; spans adapt to density (see `_windows.WindowPlanner`). A reply
-        larger than about 4 × `target_entries` is refused while it streams in and asked
+        larger than about 2 × `target_entries` is refused while it streams in and asked
         again with a smaller span (a single minute is always accepted).
 
         `end=None` means up to the latest entry, decided by the API: the client asks the
@@ -554,9 +554,9 @@ class AsyncLogsAPI:
                     cursor, window_end, camera_id, max_bytes=planner.byte_cap if asked > MINUTE else None
                 )
             except _TooLarge as refused:
-                planner.refused(asked, refused.body_bytes)
+                planner.refused(asked, refused.body_bytes, wire_start)
                 continue
-            planner.observed(asked, _count(data), size)
+            planner.observed(asked, _count(data), size, wire_start + asked)
             window = Window(cursor, window_end, _entries(data, cursor, window_end))
             del data  # one window in memory: the raw reply goes before the caller gets the entries
             yield window
@@ -584,6 +584,7 @@ class AsyncLogsAPI:
         async for window in self.iter_windows(start, end, camera_id, target_entries=target_entries):
             for entry in window.entries:
                 yield entry
+            del window  # not kept alive while the next window is fetched
 
 
 def _forget(logging_setup: ClientLogging, key: str) -> None:

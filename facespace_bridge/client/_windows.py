@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from facespace_bridge.client._timefmt import MINUTE
 from facespace_bridge.client.entries import BadEntry, LogEntry
 
+CAP_FACTOR = 2  # a reply of more than about this × target entries is refused (bounds a window's memory)
 GROWTH = 4  # how much faster the span may grow per window when sparse or empty
 BYTES_PER_ENTRY_GUESS = 48  # JSON bytes of one entry before any were seen ("Alice @ ..." + quotes)
 
@@ -41,6 +42,7 @@ class WindowPlanner:
     max_span: timedelta = timedelta(days=366 * 100)
     bytes_per_entry: float = BYTES_PER_ENTRY_GUESS
     oversized: int = 0  # replies refused for size (asked again with a smaller span)
+    refused_until: datetime | None = None  # end of the last refused span, while still ahead
 
     def __post_init__(self) -> None:
         if self.target < 1:
@@ -50,10 +52,12 @@ class WindowPlanner:
     @property
     def byte_cap(self) -> int:
         """A reply bigger than this is refused and asked again smaller (if the span allows)."""
-        return int(4 * self.target * self.bytes_per_entry) + 4096
+        return int(CAP_FACTOR * self.target * self.bytes_per_entry) + 4096
 
-    def observed(self, span: timedelta, entries: int, body_bytes: int) -> None:
-        """A window of `span` returned `entries` entries in `body_bytes` bytes of JSON."""
+    def observed(
+        self, span: timedelta, entries: int, body_bytes: int, window_end: datetime | None = None
+    ) -> None:
+        """A window of `span` (ending at `window_end`) returned `entries` entries in `body_bytes` bytes."""
         if entries:
             # A running estimate of the reply size per entry, for the byte cap.
             self.bytes_per_entry = 0.5 * self.bytes_per_entry + 0.5 * (body_bytes / entries)
@@ -62,10 +66,20 @@ class WindowPlanner:
             self.span = limit
         else:
             self.span = _whole_minutes(min(limit, span * (self.target / entries)))
+        if self.refused_until is not None:
+            if window_end is None or window_end >= self.refused_until:
+                self.refused_until = None
+            elif entries == 0:
+                # All that the refused reply held lies ahead, before refused_until: bisect towards
+                # it instead of growing back into the same refusal.
+                self.span = min(self.span, _whole_minutes((self.refused_until - window_end) / 2))
 
-    def refused(self, span: timedelta, body_bytes: int | None) -> None:
-        """A reply of `span` was larger than the byte cap (`body_bytes` if the size was known)."""
+    def refused(self, span: timedelta, body_bytes: int | None, window_start: datetime | None = None) -> None:
+        """A reply of `span` (from `window_start`) was larger than the byte cap (`body_bytes` if the
+        size was announced)."""
         self.oversized += 1
+        if window_start is not None:
+            self.refused_until = window_start + span
         if body_bytes:
             estimate = body_bytes / self.bytes_per_entry
             self.span = _whole_minutes(min(span / 2, span * (self.target / estimate)))

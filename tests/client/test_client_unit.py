@@ -221,8 +221,8 @@ async def test_windows_cover_the_range_once_with_adapting_sizes(fake: FakeFaceSp
     if bounded:
         assert windows[-1][1] == end
     # Every window brought back a bounded amount; bad entries are reported once per reply.
-    assert max(len(es) for *_, es in windows) <= 4 * target + 200
-    assert len(windows) >= 20_000 / (4 * target)
+    assert max(len(es) for *_, es in windows) <= 2 * target + 100
+    assert len(windows) >= 20_000 / (2 * target)
     bad = [e for *_, es in windows for e in es if isinstance(e, BadEntry)]
     assert bad and all(b.raw == {"not": "a string"} for b in bad)
 
