@@ -11,7 +11,8 @@ Throughput: the same N sighting payloads, in the same run, against one fresh Mos
     per-person event feed doubles the messages; a row with it on is shown too).
 Every run is counted at a subscriber (`mosquitto_sub -C N`, distinct event ids): a
 publisher that exits 0 having sent only part is reported, not trusted. The time is from
-the first publish to the subscriber's last message. Median of R runs per row.
+the first publish to the subscriber's last message. Median of R rounds; each round runs
+every row once, so load from other processes on a shared machine spreads evenly.
 
 Latency: `presence_latency(command, change)` runs a bridge command and times a presence
 change (made by `change()`, e.g. through the simulator) to its message at a subscriber.
@@ -150,24 +151,26 @@ def throughput(count: int, repeats: int) -> list[tuple[str, float, str]]:
                 ("bare paho loop, 20 in flight", lambda t: run_paho(broker, events, t, 20), "t"),
                 ("bare paho loop, 1000 in flight", lambda t: run_paho(broker, events, t, 1000), "t"),
                 ("MqttSink, 20 in flight", lambda p: run_sink(broker, events, p, 20, False), "p"),
-                ("MqttSink, 100 in flight", lambda p: run_sink(broker, events, p, 100, False), "p"),
+                ("MqttSink, 100 in flight (default)", lambda p: run_sink(broker, events, p, 100, False), "p"),
                 ("MqttSink, HA discovery on (2 msgs/sighting)",
-                 lambda p: run_sink(broker, events, p, 20, True), "p"),
+                 lambda p: run_sink(broker, events, p, 100, True), "p"),
             ]
-            for index, (name, run, kind) in enumerate(methods):
-                rates, notes = [], set()
-                for attempt in range(repeats):
+            rates: dict[str, list[float]] = {name: [] for name, _, _ in methods}
+            notes: dict[str, set[str]] = {name: set() for name, _, _ in methods}
+            # Round-robin: the machine is shared, so every row sees the same spread of load.
+            for attempt in range(repeats):
+                for index, (name, run, kind) in enumerate(methods):
                     base = f"bench/m{index}r{attempt}"
                     topic = f"{base}/{CAMERA}/sighting"
                     counter = Counter(broker, topic, count)
                     start = run(topic if kind == "t" else base)
                     arrived = counter.finish()
                     if arrived < count:
-                        notes.add(f"only {arrived}/{count} arrived")
-                    rates.append(arrived / (counter.ended - start) if counter.ended > start else 0.0)
-                rate = statistics.median(rates)
-                rows.append((name, rate, "; ".join(sorted(notes))))
-                print(f"  {name}: {rate:,.0f} sightings/s {sorted(notes) or ''}", file=sys.stderr)
+                        notes[name].add(f"only {arrived}/{count} arrived")
+                    rates[name].append(arrived / (counter.ended - start) if counter.ended > start else 0.0)
+                    print(f"  {name}: {rates[name][-1]:,.0f} sightings/s", file=sys.stderr)
+            for name, _, _ in methods:
+                rows.append((name, statistics.median(rates[name]), "; ".join(sorted(notes[name]))))
         finally:
             broker.stop()
     return rows
