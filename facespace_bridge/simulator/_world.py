@@ -177,7 +177,8 @@ class SimClock:
         return self._speed
 
     def now(self) -> float:
-        return self._anchor_sim + (time.monotonic() - self._anchor_real) * self._speed
+        with self._lock:  # the three anchors change together in `set`
+            return self._anchor_sim + (time.monotonic() - self._anchor_real) * self._speed
 
     def set(self, *, now: float | None = None, speed: float | None = None, advance: float = 0.0) -> None:
         """Re-anchor: jump to `now`, change `speed`, and/or move forward by `advance` seconds."""
