@@ -27,7 +27,8 @@ BACKFILL = timedelta(hours=3)
 def read_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+    complete = path.read_bytes().split(b"\n")[:-1]  # the sink may be mid-line: whole lines only
+    return [orjson.loads(line) for line in complete if line]
 
 
 def truth(sim, start: datetime, end: datetime) -> Counter:
