@@ -288,6 +288,7 @@ class AsyncLogsAPI:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None or self._http.is_closed:
+            self._logging.attach()  # a closed client used again logs to its file again
             headers = {k: v for k, v in self.additional_headers.items() if k.lower() != KEY_HEADER}
             headers[KEY_HEADER] = self._key
             self._http = httpx.AsyncClient(
@@ -588,5 +589,5 @@ class AsyncLogsAPI:
 
 
 def _forget(logging_setup: ClientLogging, key: str) -> None:
-    logging_setup.detach()
+    logging_setup.close()
     redactor.discard(key)

@@ -93,40 +93,47 @@ class _ToParent(logging.Handler):
 class ClientLogging:
     """What `log_level`, `file_log_level` and `log_to_file` of the original mean.
 
-    Levels are process-wide (one logger), as in the original; the file handler and its
-    file belong to the client that opened it and are closed by `close()`.
+    Levels are process-wide (one logger), as in the original. A client's file handler is
+    attached while the client is open: `close()` detaches it and closes the file, `attach()`
+    (a closed client being used again) appends to the same file.
     """
 
     def __init__(self, log_level: int, file_log_level: int, log_to_file: bool) -> None:
         self.logger = client_logger()
         self.file_path: Path | None = None
+        self._log_level = log_level
+        self._level_with_file = min(log_level, file_log_level)
         self._handlers: list[logging.Handler] = []
-        if not log_to_file:
-            self.logger.setLevel(log_level)
+        self._attached = False
+        if log_to_file:
+            self.file_path = Path.cwd() / f"facespace_log_{datetime.now():%Y%m%d_%H%M%S}.log"
+            file_handler = logging.FileHandler(self.file_path, encoding="utf-8", delay=True)
+            file_handler.setLevel(file_log_level)
+            file_handler.setFormatter(logging.Formatter(_FORMAT))
+            file_handler.addFilter(redactor)
+            self._handlers = [file_handler, _ToParent(self.logger, log_level)]
+        self.attach()
+
+    def attach(self) -> None:
+        if not self._handlers:
+            self.logger.setLevel(self._log_level)
             return
-        self.file_path = Path.cwd() / f"facespace_log_{datetime.now():%Y%m%d_%H%M%S}.log"
-        file_handler = logging.FileHandler(self.file_path, encoding="utf-8", delay=True)
-        file_handler.setLevel(file_log_level)
-        file_handler.setFormatter(logging.Formatter(_FORMAT))
-        file_handler.addFilter(redactor)
-        self._handlers = [file_handler, _ToParent(self.logger, log_level)]
+        if self._attached:
+            return
         for handler in self._handlers:
             self.logger.addHandler(handler)
-        self.logger.setLevel(min(log_level, file_log_level))
+        self.logger.setLevel(self._level_with_file)
         self.logger.propagate = False
+        self._attached = True
 
     def close(self) -> None:
-        """Close the log file; it reopens (appending) if the client logs again after closing."""
-        for handler in self._handlers:
-            handler.flush()
-            if isinstance(handler, logging.FileHandler):
-                handler.close()
-
-    def detach(self) -> None:
-        """Remove this client's handlers from the shared logger (when the client is collected)."""
+        """Detach this client's handlers and close its log file."""
+        if not self._attached:
+            return
         for handler in self._handlers:
             self.logger.removeHandler(handler)
             handler.close()
-        if self._handlers and not any(isinstance(h, _ToParent) for h in self.logger.handlers):
+        self._attached = False
+        if not any(isinstance(h, _ToParent) for h in self.logger.handlers):
             self.logger.propagate = True
-        self._handlers = []
+            self.logger.setLevel(self._log_level)

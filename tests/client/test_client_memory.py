@@ -31,9 +31,26 @@ KEY = "memory-test-key"
 def simulator_process() -> Iterator[str]:
     """`facespace-bridge simulate` in a child process; yields its base URL."""
     args = [
-        sys.executable, "-m", "facespace_bridge", "simulate", "--port", "0", "--seed", "7",
-        "--cameras", str(CAMERAS), "--history-hours", str(HOURS), "--speed", "0",
-        "--visits-per-hour", str(ENTRIES / (HOURS * CAMERAS)), "--now", NOW.isoformat(), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "facespace_bridge",
+        "simulate",
+        "--port",
+        "0",
+        "--seed",
+        "7",
+        "--cameras",
+        str(CAMERAS),
+        "--history-hours",
+        str(HOURS),
+        "--speed",
+        "0",
+        "--visits-per-hour",
+        str(ENTRIES / (HOURS * CAMERAS)),
+        "--now",
+        NOW.isoformat(),
+        "--log-level",
+        "warning",
     ]
     env = {**os.environ, "FACESPACE_API_KEY": KEY}  # the key through the environment, not argv
     process = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True)
@@ -49,8 +66,16 @@ def simulator_process() -> Iterator[str]:
 
 async def test_large_range_streams_in_bounded_memory(simulator_process: str) -> None:
     start, end = datetime(2000, 1, 1, tzinfo=UTC), NOW  # from far before the first entry
-    world = World(WorldConfig(seed=7, cameras=CAMERAS, history_hours=HOURS, now=NOW, speed=0,
-                              visits_per_hour=ENTRIES / (HOURS * CAMERAS)))
+    world = World(
+        WorldConfig(
+            seed=7,
+            cameras=CAMERAS,
+            history_hours=HOURS,
+            now=NOW,
+            speed=0,
+            visits_per_hour=ENTRIES / (HOURS * CAMERAS),
+        )
+    )
     total = world.count(start, end - timedelta(seconds=1))  # the same deterministic world: ground truth
     del world
     assert total >= 0.95 * ENTRIES
@@ -73,6 +98,8 @@ async def test_large_range_streams_in_bounded_memory(simulator_process: str) -> 
             tracemalloc.stop()
 
     assert count == total == sum(map(len, whole.values()))
-    print(f"streamed {count} entries: peak {streamed_peak / MiB:.1f} MiB; whole range {whole_peak / MiB:.1f} MiB")
+    print(
+        f"streamed {count} entries: peak {streamed_peak / MiB:.1f} MiB; whole {whole_peak / MiB:.1f} MiB"
+    )
     assert streamed_peak < 32 * MiB
     assert streamed_peak * 3 < whole_peak

@@ -131,7 +131,9 @@ except FaceSpaceError as e:
 UTC = timezone.utc
 
 
-def truth(sim: SimulatorServer, start: datetime, last: datetime, camera: str | None = None) -> dict[str, list[str]]:
+def truth(
+    sim: SimulatorServer, start: datetime, last: datetime, camera: str | None = None
+) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for cam, person, seen_at in sim.world.entries(start, last, camera):
         out.setdefault(cam, []).append(f"{person} @ {seen_at:%H:%M:%S %d/%m/%y}")
@@ -139,7 +141,9 @@ def truth(sim: SimulatorServer, start: datetime, last: datetime, camera: str | N
 
 
 @pytest.fixture
-def readme_env(simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimulatorServer:
+def readme_env(
+    simulator: SimulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> SimulatorServer:
     monkeypatch.setenv("FACESPACE_API_KEY", simulator.api_key)
     monkeypatch.setenv("FACESPACE_API_URL", simulator.base_url)
     monkeypatch.delenv("YOUR_API_KEY", raising=False)
@@ -164,7 +168,9 @@ def test_readme_session(readme_env: SimulatorServer, capsys: pytest.CaptureFixtu
     sim = readme_env
     namespace: dict[str, object] = {"logging": logging}
     present = sim.world.present()
-    range_truth = truth(sim, datetime(2023, 10, 23, 10, tzinfo=UTC), datetime(2023, 10, 24, 23, 59, 59, tzinfo=UTC))
+    range_truth = truth(
+        sim, datetime(2023, 10, 23, 10, tzinfo=UTC), datetime(2023, 10, 24, 23, 59, 59, tzinfo=UTC)
+    )
 
     assert run(SETUP, namespace, capsys) == []
     assert run(BASIC_RETRIEVAL, namespace, capsys) == [{"TestCamera": range_truth["TestCamera"]}]
@@ -189,7 +195,9 @@ def test_readme_session(readme_env: SimulatorServer, capsys: pytest.CaptureFixtu
 
     namespace["client"] = namespace["LogsAPI"](api_key="wrong-key")  # type: ignore[operator]
     printed = run(ERROR_HANDLING.format(placeholder="client.get_logs_range('23/10/23')"), namespace, capsys)
-    assert len(printed) == 1 and str(printed[0]).startswith("Error occurred: the FaceSpace API refused the key")
+    assert len(printed) == 1 and str(printed[0]).startswith(
+        "Error occurred: the FaceSpace API refused the key"
+    )
     printed = run(ERROR_HANDLING.format(placeholder="client.get_logs_range('31/02/23')"), namespace, capsys)
     assert len(printed) == 1 and "HH:MM:SS DD/MM/YY" in str(printed[0])
 
@@ -203,6 +211,8 @@ def test_readme_session(readme_env: SimulatorServer, capsys: pytest.CaptureFixtu
 def test_readme_whole_day_example(readme_env: SimulatorServer, capsys: pytest.CaptureFixture[str]) -> None:
     # YOUR_API_KEY is unset: the client falls back to FACESPACE_API_KEY.
     printed = run(WHOLE_DAY, {}, capsys)
-    day = truth(readme_env, datetime(2023, 10, 23, tzinfo=UTC), datetime(2023, 10, 23, 23, 59, 59, tzinfo=UTC))
+    day = truth(
+        readme_env, datetime(2023, 10, 23, tzinfo=UTC), datetime(2023, 10, 23, 23, 59, 59, tzinfo=UTC)
+    )
     assert printed == [{"TestCamera": day["TestCamera"]}, day]
     assert len(day) == 3 and all(day.values())
