@@ -64,6 +64,8 @@ class _Portal:
         if loop is None or thread is None:
             return
         loop.call_soon_threadsafe(loop.stop)
+        if thread is threading.current_thread():
+            return  # a finalizer running on the loop's own thread: the loop ends after this callback
         thread.join()
         loop.close()
 
