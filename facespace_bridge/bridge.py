@@ -261,7 +261,7 @@ class Bridge:
 
     async def _announce(self) -> None:
         """Tell sinks that care (Home Assistant discovery) which cameras and people exist."""
-        announcers = [s for s in self.sinks if hasattr(s, "announce")]
+        announcers = [s for s in self.sinks if type(s).announce is not Sink.announce]
         if not announcers:
             return
         cameras: set[str] = set()
@@ -279,7 +279,7 @@ class Bridge:
                     cameras.add(entry.camera_id)
                     people.add(entry.person)
         for sink in announcers:
-            await sink.announce(sorted(cameras), sorted(people))  # type: ignore[attr-defined]
+            await sink.announce(sorted(cameras), sorted(people))
 
     # -- the logs source: backfill, then tail ------------------------------------------------------
 

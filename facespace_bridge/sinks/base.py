@@ -11,7 +11,7 @@ flight: that wait is the back-pressure that keeps a slow broker from growing mem
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from types import TracebackType
 
 from facespace_bridge.events import Event
@@ -35,6 +35,10 @@ class Sink(ABC):
     @abstractmethod
     async def publish(self, event: Event) -> Ack:
         """Hand one event over; returns its acknowledgement (see module docstring)."""
+
+    async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:  # noqa: B027
+        """Optional: learn, at start, every camera and person known from the API, so that
+        entities (Home Assistant discovery) exist before their first event."""
 
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until every event handed over so far is acknowledged."""

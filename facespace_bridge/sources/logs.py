@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from facespace_bridge.checkpoints import Checkpoint, Position
 from facespace_bridge.client import AsyncLogsAPI, BadEntry, HTTPRequestError, LogEntry
-from facespace_bridge.events import checked, deadletter_event, sighting_event
+from facespace_bridge.events import OccurrenceCounter, checked, deadletter_event, sighting_event
 from facespace_bridge.sources.base import Barrier, Item, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -34,30 +34,25 @@ def utcnow() -> datetime:
 
 
 class _Numbering:
-    """Numbers one window's entries per camera: k (for ids) and position (for checkpoints).
+    """Numbers one listing's entries: k (for ids, the events module's OccurrenceCounter, so a
+    tail, a backfill and a replay give the same ids) and the checkpoint position (the n-th
+    entry of that camera at that second).
 
-    Windows are minute-aligned, so a second is never split between two windows and the
-    counters can start afresh for every listing.
+    Windows are minute-aligned, so a second is never split between two listings and the
+    counts can start afresh for every listing.
     """
 
     def __init__(self) -> None:
-        self._second: dict[str, datetime] = {}
-        self._at_second: Counter[str] = Counter()
-        self._identical: dict[str, Counter[str]] = defaultdict(Counter)
+        self._occurrences = OccurrenceCounter()
+        self._at_second: Counter[tuple[str, datetime]] = Counter()
         self._last: dict[str, Position] = {}
 
     def number(self, entry: LogEntry) -> tuple[int, Position]:
-        cam = entry.camera_id
-        if self._second.get(cam) != entry.seen_at:
-            self._second[cam] = entry.seen_at
-            self._at_second[cam] = 0
-            self._identical[cam].clear()
-        self._at_second[cam] += 1
-        k = self._identical[cam][entry.person]
-        self._identical[cam][entry.person] = k + 1
-        position = Position(entry.seen_at, self._at_second[cam])
-        self._last[cam] = position
-        return k, position
+        key = (entry.camera_id, entry.seen_at)
+        self._at_second[key] += 1
+        position = Position(entry.seen_at, self._at_second[key])
+        self._last[entry.camera_id] = position
+        return self._occurrences.number(entry), position
 
     def last(self, camera_id: str) -> Position | None:
         """Position of the latest good entry of the camera: where a bad entry after it belongs."""
