@@ -1,0 +1,206 @@
+"""Shared by the bridge benchmarks: child processes (simulator, bridge), their CPU and memory,
+the simulator's admin API, the bridge's metrics and a topic's true size.
+
+Every child is started by the caller inside try/finally with `stop()`, so Ctrl-C or an error
+never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+
+CLI = [sys.executable, "-m", "facespace_bridge"]
+API_KEY = "bench-key"
+
+
+def child_env(api_url: str | None = None) -> dict[str, str]:
+    """The key goes by environment, never argv."""
+    env = {**os.environ, "FACESPACE_API_KEY": API_KEY}
+    if api_url is not None:
+        env["FACESPACE_API_URL"] = api_url
+    return env
+
+
+def start_simulator(flags: Sequence[str], timeout: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+    """`facespace-bridge simulate --port 0 <flags>` in its own process; returns it and its API URL."""
+    process = subprocess.Popen(
+        [*CLI, "simulate", "--port", "0", "--log-level", "warning", *flags],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline and process.poll() is None:
+        line = process.stdout.readline().strip()
+        if line.startswith("FACESPACE_API_URL="):
+            return process, line.split("=", 1)[1]
+    stop(process)
+    raise SystemExit(f"the simulator did not start: {line!r}")
+
+
+def admin_url(api_url: str) -> str:
+    return api_url.rsplit("/facespace", 1)[0] + "/admin"
+
+
+def admin(api_url: str, method: str, path: str, body: Any = None, timeout: float = 300.0) -> Any:
+    """One call to the simulator's admin API (never faulted)."""
+    reply = httpx.request(
+        method,
+        f"{admin_url(api_url)}/{path}",
+        json=body,
+        headers={"x-api-key": API_KEY},
+        timeout=timeout,
+    )
+    reply.raise_for_status()
+    return reply.json()
+
+
+def stop(process: subprocess.Popen[Any] | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
+@dataclass
+class Usage:
+    cpu: float  # user + system seconds
+    rss_mb: float  # resident now
+    hwm_mb: float  # peak resident so far (VmHWM)
+
+
+class Probe:
+    """CPU and memory of one running process, read from /proc.
+
+    VmHWM, not `ru_maxrss`: the kernel carries the parent's peak across fork+exec into the
+    child's ru_maxrss, while VmHWM belongs to the new address space only.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.process = psutil.Process(pid)
+
+    def usage(self) -> Usage:
+        times = self.process.cpu_times()
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return Usage(times.user + times.system, rss / 1024, hwm / 1024)
+
+    def cpu(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+
+def metric_total(port: int, name: str, **labels: str) -> float:
+    """Sum of one Prometheus metric's samples on the bridge's /metrics that match `labels`."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{key}="{wanted}"' in head for key, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
+async def topic_size(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
+    """Records in `topic` (sum of the partitions' high watermarks; a missing topic is 0).
+
+    From a Fetch reply, not ListOffsets: Tansu answers ListOffsets(latest) with the first
+    offset of the last batch. So: seek there, fetch that batch, read the high watermark.
+    """
+    probe = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await probe.bootstrap()
+        if topic not in probe.cluster.topics():
+            return 0
+    finally:
+        await probe.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        total = 0
+        deadline = time.monotonic() + timeout
+        for tp in tps:
+            if ends[tp] == 0:
+                continue
+            consumer.seek(tp, max(0, ends[tp] - 1))
+            while consumer.highwater(tp) is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{topic}: no fetch reply for partition {tp.partition}")
+                await consumer.getmany(tp, timeout_ms=200)
+            total += consumer.highwater(tp) or 0
+        return total
+    finally:
+        await consumer.stop()
+
+
+def wait_until(condition: Any, timeout: float, every: float = 0.05, what: str = "condition") -> None:
+    """Poll `condition()` until true; SystemExit after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise SystemExit(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@dataclass
+class Finished:
+    code: int
+    seconds: float  # from `began` to the exit
+    cpu: float  # user + system seconds of the whole life, from the kernel (wait4)
+    hwm_mb: float  # peak RSS (VmHWM), sampled until the exit
+
+
+def wait_with_usage(
+    process: subprocess.Popen[Any], began: float, timeout: float, every: float = 0.05
+) -> Finished:
+    """Reaps `process` itself (wait4) for its exact CPU time; samples VmHWM meanwhile, which only
+    grows, so the last sample before the exit is its peak within `every` seconds."""
+    deadline = time.monotonic() + timeout
+    hwm = 0.0
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            ended = time.perf_counter()
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return Finished(process.returncode, ended - began, usage.ru_utime + usage.ru_stime, hwm)
+        if time.monotonic() > deadline:
+            stop(process)
+            raise SystemExit(f"{process.args!r} did not finish within {timeout:g} s")
+        with contextlib.suppress(OSError, AttributeError):
+            status_text = Path(f"/proc/{process.pid}/status").read_text()
+            hwm = int(re.search(r"VmHWM:\s+(\d+)", status_text).group(1)) / 1024  # type: ignore[union-attr]
+        time.sleep(every)

@@ -1,0 +1,256 @@
+"""Backfill catch-up rate with checkpoints on against `replay` of the identical range, in one run
+(issue 5 §6; target: checkpointing costs < 15 % of the replay rate).
+
+    .venv/bin/python bench/bridge_backfill.py [--count 1000000] [--rounds 1]
+
+1. Starts Tansu (memory storage) and the simulator in its own process: a frozen world of
+   about `--count` sightings in the 48 hours before its clock (10 cameras), its clock a
+   minute behind real time, so the bridge's T0 (real now - 5 s) lies after every entry.
+   The world's hours are generated up front (an admin ground-truth count), so neither run
+   pays for generation.
+2. `facespace-bridge replay --start-time <history start> --end-time <sim now> --broker kafka`:
+   wall time from spawn to exit, CPU seconds (wait4), peak RSS (VmHWM).
+3. `facespace-bridge run --backfill-from <history start> --no-realtime --broker kafka` with a
+   fresh file checkpoint: wall time from spawn until the checkpoint file says the backfill is
+   complete (written once every event is acknowledged), CPU seconds and peak RSS at that
+   moment; then SIGTERM.
+Each run writes to a fresh topic, deleted afterwards (Tansu's memory storage slows as it
+fills), and the topic's record count is checked against the world's ground truth. With
+`--rounds N` the order alternates, so neither side always runs on a warmer machine.
+
+Both times include interpreter start-up and imports (about a second), as a user sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _bridge_harness import (
+    CLI,
+    Probe,
+    admin,
+    child_env,
+    start_simulator,
+    stop,
+    topic_size,
+    wait_with_usage,
+)
+
+from facespace_bridge.embedded import TansuBroker
+
+CAMERAS = 10
+HOURS = 48
+TARGET_OVERHEAD = 0.15
+RUN_TIMEOUT = 600.0
+
+
+@dataclass
+class Run:
+    name: str
+    events: int
+    seconds: float
+    cpu: float
+    hwm_mb: float
+    broker_cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        existing = set(await client.list_topics())
+        gone = [t for t in topics if t in existing]
+        if gone:
+            await client.delete_topics(gone)
+    finally:
+        await client.close()
+
+
+def kafka_flags(bootstrap: str, topics: str) -> list[str]:
+    return [
+        "--broker", "kafka", "--bootstrap-servers", bootstrap,
+        "--topic", f"{topics}.sightings", "--presence-topic", f"{topics}.presence",
+        "--deadletter-topic", f"{topics}.deadletter", "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def replay(api_url: str, broker: TansuBroker, start: datetime, end: datetime, topics: str) -> Run:
+    command = [
+        *CLI, "replay", "--start-time", iso(start), "--end-time", iso(end), "--no-progress",
+        *kafka_flags(broker.bootstrap, topics),
+    ]  # fmt: skip
+    assert broker.proc is not None
+    broker_probe = Probe(broker.proc.pid)
+    broker_before = broker_probe.cpu()
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        env=child_env(api_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        # The summary line is short and stderr quiet at warning level, so the pipes never fill.
+        finished = wait_with_usage(process, began, RUN_TIMEOUT)
+    finally:
+        stop(process)
+    assert process.stdout is not None and process.stderr is not None
+    out, err = process.stdout.read().decode(), process.stderr.read().decode()
+    if finished.code != 0:
+        raise SystemExit(f"replay exited {finished.code}: {out}{err}")
+    published = int(out.split()[1])
+    return Run("`replay`", published, finished.seconds, finished.cpu, finished.hwm_mb,
+               broker_probe.cpu() - broker_before)  # fmt: skip
+
+
+def backfill_complete(checkpoint: Path) -> bool:
+    try:
+        data = orjson.loads(checkpoint.read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return False
+    return bool((data.get("backfill") or {}).get("complete"))
+
+
+def backfill(
+    api_url: str, broker: TansuBroker, start: datetime, topics: str, workdir: Path, index: int
+) -> Run:
+    checkpoint = workdir / f"checkpoint-{index}.json"
+    log_path = workdir / f"bridge-{index}.log"
+    command = [
+        *CLI, "run", "--backfill-from", iso(start), "--no-realtime", "--checkpoint", str(checkpoint),
+        *kafka_flags(broker.bootstrap, topics),
+    ]  # fmt: skip
+    assert broker.proc is not None
+    broker_probe = Probe(broker.proc.pid)
+    broker_before = broker_probe.cpu()
+    began = time.perf_counter()
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            env=child_env(api_url),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        probe = Probe(process.pid)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        hwm = 0.0
+        while not backfill_complete(checkpoint):
+            if process.poll() is not None:
+                raise SystemExit(f"the bridge exited {process.returncode}: {log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the backfill did not complete within {RUN_TIMEOUT:g} s")
+            hwm = probe.usage().hwm_mb
+            time.sleep(0.05)
+        seconds = time.perf_counter() - began
+        usage = probe.usage()
+        broker_cpu = broker_probe.cpu() - broker_before
+    finally:
+        code = stop(process)
+    if code != 0:
+        raise SystemExit(f"the bridge exited {code} at SIGTERM: {log_path.read_text()[-2000:]}")
+    return Run("`run --backfill-from` (file checkpoint)", 0, seconds, usage.cpu, max(hwm, usage.hwm_mb),
+               broker_cpu)  # fmt: skip
+
+
+def table(runs: list[Run], replay_rate: float) -> str:
+    lines = [
+        "| run | events | s | events/s | % of replay | CPU s | CPU µs/event | peak RSS MiB | broker CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r.name} | {r.events:,} | {r.seconds:.1f} | {r.rate:,.0f} "
+            f"| {100 * r.rate / replay_rate:.0f} % | {r.cpu:.1f} | {1e6 * r.cpu / r.events:.0f} | {r.hwm_mb:.0f} | {r.broker_cpu:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1_000_000, help="about this many sightings")
+    parser.add_argument("--rounds", type=int, default=1, help="replay + backfill pairs, order alternating")
+    options = parser.parse_args()
+
+    # Whole minutes, a minute behind real time: T0 of the bridge is after every entry.
+    sim_now = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
+    start = sim_now - timedelta(hours=HOURS)
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        broker = TansuBroker(workdir)
+        simulator: subprocess.Popen[str] | None = None
+        try:
+            broker.start()
+            broker.wait_for_metadata()
+            simulator, api_url = start_simulator([
+                "--seed", "11", "--cameras", str(CAMERAS), "--people", "40",
+                "--history-hours", str(HOURS), "--visits-per-hour", str(options.count / (CAMERAS * HOURS)),
+                "--now", iso(sim_now), "--speed", "0",
+            ])  # fmt: skip
+            # Generates (and caches) every hour of the range: both runs read a warm simulator.
+            truth = int(
+                admin(api_url, "GET", f"truth?start={iso(start)}&end={iso(sim_now)}&count_only=1")["count"]
+            )
+            print(f"Tansu at {broker.bootstrap}; simulator at {api_url}; {truth:,} sightings "
+                  f"from {iso(start)} to {iso(sim_now)}", file=sys.stderr)  # fmt: skip
+            for round_index in range(options.rounds):
+                order = ["replay", "backfill"] if round_index % 2 == 0 else ["backfill", "replay"]
+                for kind in order:
+                    topics = f"bench.{kind}.{round_index}"
+                    if kind == "replay":
+                        run = replay(api_url, broker, start, sim_now, topics)
+                    else:
+                        run = backfill(api_url, broker, start, topics, workdir, round_index)
+                    stored = asyncio.run(topic_size(broker.bootstrap, f"{topics}.sightings"))
+                    if kind == "backfill":
+                        run.events = stored
+                    if not stored == truth == run.events:
+                        raise SystemExit(f"{run.name}: published {run.events:,}, topic holds {stored:,}, "
+                                         f"truth {truth:,}")  # fmt: skip
+                    runs.append(run)
+                    print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
+                    kinds = ("sightings", "presence", "deadletter")
+                    asyncio.run(delete_topics(broker.bootstrap, [f"{topics}.{t}" for t in kinds]))
+        finally:
+            stop(simulator)
+            broker.stop()
+
+    replays = [r for r in runs if r.name.startswith("`replay")]
+    backfills = [r for r in runs if not r.name.startswith("`replay")]
+    replay_rate = statistics.median(r.rate for r in replays)
+    backfill_rate = statistics.median(r.rate for r in backfills)
+    print()
+    print(table(runs, replay_rate))
+    overhead = 1 - backfill_rate / replay_rate
+    verdict = "met" if overhead < TARGET_OVERHEAD else "MISSED"
+    print(f"\nbackfill / replay = {backfill_rate / replay_rate:.2f}: checkpointing costs "
+          f"{100 * overhead:.0f} % of the replay rate (target < {100 * TARGET_OVERHEAD:.0f} %): {verdict}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
