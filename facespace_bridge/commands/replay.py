@@ -13,8 +13,9 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -53,36 +54,47 @@ log = logging.getLogger("facespace_bridge.replay")
 SOURCE = "logs"  # sightings carry the same bytes however they were read (DESIGN §3)
 
 
-@dataclass
 class AckTracker:
-    """Counts one sink's acknowledgements without keeping them: the sink bounds how many are
-    outstanding, so memory stays flat however long the range."""
+    """Collects one sink's acknowledgements without keeping them all: settled ones are dropped
+    from the left, and past `limit` unsettled ones `make_room` waits for the oldest, so memory
+    stays flat however long the range. No callback per ack (they cost more than a send)."""
 
-    sink: str
-    outstanding: int = 0
-    failed: int = 0
-    first_error: BaseException | None = None
-    _idle: asyncio.Event | None = field(default=None, repr=False)
+    def __init__(self, sink: str, limit: int = 8192) -> None:
+        self.sink = sink
+        self.limit = limit
+        self.failed = 0
+        self.first_error: BaseException | None = None
+        self._acks: deque[asyncio.Future[Any]] = deque()
 
-    def track(self, ack: Awaitable[Any]) -> None:
-        future = ack if asyncio.isfuture(ack) else asyncio.ensure_future(ack)
-        self.outstanding += 1
-        future.add_done_callback(self._settled)
+    def add(self, ack: Awaitable[Any]) -> bool:
+        """Track an ack; True when over the limit (then await `make_room()`)."""
+        acks = self._acks
+        if acks and acks[-1] is ack:  # a batching sink hands out one ack per batch
+            return False
+        acks.append(ack if asyncio.isfuture(ack) else asyncio.ensure_future(ack))
+        return len(acks) > self.limit
 
-    def _settled(self, future: asyncio.Future[Any]) -> None:
-        self.outstanding -= 1
-        error = asyncio.CancelledError() if future.cancelled() else future.exception()
-        if error is not None:
-            self.failed += 1
-            self.first_error = self.first_error or error
-        if self.outstanding == 0 and self._idle is not None:
-            self._idle.set()
+    async def make_room(self) -> None:
+        acks = self._acks
+        self._reap()
+        while len(acks) > self.limit:
+            await asyncio.wait((acks[0],))
+            self._reap()
+
+    def _reap(self) -> None:
+        acks = self._acks
+        while acks and acks[0].done():
+            future = acks.popleft()
+            error = asyncio.CancelledError() if future.cancelled() else future.exception()
+            if error is not None:
+                self.failed += 1
+                self.first_error = self.first_error or error
 
     async def settled(self) -> None:
         """Until every tracked acknowledgement has arrived or failed."""
-        if self.outstanding:
-            self._idle = asyncio.Event()
-            await self._idle.wait()
+        if self._acks:
+            await asyncio.wait(list(self._acks))
+        self._reap()
 
 
 @dataclass
@@ -121,21 +133,20 @@ async def _prefetched(windows: AsyncIterator[Window]) -> AsyncIterator[Window]:
             pass
 
 
-def window_events(window: Window) -> list[Event]:
+def window_events(window: Window) -> Iterator[Event]:
     """The events of one window, in the API's order: sightings numbered per (camera, person,
-    second), dead letters for entries that did not parse; `sighting_event` already turns a
-    payload that fails its schema into a dead letter."""
+    second), dead letters for entries that did not parse; `sighting_event` validates each
+    payload and turns one that fails its schema into a dead letter. A generator: only the
+    events in flight are alive at a time, not a window's worth."""
     seen: dict[tuple[str, str, datetime], int] = {}
-    events = []
     for entry in window.entries:
         if isinstance(entry, BadEntry):
-            events.append(deadletter_event(entry.camera_id, entry.raw, entry.reason, SOURCE))
+            yield deadletter_event(entry.camera_id, entry.raw, entry.reason, SOURCE)
             continue
         key = (entry.camera_id, entry.person, entry.seen_at)
         k = seen.get(key, 0)
         seen[key] = k + 1
-        events.append(sighting_event(entry, k, SOURCE))
-    return events
+        yield sighting_event(entry, k, SOURCE)
 
 
 class _Progress:
@@ -201,7 +212,8 @@ async def publish_windows(
                 else:
                     tally.published += 1
                 for sink, tracker in pairs:
-                    tracker.track(await sink.publish(event))
+                    if tracker.add(await sink.publish(event)):
+                        await tracker.make_room()
             if bar is not None:
                 bar.update(window.end, tally.entries)
         for sink, tracker in pairs:
