@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import click
 import orjson
@@ -246,3 +248,34 @@ async def test_publish_before_start_is_a_sink_error():
     sink = from_config({"bootstrap_servers": "b:9092"})
     with pytest.raises(SinkError, match="not started"):
         await sink.publish(sighting("Camera1", 0))
+
+
+async def test_a_record_larger_than_a_batch_is_sent_whole(kafka, kafka_topic, read_topic):
+    big = sighting("Camera1", 1)
+    big = Event(big.schema, big.event_id, big.camera_id, big.payload + b" " * 50_000, big.fields)
+    small = [sighting("Camera1", n) for n in range(2, 40)]
+    async with sink_for(kafka, kafka_topic, kafka_batch_size=1024) as sink:
+        acks = [await sink.publish(e) for e in [sighting("Camera1", 0), big, *small]]
+        await asyncio.gather(*acks)
+    values = [r.value for r in await read_topic(kafka_topic)]
+    assert values == [sighting("Camera1", 0).payload, big.payload, *(e.payload for e in small)]
+
+
+async def test_records_the_broker_never_takes_fail_their_acks_and_the_flush(kafka, kafka_topic):
+    if not kafka.can_interrupt:
+        pytest.skip("needs a broker the tests can interrupt")
+    sink = sink_for(kafka, kafka_topic)
+    sink.settings = replace(sink.settings, request_timeout_ms=1500)
+    await sink.start()
+    try:
+        await (await sink.publish(sighting("Camera1", 0)))
+        with kafka.unavailable():
+            acks = [await sink.publish(sighting("Camera1", n)) for n in range(1, 4)]
+            results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), 60)
+            assert all(isinstance(r, Exception) for r in results)
+            assert sink.failed == 3
+            with pytest.raises(SinkError, match="3 records were not acknowledged"):
+                await sink.flush()
+    finally:
+        with contextlib.suppress(SinkError):  # close() flushes, and reports the failures again
+            await sink.close()
