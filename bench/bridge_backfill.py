@@ -19,17 +19,23 @@ fills), and the topic's record count is checked against the world's ground truth
 `--rounds N` the order alternates, so neither side always runs on a warmer machine.
 
 Both times include interpreter start-up and imports (about a second), as a user sees them.
+
+`--profile DIR` attaches py-spy (sampling, `pip install py-spy`) to each run, keeps its
+collapsed stacks in DIR and prints the top functions by own and by inclusive samples. The
+sampler takes CPU from the same 2 cores, so rates measured with it are lower.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -72,6 +78,63 @@ class Run:
         return self.events / self.seconds
 
 
+class Profiler:
+    """py-spy attached to one process for its whole life; its stacks summarised afterwards."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output: Path | None = None
+
+    def attach(self, pid: int, name: str) -> None:
+        if self.directory is None:
+            return
+        self.output = self.directory / f"{name}.txt"
+        self.process = subprocess.Popen(
+            [self.spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(self.output),
+             "--rate", "200", "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def finish(self, title: str) -> None:
+        """Waits for py-spy (it stops with its target) and prints the top functions."""
+        if self.process is None or self.output is None:
+            return
+        try:
+            self.process.wait(60)
+        finally:
+            stop(self.process)
+        print(f"\nprofile of {title} ({self.output}):")
+        print(summarise(self.output))
+
+
+def summarise(collapsed: Path, top: int = 15) -> str:
+    """Top functions of py-spy's collapsed stacks: own samples and inclusive samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = [
+            f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")
+        ]
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    rows = [f"  {total:,} samples; own % | inclusive % | function (file:line)"]
+    for frame, samples in own.most_common(top):
+        rows.append(f"  {100 * samples / total:5.1f} | {100 * inclusive[frame] / total:5.1f} | {frame}")
+    rows.append("  top inclusive (not the entry points):")
+    for frame, samples in inclusive.most_common(top + 10)[10:]:
+        rows.append(f"        {100 * samples / total:5.1f} | {frame}")
+    return "\n".join(rows)
+
+
 def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -96,7 +159,9 @@ def kafka_flags(bootstrap: str, topics: str) -> list[str]:
     ]  # fmt: skip
 
 
-def replay(api_url: str, broker: TansuBroker, start: datetime, end: datetime, topics: str) -> Run:
+def replay(
+    api_url: str, broker: TansuBroker, start: datetime, end: datetime, topics: str, profiler: Profiler
+) -> Run:
     command = [
         *CLI, "replay", "--start-time", iso(start), "--end-time", iso(end), "--no-progress",
         *kafka_flags(broker.bootstrap, topics),
@@ -112,6 +177,7 @@ def replay(api_url: str, broker: TansuBroker, start: datetime, end: datetime, to
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
+    profiler.attach(process.pid, f"{topics}-replay")
     try:
         # The summary line is short and stderr quiet at warning level, so the pipes never fill.
         finished = wait_with_usage(process, began, RUN_TIMEOUT)
@@ -121,6 +187,7 @@ def replay(api_url: str, broker: TansuBroker, start: datetime, end: datetime, to
     out, err = process.stdout.read().decode(), process.stderr.read().decode()
     if finished.code != 0:
         raise SystemExit(f"replay exited {finished.code}: {out}{err}")
+    profiler.finish("replay")
     published = int(out.split()[1])
     return Run("`replay`", published, finished.seconds, finished.cpu, finished.hwm_mb,
                broker_probe.cpu() - broker_before)  # fmt: skip
@@ -135,7 +202,13 @@ def backfill_complete(checkpoint: Path) -> bool:
 
 
 def backfill(
-    api_url: str, broker: TansuBroker, start: datetime, topics: str, workdir: Path, index: int
+    api_url: str,
+    broker: TansuBroker,
+    start: datetime,
+    topics: str,
+    workdir: Path,
+    index: int,
+    profiler: Profiler,
 ) -> Run:
     checkpoint = workdir / f"checkpoint-{index}.json"
     log_path = workdir / f"bridge-{index}.log"
@@ -155,6 +228,7 @@ def backfill(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+    profiler.attach(process.pid, f"{topics}-backfill")
     try:
         probe = Probe(process.pid)
         deadline = time.monotonic() + RUN_TIMEOUT
@@ -173,6 +247,7 @@ def backfill(
         code = stop(process)
     if code != 0:
         raise SystemExit(f"the bridge exited {code} at SIGTERM: {log_path.read_text()[-2000:]}")
+    profiler.finish("run --backfill-from (until SIGTERM)")
     return Run("`run --backfill-from` (file checkpoint)", 0, seconds, usage.cpu, max(hwm, usage.hwm_mb),
                broker_cpu)  # fmt: skip
 
@@ -195,7 +270,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000, help="about this many sightings")
     parser.add_argument("--rounds", type=int, default=1, help="replay + backfill pairs, order alternating")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each run, stacks into DIR")
     options = parser.parse_args()
+    if options.profile is not None:
+        options.profile.mkdir(parents=True, exist_ok=True)
+    profiler = Profiler(options.profile)
 
     # Whole minutes, a minute behind real time: T0 of the bridge is after every entry.
     sim_now = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
@@ -224,9 +303,9 @@ def main() -> None:
                 for kind in order:
                     topics = f"bench.{kind}.{round_index}"
                     if kind == "replay":
-                        run = replay(api_url, broker, start, sim_now, topics)
+                        run = replay(api_url, broker, start, sim_now, topics, profiler)
                     else:
-                        run = backfill(api_url, broker, start, topics, workdir, round_index)
+                        run = backfill(api_url, broker, start, topics, workdir, round_index, profiler)
                     stored = asyncio.run(topic_size(broker.bootstrap, f"{topics}.sightings"))
                     if kind == "backfill":
                         run.events = stored
