@@ -316,9 +316,11 @@ class KafkaSink(Sink):
         if self._producer is None:
             return
         await self._send_open_batches()
-        if self._acks:
-            await asyncio.wait(list(self._acks))
-        self._acks.clear()
+        acks = self._acks
+        if acks:
+            await asyncio.wait(list(acks))
+        while acks and acks[0].done():  # (batches opened meanwhile by other publishers stay)
+            acks.popleft()
         if self.failed:
             raise SinkError(f"{self.failed} records were not acknowledged by Kafka")
 
@@ -436,7 +438,10 @@ class KafkaSink(Sink):
         batches.builder = builder = self._producer.create_batch()
         batches.ack = ack = loop.create_future()
         batches.count = 0
-        self._acks.append(ack)
+        acks = self._acks
+        while acks and acks[0].done():  # settled batches: a long run must not pile them up
+            acks.popleft()
+        acks.append(ack)
         if not self._send_pending:
             self._send_pending = True
             if self.settings.linger_ms:
