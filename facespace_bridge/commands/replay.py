@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,6 @@ from rich.progress import (
 from facespace_bridge.client import (
     APIKeyError,
     AsyncLogsAPI,
-    BadEntry,
     FaceSpaceError,
     Window,
     parse_user_time,
@@ -45,7 +44,7 @@ from facespace_bridge.commands._common import (
     setup_logging,
     with_env,
 )
-from facespace_bridge.events import DEADLETTER_SCHEMA, Event, deadletter_event, sighting_event
+from facespace_bridge.events import DEADLETTER_SCHEMA, listing_events
 from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, build_sinks, sink_options
 
@@ -133,22 +132,6 @@ async def _prefetched(windows: AsyncIterator[Window]) -> AsyncIterator[Window]:
             pass
 
 
-def window_events(window: Window) -> Iterator[Event]:
-    """The events of one window, in the API's order: sightings numbered per (camera, person,
-    second), dead letters for entries that did not parse; `sighting_event` validates each
-    payload and turns one that fails its schema into a dead letter. A generator: only the
-    events in flight are alive at a time, not a window's worth."""
-    seen: dict[tuple[str, str, datetime], int] = {}
-    for entry in window.entries:
-        if isinstance(entry, BadEntry):
-            yield deadletter_event(entry.camera_id, entry.raw, entry.reason, SOURCE)
-            continue
-        key = (entry.camera_id, entry.person, entry.seen_at)
-        k = seen.get(key, 0)
-        seen[key] = k + 1
-        yield sighting_event(entry, k, SOURCE)
-
-
 class _Progress:
     """A rich progress bar on a terminal (time of the range done, entries, rate, ETA); nothing otherwise."""
 
@@ -206,7 +189,9 @@ async def publish_windows(
     pairs = list(zip(sinks, trackers, strict=True))
     try:
         async for window in windows:
-            for event in window_events(window):
+            # One numbering for tail, backfill and replay (k per camera, person, second);
+            # `sighting_event` validates each payload, a failing one becomes a dead letter.
+            for event in listing_events(window.entries, SOURCE):
                 if event.schema == DEADLETTER_SCHEMA:
                     tally.deadlettered += 1
                 else:
