@@ -41,5 +41,10 @@ bench: venv system-deps
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
 
+# Regenerate docs/cli.md, docs/configuration.md, docs/schema-reference.md from the code;
+# tests/test_docs.py fails when they are stale.
+docs: venv
+	$(BIN)/python -m facespace_bridge.docgen
+
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .ruff_cache
