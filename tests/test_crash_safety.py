@@ -201,3 +201,40 @@ async def test_broker_outage_of_10s_loses_nothing_and_resumes_by_itself(
     missing = expected - sightings
     assert not missing, f"{sum(missing.values())} sightings lost across the outage"
     assert "Traceback" not in bridge.log.read_text()
+
+
+async def test_checkpoint_in_kafka_resumes_without_a_disk(
+    simulator_factory, kafka, kafka_topic, read_topic, tmp_path
+):
+    from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
+
+    sim = simulator_factory(**live_world(cameras=3, visits_per_hour=900, history_hours=1, seed=5))
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=20)
+    instance = kafka_topic.rsplit(".", 1)[-1]
+    bridge = BridgeProcess(sim, kafka, kafka_topic, tmp_path, "--backfill-from", start.isoformat())
+    bridge.args[bridge.args.index("--checkpoint") + 1] = "kafka"
+    bridge.args += ["--instance-id", instance]
+
+    async def stored() -> dict:
+        store = KafkaCheckpointStore(kafka.bootstrap, instance)
+        await store.open()
+        try:
+            checkpoint = await store.load()
+        finally:
+            await store.close()
+        return orjson.loads(checkpoint.to_bytes()) if checkpoint else {}
+
+    for _ in range(2):  # a run, a stop, a resumed run, a stop
+        bridge.start()
+        deadline = time.monotonic() + 60
+        while not backfill_done(await stored()):
+            assert bridge.proc.poll() is None and time.monotonic() < deadline, bridge.log.read_text()[-2000:]
+            await asyncio.sleep(0.3)
+        await asyncio.sleep(1.5)
+        code, _ = bridge.signal(signal.SIGTERM)
+        assert code == 0
+    assert not bridge.checkpoint.exists()  # nothing on disk
+    t0 = when((await stored())["backfill"]["t0"])
+    sightings, ids, _ = await published(read_topic, kafka_topic)
+    assert max(ids.values()) == 1
+    assert not truth(sim, start + timedelta(seconds=1), t0) - sightings

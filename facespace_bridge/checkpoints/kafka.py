@@ -99,11 +99,16 @@ class KafkaCheckpointStore(CheckpointStore):
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
             for tp in partitions:
-                while await consumer.position(tp) < ends[tp]:
-                    batch = await consumer.getmany(tp, timeout_ms=1000)
-                    for record in batch.get(tp, []):
+                # Read to the end offset, then on until a fetch comes back empty: some brokers
+                # (Tansu) report the first offset of the last batch as the end.
+                while True:
+                    batch = await consumer.getmany(tp, timeout_ms=500)
+                    records = batch.get(tp, [])
+                    for record in records:
                         if record.key == self.key:
                             latest = record.value
+                    if not records and await consumer.position(tp) >= ends[tp]:
+                        break
         except KafkaError as exc:
             raise CheckpointError(f"cannot read the checkpoint topic {self.topic}: {exc}") from None
         finally:
