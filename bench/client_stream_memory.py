@@ -88,34 +88,14 @@ def main() -> None:
         child(options.child, options.url, options.target, options.traced)
         return
 
-    simulate = [
-        sys.executable,
-        "-m",
-        "facespace_bridge",
-        "simulate",
-        "--port",
-        "0",
-        "--seed",
-        "7",
-        "--cameras",
-        str(CAMERAS),
-        "--history-hours",
-        str(HOURS),
-        "--speed",
-        "0",
-        "--now",
-        NOW.isoformat(),
-        "--visits-per-hour",
-        str(options.entries / (HOURS * CAMERAS)),
-        "--log-level",
-        "warning",
-    ]
-    server = subprocess.Popen(
-        simulate, stdout=subprocess.PIPE, text=True, env={**os.environ, "FACESPACE_API_KEY": KEY}
-    )
+    from facespace_bridge.simulator import SimulatorProcess
+
+    server = SimulatorProcess(
+        KEY, seed=7, cameras=CAMERAS, history_hours=HOURS, speed=0, now=NOW,
+        visits_per_hour=options.entries / (HOURS * CAMERAS),
+    ).start()  # fmt: skip
     try:
-        assert server.stdout is not None
-        url = server.stdout.readline().strip().split("=", 1)[1]
+        url = server.base_url
         measure("whole", url, options.target, traced=False)  # warm the simulator's cache first
         rows = []
         for mode in ("stream", "whole"):
@@ -123,8 +103,7 @@ def main() -> None:
             traced = measure(mode, url, options.target, traced=True)
             rows.append((mode, plain, traced))
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
     print(
         f"range {START:%Y-%m-%d} .. {NOW:%Y-%m-%d}, target_entries={options.target}, "

@@ -19,11 +19,6 @@ Baseline printed beside them: how fast the project's client parses entries
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -31,47 +26,17 @@ import httpx
 import orjson
 
 from facespace_bridge.client.entries import parse_entry
+from facespace_bridge.simulator import SimulatorProcess
 
 NOW = datetime(2023, 10, 25, tzinfo=timezone.utc)
 KEY = "bench-key"
 
 
-def start_simulator(cameras: int, hours: int, per_hour: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "facespace_bridge",
-            "simulate",
-            "--port",
-            "0",
-            "--speed",
-            "0",
-            "--now",
-            NOW.isoformat(),
-            "--seed",
-            "1",
-            "--cameras",
-            str(cameras),
-            "--people",
-            "500",
-            "--history-hours",
-            str(hours),
-            "--visits-per-hour",
-            str(per_hour),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "FACESPACE_API_KEY": KEY},
-    )
-    line = proc.stdout.readline()  # type: ignore[union-attr]
-    match = re.fullmatch(r"FACESPACE_API_URL=(\S+)\n", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"simulator did not start: {line!r}")
-    return proc, match.group(1)
+def start_simulator(cameras: int, hours: int, per_hour: float) -> SimulatorProcess:
+    return SimulatorProcess(
+        KEY, now=NOW, speed=0, seed=1, cameras=cameras, people=500,
+        history_hours=hours, visits_per_hour=per_hour,
+    ).start()  # fmt: skip
 
 
 def fetch(client: httpx.Client, base: str, start: datetime, end: datetime) -> tuple[int, int, float]:
@@ -106,7 +71,8 @@ def main() -> None:
     start, end = NOW - timedelta(hours=args.hours), NOW - timedelta(minutes=1)  # whole minutes, inside
     rows: list[tuple[str, int, int, float]] = []
     for fresh in (True, False):
-        proc, base = start_simulator(args.cameras, args.hours, per_hour)
+        simulator = start_simulator(args.cameras, args.hours, per_hour)
+        base = simulator.base_url
         try:
             with httpx.Client(headers={"x-api-key": KEY}, timeout=600) as client:
                 if fresh:  # a simulator of its own, so that the windows generate their hours
@@ -117,8 +83,7 @@ def main() -> None:
                 rows.append((f"{args.hours} hour windows, warm", *windows(client, base, start, end)))
                 sample = client.get(f"{base}/logs", params={"start_time": f"{start:%H:%M %d/%m/%y}"}).json()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            simulator.stop()
 
     raws = [(camera, raw) for camera, items in sample.items() for raw in items][:200_000]
     began = time.perf_counter()

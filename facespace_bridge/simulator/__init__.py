@@ -6,6 +6,7 @@
 """
 
 from facespace_bridge.simulator._faults import MALFORMED_SAMPLES, STOP_MESSAGE, Faults
+from facespace_bridge.simulator._process import SimulatorProcess
 from facespace_bridge.simulator._server import DEMO_API_KEY, AsyncSimulator, SimulatorServer
 from facespace_bridge.simulator._world import StoredMalformed, World, WorldConfig
 
@@ -15,6 +16,7 @@ __all__ = [
     "STOP_MESSAGE",
     "AsyncSimulator",
     "Faults",
+    "SimulatorProcess",
     "SimulatorServer",
     "StoredMalformed",
     "World",

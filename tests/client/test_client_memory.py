@@ -7,9 +7,6 @@ The simulator runs as its own process (`facespace-bridge simulate`), so the meas
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
-import sys
 import tracemalloc
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -18,7 +15,7 @@ import pytest
 
 from facespace_bridge import AsyncLogsAPI
 from facespace_bridge.client import LogEntry
-from facespace_bridge.simulator import World, WorldConfig
+from facespace_bridge.simulator import SimulatorProcess, World, WorldConfig
 
 UTC = timezone.utc
 MiB = 1024 * 1024
@@ -30,38 +27,11 @@ KEY = "memory-test-key"
 @pytest.fixture
 def simulator_process() -> Iterator[str]:
     """`facespace-bridge simulate` in a child process; yields its base URL."""
-    args = [
-        sys.executable,
-        "-m",
-        "facespace_bridge",
-        "simulate",
-        "--port",
-        "0",
-        "--seed",
-        "7",
-        "--cameras",
-        str(CAMERAS),
-        "--history-hours",
-        str(HOURS),
-        "--speed",
-        "0",
-        "--visits-per-hour",
-        str(ENTRIES / (HOURS * CAMERAS)),
-        "--now",
-        NOW.isoformat(),
-        "--log-level",
-        "warning",
-    ]
-    env = {**os.environ, "FACESPACE_API_KEY": KEY}  # the key through the environment, not argv
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True)
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        assert line.startswith("FACESPACE_API_URL="), line
-        yield line.split("=", 1)[1]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with SimulatorProcess(
+        KEY, seed=7, cameras=CAMERAS, history_hours=HOURS, speed=0,
+        visits_per_hour=ENTRIES / (HOURS * CAMERAS), now=NOW,
+    ) as simulator:  # fmt: skip
+        yield simulator.base_url
 
 
 async def test_large_range_streams_in_bounded_memory(simulator_process: str) -> None:
