@@ -5,7 +5,10 @@ Kafka (issue 5 §6; target < 5 % of a core).
 
 1. Starts Tansu (memory storage) and the simulator in its own process: 20 cameras, each
    logging 10 sightings/s on average (36,000 visits per camera-hour), live clock (real time,
-   speed 1), so the tail reads a stream that grows as it runs.
+   speed 1), so the tail reads a stream that grows as it runs. 200 people: each camera sees
+   almost all of them at any moment (a visit lasts about two minutes), so every /recognition
+   reply lists about 4,000 names, and presence still changes now and then (with 50 people
+   everyone is always in view and presence never changes).
 2. For each row, runs `facespace-bridge run --broker kafka --refresh 1 --tail-interval 5`
    (realtime on) with its own checkpoint file and topics, waits `--warmup` seconds, then
    measures `--duration` seconds: the bridge's CPU seconds (user + system, /proc), its RSS
@@ -170,7 +173,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring")
     parser.add_argument("--cameras", type=int, default=20)
     parser.add_argument("--rate", type=float, default=10.0, help="sightings/s per camera")
-    parser.add_argument("--people", type=int, default=50)
+    parser.add_argument("--people", type=int, default=200, help="200: presence changes ~1.5/s (50: never)")
     parser.add_argument("--split", action="store_true", help="also a row without realtime")
     options = parser.parse_args()
 
