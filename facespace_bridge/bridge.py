@@ -22,6 +22,7 @@ from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
 from facespace_bridge.client import AsyncLogsAPI, LogEntry
+from facespace_bridge.events import Event
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
 from facespace_bridge.sources.base import Barrier, Item
@@ -48,82 +49,96 @@ class BridgeOptions:
 
 
 @dataclass(eq=False, slots=True)
-class _Pending:
+class AckGroup:
+    """Consecutive events that every sink acknowledges with the same acks (a Kafka batch, a
+    file write): settled together, with one callback per sink instead of one per event."""
+
     seq: int
-    camera_id: str | None
-    position: Position | None
-    waiting: int  # sinks that have not acknowledged yet
+    acks: tuple[object, ...]  # the ack of each sink
+    waiting: int  # sinks that have not acknowledged the group yet
+    positions: dict[str, Position] = field(default_factory=dict)  # camera -> its last position here
+    events: list[Event] = field(default_factory=list)  # kept for redelivery until settled
+    closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
 
 
 class AckTracker:
     """Turns acknowledgements into a durable checkpoint.
 
-    A camera's position only moves over a contiguous run of acknowledged events, and the
+    A camera's position only moves over a contiguous run of acknowledged groups, and the
     heartbeat time (`through`) only moves past a Barrier once everything before it is acked.
     """
 
     def __init__(self, checkpoint: Checkpoint, on_change: Callable[[], None]) -> None:
-        self.checkpoint = checkpoint
+        self._positions = dict(checkpoint.cameras)
+        self._through = checkpoint.through
+        self._backfill = checkpoint.backfill
         self._on_change = on_change
         self._seq = 0
-        self._per_camera: dict[str, deque[_Pending]] = {}
+        self._per_camera: dict[str, deque[AckGroup]] = {}
         self._outstanding: set[int] = set()
         self._heap: list[int] = []
         self._barriers: deque[tuple[int, datetime]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.in_flight = 0  # events handed over, not yet acknowledged by every sink
 
     @property
-    def in_flight(self) -> int:
-        return len(self._outstanding)
+    def checkpoint(self) -> Checkpoint:
+        """The durable resume point as of now (a snapshot)."""
+        return Checkpoint(cameras=dict(self._positions), through=self._through, backfill=self._backfill)
 
-    def add(self, item: Item, sinks: int) -> _Pending:
+    def open(self, acks: tuple[object, ...]) -> AckGroup:
         self._seq += 1
-        pending = _Pending(self._seq, item.event.camera_id, item.position, sinks)
-        if item.position is not None:
-            self._per_camera.setdefault(item.event.camera_id, deque()).append(pending)
-        self._outstanding.add(pending.seq)
-        heapq.heappush(self._heap, pending.seq)
+        group = AckGroup(self._seq, acks, len(acks))
+        self._outstanding.add(group.seq)
+        heapq.heappush(self._heap, group.seq)
         self._idle.clear()
-        return pending
+        return group
+
+    def add(self, group: AckGroup, item: Item) -> None:
+        """Record that `item` belongs to `group` (published in this order)."""
+        self.in_flight += 1
+        group.events.append(item.event)
+        if item.position is not None:
+            camera = item.event.camera_id
+            if camera not in group.positions:
+                self._per_camera.setdefault(camera, deque()).append(group)
+            group.positions[camera] = item.position
 
     def barrier(self, through: datetime) -> None:
         self._barriers.append((self._seq, through))
         self._settle_barriers()
 
-    def acked(self, pending: _Pending) -> None:
-        pending.done = True
-        self._forget(pending)
-        queue = self._per_camera.get(pending.camera_id or "")
-        if pending.position is not None and queue:
+    def settled(self, group: AckGroup) -> None:
+        """Every sink acknowledged `group`."""
+        group.done = True
+        self.in_flight -= len(group.events)
+        group.events = []
+        self._outstanding.discard(group.seq)
+        if not self._outstanding:
+            self._idle.set()
+        moved = False
+        for camera in group.positions:
+            queue = self._per_camera[camera]
             position = None
             while queue and queue[0].done:
-                position = queue.popleft().position
-            if position is not None:
-                current = self.checkpoint.cameras.get(pending.camera_id or "")
-                if current is None or position > current:
-                    self.checkpoint = self.checkpoint.with_position(pending.camera_id or "", position)
-                    self._on_change()
+                position = queue.popleft().positions[camera]
+            current = self._positions.get(camera)
+            if position is not None and (current is None or position > current):
+                self._positions[camera] = position
+                moved = True
+        if moved:
+            self._on_change()
         self._settle_barriers()
 
-    def abandon(self, pending: _Pending) -> None:
-        """A publish that was cancelled at shutdown: it never counts as done."""
-        self._forget(pending)
-
     def set_backfill(self, backfill: Backfill | None, through: datetime | None = None) -> None:
-        self.checkpoint = replace(
-            self.checkpoint, backfill=backfill, through=through or self.checkpoint.through
-        )
+        self._backfill = backfill
+        self._through = through or self._through
         self._on_change()
 
     async def idle(self) -> None:
         await self._idle.wait()
-
-    def _forget(self, pending: _Pending) -> None:
-        self._outstanding.discard(pending.seq)
-        if not self._outstanding:
-            self._idle.set()
 
     def _settle_barriers(self) -> None:
         while self._heap and self._heap[0] not in self._outstanding:
@@ -132,8 +147,8 @@ class AckTracker:
         moved = None
         while self._barriers and (oldest is None or self._barriers[0][0] < oldest):
             moved = self._barriers.popleft()[1]
-        if moved is not None and (self.checkpoint.through is None or moved > self.checkpoint.through):
-            self.checkpoint = replace(self.checkpoint, through=moved)
+        if moved is not None and (self._through is None or moved > self._through):
+            self._through = moved
             self._on_change()
 
 
@@ -169,6 +184,7 @@ class Bridge:
         self.status = BridgeStatus()
         self._changed = asyncio.Event()
         self._redeliveries: set[asyncio.Task[None]] = set()
+        self._group: AckGroup | None = None  # the group new items join while its acks match
         self._failing: dict[str, int] = {}  # sink name -> events retried since it stopped acking
         self._save_lock = asyncio.Lock()  # one write at a time: the writer, backfill completion, shutdown
         self.tracker: AckTracker | None = None
@@ -309,65 +325,70 @@ class Bridge:
             await self.publish(item)
 
     async def publish(self, item: Item) -> None:
-        """Hand one item to every sink; its acks feed the tracker."""
+        """Hand one item to every sink (each may make us wait: back-pressure); its acks feed the
+        tracker. Consecutive items acknowledged by the same acks share one group."""
         assert self.tracker is not None
-        pending = self.tracker.add(item, len(self.sinks))
-        handed = 0
-        try:
-            for sink in self.sinks:
-                ack = asyncio.ensure_future(await sink.publish(item.event))
-                handed += 1
-                ack.add_done_callback(partial(self._on_ack, sink, item, pending))
-        except BaseException:
-            if handed == 0:
-                self.tracker.abandon(pending)
-            raise
-        if item.event.kind == "deadletter":
-            self.metrics.dead_letters.labels(source=str(item.event.fields.get("source", ""))).inc()
+        event = item.event
+        acks = tuple([await sink.publish(event) for sink in self.sinks])
+        group = self._group
+        if group is None or group.closed or group.acks != acks:
+            group = self._group = self.tracker.open(acks)
+            for index, ack in enumerate(acks):
+                asyncio.ensure_future(ack).add_done_callback(partial(self._on_ack, index, group))  # type: ignore[arg-type]
+        self.tracker.add(group, item)
+        if event.kind == "deadletter":
+            self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
 
-    def _on_ack(self, sink: Sink, item: Item, pending: _Pending, ack: asyncio.Future[Any]) -> None:
-        assert self.tracker is not None
+    def _on_ack(self, index: int, group: AckGroup, ack: asyncio.Future[Any]) -> None:
+        group.closed = True
         if ack.cancelled():
             return
+        sink = self.sinks[index]
         error = ack.exception()
         if error is not None:
-            # Not acknowledged: deliver it again (same event id, so duplicates are harmless)
-            # and hold the checkpoint until it lands.
-            self.metrics.publish_failures.labels(sink=sink.name).inc()
+            # Not acknowledged: deliver the group's events again (same ids, so duplicates are
+            # harmless) and hold the checkpoint until they land.
+            self.metrics.publish_failures.labels(sink=sink.name).inc(len(group.events))
             if sink.name not in self._failing:  # once per outage, not once per event
                 self._failing[sink.name] = 0
                 log.warning("%s is not acknowledging events (%s); retrying until it does", sink.name, error)
-            self._failing[sink.name] += 1
-            task = asyncio.create_task(self._redeliver(sink, item, pending))
+            self._failing[sink.name] += len(group.events)
+            task = asyncio.create_task(self._redeliver(index, group))
             self._redeliveries.add(task)
             task.add_done_callback(self._redeliveries.discard)
             return
-        self.metrics.published.labels(sink=sink.name, type=item.event.kind).inc()
-        pending.waiting -= 1
-        if pending.waiting == 0:
-            self.tracker.acked(pending)
+        self._sink_done(index, group)
 
-    async def _redeliver(self, sink: Sink, item: Item, pending: _Pending) -> None:
+    def _sink_done(self, index: int, group: AckGroup) -> None:
         assert self.tracker is not None
+        name = self.sinks[index].name
+        kinds: dict[str, int] = {}
+        for event in group.events:
+            kinds[event.kind] = kinds.get(event.kind, 0) + 1
+        for kind, count in kinds.items():
+            self.metrics.published.labels(sink=name, type=kind).inc(count)
+        group.waiting -= 1
+        if group.waiting == 0:
+            self.tracker.settled(group)
+
+    async def _redeliver(self, index: int, group: AckGroup) -> None:
+        sink = self.sinks[index]
         delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await (await sink.publish(item.event))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # still down: keep trying, slower
-                log.debug("redelivery to %s failed: %s", sink.name, exc)
-                delay = min(delay * 2, 10.0)
-                continue
-            self.metrics.published.labels(sink=sink.name, type=item.event.kind).inc()
-            retried = self._failing.pop(sink.name, None)
-            if retried is not None:
-                log.info("%s acknowledges again (%d events were retried)", sink.name, retried)
-            pending.waiting -= 1
-            if pending.waiting == 0:
-                self.tracker.acked(pending)
-            return
+        for event in list(group.events):
+            while True:
+                try:
+                    await (await sink.publish(event))
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # still down: keep trying, slower
+                    log.debug("redelivery to %s failed: %s", sink.name, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        retried = self._failing.pop(sink.name, None)
+        if retried is not None:
+            log.info("%s acknowledges again (%d events were retried)", sink.name, retried)
+        self._sink_done(index, group)
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -15,39 +15,55 @@ def item(camera: str, second: int, n: int) -> Item:
     return Item(event, Position(T + timedelta(seconds=second), n))
 
 
+def group_of(tracker: AckTracker, *items: Item):
+    group = tracker.open((object(),))
+    for one in items:
+        tracker.add(group, one)
+    return group
+
+
 def test_camera_position_moves_only_over_a_contiguous_acked_run():
     changes = []
     tracker = AckTracker(Checkpoint(through=T), lambda: changes.append(1))
-    a1, a2, a3 = (tracker.add(item("A", 1, n), sinks=1) for n in (1, 2, 3))
-    b1 = tracker.add(item("B", 5, 1), sinks=1)
-    tracker.acked(a2)
+    a1, a2, a3 = (group_of(tracker, item("A", 1, n)) for n in (1, 2, 3))
+    b1 = group_of(tracker, item("B", 5, 1))
+    tracker.settled(a2)
     assert "A" not in tracker.checkpoint.cameras  # a1 is still in flight
-    tracker.acked(a1)
+    tracker.settled(a1)
     assert tracker.checkpoint.cameras["A"] == Position(T + timedelta(seconds=1), 2)
-    tracker.acked(b1)
+    tracker.settled(b1)
     assert tracker.checkpoint.cameras["B"] == Position(T + timedelta(seconds=5), 1)
-    tracker.acked(a3)
+    tracker.settled(a3)
     assert tracker.checkpoint.cameras["A"] == Position(T + timedelta(seconds=1), 3)
     assert tracker.in_flight == 0 and changes
 
 
+def test_a_group_moves_each_of_its_cameras_to_its_last_position():
+    tracker = AckTracker(Checkpoint(through=T), lambda: None)
+    batch = group_of(tracker, item("A", 1, 1), item("B", 1, 1), item("A", 2, 1), item("A", 2, 2))
+    assert tracker.in_flight == 4
+    tracker.settled(batch)
+    assert tracker.checkpoint.cameras == {
+        "A": Position(T + timedelta(seconds=2), 2),
+        "B": Position(T + timedelta(seconds=1), 1),
+    }
+    assert tracker.in_flight == 0
+
+
 def test_barrier_moves_heartbeat_only_after_everything_before_it_is_acked():
     tracker = AckTracker(Checkpoint(through=T), lambda: None)
-    first = tracker.add(item("A", 1, 1), sinks=1)
+    first = group_of(tracker, item("A", 1, 1))
     tracker.barrier(T + timedelta(minutes=1))
-    later = tracker.add(item("A", 70, 1), sinks=1)
+    later = group_of(tracker, item("A", 70, 1))
     assert tracker.checkpoint.through == T
-    tracker.acked(later)
+    tracker.settled(later)
     assert tracker.checkpoint.through == T  # `first` precedes the barrier and is unacked
-    tracker.acked(first)
+    tracker.settled(first)
     assert tracker.checkpoint.through == T + timedelta(minutes=1)
 
 
-def test_abandoned_publish_never_advances_the_camera():
+def test_checkpoint_is_a_snapshot():
     tracker = AckTracker(Checkpoint(through=T), lambda: None)
-    lost = tracker.add(item("A", 1, 1), sinks=1)
-    after = tracker.add(item("A", 2, 1), sinks=1)
-    tracker.abandon(lost)
-    tracker.acked(after)
-    assert "A" not in tracker.checkpoint.cameras
-    assert tracker.in_flight == 0
+    before = tracker.checkpoint
+    tracker.settled(group_of(tracker, item("A", 1, 1)))
+    assert "A" not in before.cameras and "A" in tracker.checkpoint.cameras

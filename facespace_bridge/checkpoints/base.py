@@ -11,16 +11,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Position:
-    """Where a camera's stream stands: everything up to the `count`-th entry at `seen_at` is done."""
+class Position(NamedTuple):
+    """Where a camera's stream stands: everything up to the `count`-th entry at `seen_at` is done.
+
+    A tuple, so that comparing two positions (once per entry on the hot path) is a plain
+    tuple comparison: by time, then by count.
+    """
 
     seen_at: datetime
     count: int = 0

@@ -27,7 +27,7 @@ OPTIONS = [
     ),
 ]
 
-_BATCH = 1000  # lines per write; also the in-flight bound
+_BATCH = 1000  # lines waiting for a write at most: the in-flight bound
 
 
 class FileSink(Sink):
@@ -35,7 +35,12 @@ class FileSink(Sink):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[None]]] = asyncio.Queue(maxsize=_BATCH * 4)
+        self._lines: list[bytes] = []  # waiting for the next write
+        self._batch: asyncio.Future[None] | None = None  # the ack every waiting line shares
+        self._wake = asyncio.Event()  # lines are waiting
+        self._room = asyncio.Event()  # fewer than _BATCH lines are waiting
+        self._room.set()
+        self._writing: asyncio.Future[None] | None = None  # the batch being written now
         self._handle: IO[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -53,29 +58,33 @@ class FileSink(Sink):
     async def publish(self, event: Event) -> Ack:
         if self._writer is None or self._writer.done():
             raise SinkError("file sink is not running")
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((event.payload, ack))  # waits when the writer is behind
-        return ack
+        while len(self._lines) >= _BATCH:  # the writer is behind: wait for it
+            self._room.clear()
+            await self._room.wait()
+        if self._batch is None:
+            self._batch = asyncio.get_running_loop().create_future()
+        self._lines.append(event.payload)
+        self._wake.set()
+        return self._batch
 
     async def _write_batches(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            data = b"".join(payload + b"\n" for payload, _ in batch)
-            try:
-                await asyncio.to_thread(self._write, data)
-            except OSError as exc:
-                error = SinkError(f"cannot write {self.path}: {exc.strerror}")
-                for _, ack in batch:
-                    if not ack.done():
-                        ack.set_exception(error)
-                    self._queue.task_done()
+            await self._wake.wait()
+            self._wake.clear()
+            lines, ack = self._lines, self._batch
+            self._lines, self._batch = [], None
+            self._room.set()
+            if ack is None:
                 continue
-            for _, ack in batch:
-                if not ack.done():
-                    ack.set_result(None)
-                self._queue.task_done()
+            self._writing = ack
+            try:
+                await asyncio.to_thread(self._write, b"\n".join(lines) + b"\n")
+            except OSError as exc:
+                ack.set_exception(SinkError(f"cannot write {self.path}: {exc.strerror}"))
+            else:
+                ack.set_result(None)
+            finally:
+                self._writing = None
 
     def _write(self, data: bytes) -> None:
         assert self._handle is not None
@@ -85,7 +94,10 @@ class FileSink(Sink):
             os.fsync(self._handle.fileno())
 
     async def flush(self) -> None:
-        await self._queue.join()
+        """Wait until every line handed over so far is written (or failed)."""
+        for pending in (self._writing, self._batch):
+            if pending is not None:
+                await asyncio.wait([pending])
 
     async def close(self) -> None:
         if self._writer is not None:

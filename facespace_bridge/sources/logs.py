@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from facespace_bridge.checkpoints import Checkpoint, Position
 from facespace_bridge.client import AsyncLogsAPI, BadEntry, HTTPRequestError, LogEntry
-from facespace_bridge.events import OccurrenceCounter, checked, deadletter_event, sighting_event
+from facespace_bridge.events import OccurrenceCounter, deadletter_event, sighting_event
 from facespace_bridge.sources.base import Barrier, Item, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,8 @@ def _dead_letter(bad: BadEntry, position: Position | None) -> Item:
 
 
 def _sighting(entry: LogEntry, k: int, position: Position) -> Item:
-    # `checked` turns a payload that fails its schema into a dead letter with the reason.
-    return Item(checked(sighting_event(entry, k)), position)
+    # The builder validates the payload; one that fails its schema comes back as a dead letter.
+    return Item(sighting_event(entry, k), position)
 
 
 class LogsSource:

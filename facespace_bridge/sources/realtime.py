@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
-from facespace_bridge.events import checked, presence_event
+from facespace_bridge.events import presence_event
 from facespace_bridge.sources.base import Item, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class RealtimeSource:
             self.polls += 1
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
             for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic()):
-                yield Item(checked(presence_event(camera, people, arrived, departed, observed_at)))
+                # The builder validates; a payload that fails comes back as a dead letter.
+                yield Item(presence_event(camera, people, arrived, departed, observed_at))
             # Keep the cadence: sleep what is left of the interval after the request took its time.
             await sleep_or_stop(stop, max(0.0, delay - (self.monotonic() - started)))
