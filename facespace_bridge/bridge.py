@@ -14,7 +14,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,7 +22,7 @@ from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
 from facespace_bridge.client import AsyncLogsAPI, LogEntry
-from facespace_bridge.events import Event
+from facespace_bridge.events import DEADLETTER_SCHEMA, Event
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
 from facespace_bridge.sources.base import Barrier, Item
@@ -314,30 +314,40 @@ class Bridge:
 
     # -- publishing -------------------------------------------------------------------------------
 
-    async def _pump(self, items: AsyncIterator[Item | Barrier]) -> None:
+    async def _pump(self, chunks: AsyncIterator[Iterable[Item] | Barrier]) -> None:
+        """Publish what a source yields: chunks of items (a window, a poll) and barriers."""
         assert self.tracker is not None
-        async for item in items:
-            if isinstance(item, Barrier):
-                self.tracker.barrier(item.through)
+        async for chunk in chunks:
+            if isinstance(chunk, Barrier):
+                self.tracker.barrier(chunk.through)
                 self.status.last_logs_poll = time.monotonic()
                 self._observe_lag()
                 continue
-            await self.publish(item)
+            await self.publish(chunk)
 
-    async def publish(self, item: Item) -> None:
-        """Hand one item to every sink (each may make us wait: back-pressure); its acks feed the
-        tracker. Consecutive items acknowledged by the same acks share one group."""
-        assert self.tracker is not None
-        event = item.event
-        acks = tuple([await sink.publish(event) for sink in self.sinks])
-        group = self._group
-        if group is None or group.closed or group.acks != acks:
-            group = self._group = self.tracker.open(acks)
-            for index, ack in enumerate(acks):
-                asyncio.ensure_future(ack).add_done_callback(partial(self._on_ack, index, group))  # type: ignore[arg-type]
-        self.tracker.add(group, item)
-        if event.kind == "deadletter":
-            self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
+    async def publish(self, items: Iterable[Item]) -> None:
+        """Hand items to every sink (each may make us wait: back-pressure); their acks feed the
+        tracker. Consecutive items acknowledged by the same acks share one group. One loop
+        for a whole chunk: this is the per-event hot path of a backfill."""
+        tracker = self.tracker
+        assert tracker is not None
+        sinks = self.sinks
+        only = sinks[0] if len(sinks) == 1 else None
+        for item in items:
+            event = item.event
+            if only is not None:  # the common case, without a list per event
+                acks: tuple[object, ...] = (await only.publish(event),)
+            else:
+                acks = tuple([await sink.publish(event) for sink in sinks])
+            group = self._group
+            if group is None or group.closed or group.acks != acks:
+                group = self._group = tracker.open(acks)
+                for index, ack in enumerate(acks):
+                    callback = partial(self._on_ack, index, group)
+                    asyncio.ensure_future(ack).add_done_callback(callback)  # type: ignore[arg-type]
+            tracker.add(group, item)
+            if event.schema == DEADLETTER_SCHEMA:
+                self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
 
     def _on_ack(self, index: int, group: AckGroup, ack: asyncio.Future[Any]) -> None:
         group.closed = True

@@ -58,7 +58,13 @@ class Event:
     @property
     def kind(self) -> str:
         """`sighting`, `presence` or `deadletter`."""
-        return self.schema.split("/", 1)[0].removeprefix("facespace.")
+        kind = _KINDS.get(self.schema)  # asked for every event on the hot path: cached
+        if kind is None:
+            kind = _KINDS[self.schema] = self.schema.split("/", 1)[0].removeprefix("facespace.")
+        return kind
+
+
+_KINDS: dict[str, str] = {}
 
 
 # -- time ------------------------------------------------------------------------------------------

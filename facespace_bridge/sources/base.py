@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from facespace_bridge.checkpoints import Position
 from facespace_bridge.events import Event
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One event to publish. `position` is the camera position that is done once it is acked
-    (None for events that are not checkpointed, such as realtime presence)."""
+    (None for events that are not checkpointed, such as realtime presence). A tuple: one is
+    made per sighting, and a tuple is cheaper to make than a frozen dataclass."""
 
     event: Event
     position: Position | None = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 
 from facespace_bridge.checkpoints import Checkpoint, Position
@@ -44,15 +44,18 @@ class _Numbering:
 
     def __init__(self) -> None:
         self._occurrences = OccurrenceCounter()
-        self._at_second: Counter[tuple[str, datetime]] = Counter()
+        self._at_second: dict[tuple[str, datetime], int] = {}
         self._last: dict[str, Position] = {}
 
     def number(self, entry: LogEntry) -> tuple[int, Position]:
         key = (entry.camera_id, entry.seen_at)
-        self._at_second[key] += 1
-        position = Position(entry.seen_at, self._at_second[key])
-        self._last[entry.camera_id] = position
+        n = self._at_second[key] = self._at_second.get(key, 0) + 1
+        position = self._last[entry.camera_id] = Position(entry.seen_at, n)
         return self._occurrences.number(entry), position
+
+    def newest(self) -> dict[str, datetime]:
+        """The latest second numbered per camera (listings are in time order per camera)."""
+        return {camera: position.seen_at for camera, position in self._last.items()}
 
     def last(self, camera_id: str) -> Position | None:
         """Position of the latest good entry of the camera: where a bad entry after it belongs."""
@@ -101,26 +104,28 @@ class LogsSource:
         """
         start = minute_floor(start)
         async for window in self.client.iter_windows(start, t0, self.camera_id):
-            numbering = _Numbering()
-            for item in self._fresh(window.entries, numbering, resume):
-                yield item
+            yield self._fresh(window.entries, _Numbering(), resume)
             yield Barrier(window.end)
 
     def _fresh(
         self, entries: Iterable[LogEntry | BadEntry], numbering: _Numbering, resume: Checkpoint
     ) -> Iterable[Item]:
+        floors: dict[str, Position | None] = {}  # resume.position per camera, looked up once
         for entry in entries:
+            camera = entry.camera_id
+            floor = floors[camera] if camera in floors else floors.setdefault(camera, resume.position(camera))
             if isinstance(entry, BadEntry):
-                at = numbering.last(entry.camera_id)
-                floor = resume.position(entry.camera_id)
+                at = numbering.last(camera)
                 if at is None or floor is None or at >= floor:  # a repeat beats a loss
                     yield _dead_letter(entry, at or floor)
                 continue
             k, position = numbering.number(entry)
-            floor = resume.position(entry.camera_id)
             if floor is None or position > floor:
-                self._saw(entry)
                 yield _sighting(entry, k, position)
+        for camera, newest in numbering.newest().items():  # once per window, not per entry
+            if newest > self.newest_seen.get(camera, newest):
+                self.newest_seen[camera] = newest
+            self.newest_seen.setdefault(camera, newest)
 
     def _saw(self, entry: LogEntry) -> None:
         newest = self.newest_seen.get(entry.camera_id)
@@ -129,7 +134,7 @@ class LogsSource:
 
     # -- tail -------------------------------------------------------------------------------------
 
-    async def tail(self, resume: Checkpoint, stop: asyncio.Event) -> AsyncIterator[Item | Barrier]:
+    async def tail(self, resume: Checkpoint, stop: asyncio.Event) -> AsyncIterator[Iterable[Item] | Barrier]:
         """Poll `/logs` every `tail_interval` seconds until `stop` is set.
 
         Each poll re-reads a look-back window of `lateness` before the newest entry seen,
@@ -138,53 +143,70 @@ class LogsSource:
         poll, entries at or before the resume positions of `resume` were published before
         this run: they are remembered as handed over, not published again.
         """
-        # camera -> second -> {(person, k)} handed over; pruned as the window moves on.
-        handed: dict[str, dict[datetime, set[tuple[str, int]]]] = defaultdict(dict)
-        bad_before: Counter[tuple[str, str]] = Counter()
+        seen = _TailMemory(resume)
         earliest = resume.earliest()
         query_from = minute_floor((earliest or self.clock()) - self.lateness)
         backoff = self.tail_interval
-        first = True
         while not stop.is_set():
-            bad_now: Counter[tuple[str, str]] = Counter()
+            seen.bad_now = Counter()
             try:
                 async for window in self.client.iter_windows(query_from, None, self.camera_id):
-                    numbering = _Numbering()
-                    for entry in window.entries:
-                        if isinstance(entry, BadEntry):
-                            key = (entry.camera_id, repr(entry.raw))
-                            bad_now[key] += 1
-                            if bad_now[key] > bad_before[key]:  # not dead-lettered by an earlier poll
-                                at = numbering.last(entry.camera_id)
-                                floor = resume.position(entry.camera_id) if first else None
-                                if at is None or floor is None or at >= floor:  # a repeat beats a loss
-                                    yield _dead_letter(entry, at)
-                            continue
-                        k, position = numbering.number(entry)
-                        done = handed[entry.camera_id].setdefault(entry.seen_at, set())
-                        if (entry.person, k) in done:
-                            continue
-                        done.add((entry.person, k))
-                        floor = resume.position(entry.camera_id) if first else None
-                        if floor is not None and position <= floor:
-                            continue  # published before this run
-                        self._saw(entry)
-                        yield _sighting(entry, k, position)
+                    yield self._unseen(window.entries, seen)
             except HTTPRequestError as exc:
                 log.warning("logs poll failed, retrying in %.0f s: %s", backoff, exc)
                 await sleep_or_stop(stop, backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue
             backoff = self.tail_interval
-            first = False
-            bad_before = bad_now
+            seen.first = False
+            seen.bad_before = seen.bad_now
             self.polls += 1
             # Move the window: entries before (newest - lateness) are final from now on.
             newest = max(self.newest_seen.values(), default=None)
             if newest is not None:
                 query_from = max(query_from, minute_floor(newest - self.lateness))
-            for seconds in handed.values():
-                for second in [s for s in seconds if s < query_from]:
-                    del seconds[second]
+            seen.forget_before(query_from)
             yield Barrier(query_from)
             await sleep_or_stop(stop, self.tail_interval)
+
+    def _unseen(self, entries: Iterable[LogEntry | BadEntry], seen: _TailMemory) -> Iterator[Item]:
+        """The items of one tail window that were not handed over before."""
+        numbering = _Numbering()
+        for entry in entries:
+            if isinstance(entry, BadEntry):
+                key = (entry.camera_id, repr(entry.raw))
+                seen.bad_now[key] += 1
+                if seen.bad_now[key] > seen.bad_before[key]:  # not dead-lettered by an earlier poll
+                    at = numbering.last(entry.camera_id)
+                    floor = seen.resume.position(entry.camera_id) if seen.first else None
+                    if at is None or floor is None or at >= floor:  # a repeat beats a loss
+                        yield _dead_letter(entry, at)
+                continue
+            k, position = numbering.number(entry)
+            done = seen.handed[entry.camera_id].setdefault(entry.seen_at, set())
+            if (entry.person, k) in done:
+                continue
+            done.add((entry.person, k))
+            floor = seen.resume.position(entry.camera_id) if seen.first else None
+            if floor is not None and position <= floor:
+                continue  # published before this run
+            self._saw(entry)
+            yield _sighting(entry, k, position)
+
+
+class _TailMemory:
+    """What the tail remembers between polls: what it handed over inside the look-back
+    window, and the dead letters of the previous poll (junk stays in the window too)."""
+
+    def __init__(self, resume: Checkpoint) -> None:
+        self.resume = resume
+        self.first = True  # the first poll skips what `resume` says was published before
+        # camera -> second -> {(person, k)} handed over; pruned as the window moves on.
+        self.handed: dict[str, dict[datetime, set[tuple[str, int]]]] = defaultdict(dict)
+        self.bad_before: Counter[tuple[str, str]] = Counter()
+        self.bad_now: Counter[tuple[str, str]] = Counter()
+
+    def forget_before(self, moment: datetime) -> None:
+        for seconds in self.handed.values():
+            for second in [s for s in seconds if s < moment]:
+                del seconds[second]

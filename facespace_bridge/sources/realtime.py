@@ -71,7 +71,8 @@ class RealtimeSource:
         self.status = "starting"  # polling | stopped by the API | error: ...
         self.polls = 0
 
-    async def run(self, stop: asyncio.Event) -> AsyncIterator[Item]:
+    async def run(self, stop: asyncio.Event) -> AsyncIterator[list[Item]]:
+        """One list of presence events per poll (empty when nothing changed)."""
         delay = self.refresh
         while not stop.is_set():
             started = self.monotonic()
@@ -99,8 +100,10 @@ class RealtimeSource:
                 delay = self.refresh
             self.polls += 1
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
-            for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic()):
-                # The builder validates; a payload that fails comes back as a dead letter.
-                yield Item(presence_event(camera, people, arrived, departed, observed_at))
+            # The builder validates; a payload that fails comes back as a dead letter.
+            yield [
+                Item(presence_event(camera, people, arrived, departed, observed_at))
+                for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic())
+            ]
             # Keep the cadence: sleep what is left of the interval after the request took its time.
             await sleep_or_stop(stop, max(0.0, delay - (self.monotonic() - started)))
