@@ -53,3 +53,43 @@ def test_relative_links_resolve(page: Path) -> None:
         if "://" in target or target.startswith("mailto:"):
             continue
         assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+
+
+def test_home_assistant_example_uses_entities_the_bridge_announces() -> None:
+    """The automation example's ids are those discovery gives the simulator's default world."""
+    import orjson
+    import yaml
+
+    from facespace_bridge.simulator._world import World, WorldConfig
+    from facespace_bridge.sinks._topics import TopicLayout
+    from facespace_bridge.sinks.homeassistant import HomeAssistantDiscovery
+
+    world = World(WorldConfig())
+    discovery = HomeAssistantDiscovery(TopicLayout("facespace"))
+    announced = {
+        orjson.loads(config)["default_entity_id"]
+        for config in discovery.configs(world.cameras(), world.people()).values()
+    }
+    text = (REPO / "examples" / "homeassistant" / "automations.yaml").read_text(encoding="utf-8")
+    automations = yaml.safe_load(text)
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())  # ids, not the comments' patterns
+    used = set(re.findall(r"\b(?:binary_sensor|sensor|event)\.facespace_[a-z0-9_]+", code))
+    assert len(automations) >= 3 and len(used) >= 4
+    assert used <= announced, sorted(used - announced)
+
+
+def test_kafka_consumer_example_stores_each_event_id_once() -> None:
+    import importlib.util
+    import sqlite3
+
+    spec = importlib.util.spec_from_file_location("kafka_consumer", REPO / "examples" / "kafka_consumer.py")
+    assert spec and spec.loader
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    db = sqlite3.connect(":memory:")
+    db.execute(example.SCHEMA)
+    one = {"event_id": "a" * 32, "camera_id": "Camera1", "person": "Ann", "seen_at": "2023-10-23T00:00:00Z"}
+    two = {**one, "event_id": "b" * 32}
+    assert example.store(db, [one, two, one]) == [one, two]
+    assert example.store(db, [two]) == []
+    assert db.execute("SELECT count(*) FROM sightings").fetchone() == (2,)
