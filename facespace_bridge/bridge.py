@@ -56,7 +56,7 @@ class AckGroup:
     seq: int
     acks: tuple[object, ...]  # the ack of each sink
     waiting: int  # sinks that have not acknowledged the group yet
-    positions: dict[str, Position] = field(default_factory=dict)  # camera -> its last position here
+    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)  # camera -> last position here
     events: list[Event] = field(default_factory=list)  # kept for redelivery until settled
     closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
@@ -70,7 +70,7 @@ class AckTracker:
     """
 
     def __init__(self, checkpoint: Checkpoint, on_change: Callable[[], None]) -> None:
-        self._positions = dict(checkpoint.cameras)
+        self._positions: dict[str, tuple[datetime, int]] = dict(checkpoint.cameras)
         self._through = checkpoint.through
         self._backfill = checkpoint.backfill
         self._on_change = on_change
@@ -86,7 +86,8 @@ class AckTracker:
     @property
     def checkpoint(self) -> Checkpoint:
         """The durable resume point as of now (a snapshot)."""
-        return Checkpoint(cameras=dict(self._positions), through=self._through, backfill=self._backfill)
+        cameras = {camera: Position._make(position) for camera, position in self._positions.items()}
+        return Checkpoint(cameras=cameras, through=self._through, backfill=self._backfill)
 
     def open(self, acks: tuple[object, ...]) -> AckGroup:
         self._seq += 1
@@ -98,13 +99,14 @@ class AckTracker:
 
     def add(self, group: AckGroup, item: Item) -> None:
         """Record that `item` belongs to `group` (published in this order)."""
+        event, position = item
         self.in_flight += 1
-        group.events.append(item.event)
-        if item.position is not None:
-            camera = item.event.camera_id
+        group.events.append(event)
+        if position is not None:
+            camera = event.camera_id
             if camera not in group.positions:
                 self._per_camera.setdefault(camera, deque()).append(group)
-            group.positions[camera] = item.position
+            group.positions[camera] = position
 
     def barrier(self, through: datetime) -> None:
         self._barriers.append((self._seq, through))
@@ -334,7 +336,7 @@ class Bridge:
         sinks = self.sinks
         only = sinks[0] if len(sinks) == 1 else None
         for item in items:
-            event = item.event
+            event = item[0]
             if only is not None:  # the common case, without a list per event
                 acks: tuple[object, ...] = (await only.publish(event),)
             else:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -177,12 +176,13 @@ class OccurrenceCounter:
     """
 
     def __init__(self) -> None:
-        self._seen: Counter[tuple[str, str, datetime]] = Counter()
+        # A plain dict: Counter's __missing__ would run in Python for almost every entry.
+        self._seen: dict[tuple[str, str, datetime], int] = {}
 
     def number(self, entry: LogEntry) -> int:
         """k of this entry; counts it for the entries that follow."""
         key = (entry.camera_id, entry.person, entry.seen_at)
-        k = self._seen[key]
+        k = self._seen.get(key, 0)
         self._seen[key] = k + 1
         return k
 

@@ -12,7 +12,7 @@ T = datetime(2023, 10, 23, 10, 0, 0, tzinfo=timezone.utc)
 
 def item(camera: str, second: int, n: int) -> Item:
     event = Event("facespace.sighting/v1", f"{camera}{second}{n}", camera, b"{}", {})
-    return Item(event, Position(T + timedelta(seconds=second), n))
+    return event, Position(T + timedelta(seconds=second), n)
 
 
 def group_of(tracker: AckTracker, *items: Item):

@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import TypeAlias
 
 from facespace_bridge.checkpoints import Position
 from facespace_bridge.events import Event
 
-
-class Item(NamedTuple):
-    """One event to publish. `position` is the camera position that is done once it is acked
-    (None for events that are not checkpointed, such as realtime presence). A tuple: one is
-    made per sighting, and a tuple is cheaper to make than a frozen dataclass."""
-
-    event: Event
-    position: Position | None = None
+# One event to publish, and the camera position that is done once it is acked (None for
+# events that are not checkpointed, such as realtime presence): `(event, position)`. A plain
+# tuple, as is the position `(seen_at, count)` on this path: one of each is made per
+# sighting, and plain tuples cost a fraction of named ones (they compare the same).
+Item: TypeAlias = "tuple[Event, Position | tuple[datetime, int] | None]"
 
 
 @dataclass(frozen=True, slots=True)

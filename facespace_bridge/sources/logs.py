@@ -45,31 +45,31 @@ class _Numbering:
     def __init__(self) -> None:
         self._occurrences = OccurrenceCounter()
         self._at_second: dict[tuple[str, datetime], int] = {}
-        self._last: dict[str, Position] = {}
+        self._last: dict[str, tuple[datetime, int]] = {}
 
-    def number(self, entry: LogEntry) -> tuple[int, Position]:
-        key = (entry.camera_id, entry.seen_at)
+    def number(self, entry: LogEntry) -> tuple[int, tuple[datetime, int]]:
+        seen_at = entry.seen_at
+        key = (entry.camera_id, seen_at)
         n = self._at_second[key] = self._at_second.get(key, 0) + 1
-        position = self._last[entry.camera_id] = Position(entry.seen_at, n)
+        position = self._last[entry.camera_id] = (seen_at, n)  # a plain tuple: see sources.base.Item
         return self._occurrences.number(entry), position
 
     def newest(self) -> dict[str, datetime]:
         """The latest second numbered per camera (listings are in time order per camera)."""
-        return {camera: position.seen_at for camera, position in self._last.items()}
+        return {camera: seen_at for camera, (seen_at, _) in self._last.items()}
 
-    def last(self, camera_id: str) -> Position | None:
+    def last(self, camera_id: str) -> tuple[datetime, int] | None:
         """Position of the latest good entry of the camera: where a bad entry after it belongs."""
         return self._last.get(camera_id)
 
 
-def _dead_letter(bad: BadEntry, position: Position | None) -> Item:
-    event = deadletter_event(bad.camera_id, bad.raw, bad.reason, source="logs")
-    return Item(event, position)
+def _dead_letter(bad: BadEntry, position: tuple[datetime, int] | None) -> Item:
+    return deadletter_event(bad.camera_id, bad.raw, bad.reason, source="logs"), position
 
 
-def _sighting(entry: LogEntry, k: int, position: Position) -> Item:
+def _sighting(entry: LogEntry, k: int, position: tuple[datetime, int]) -> Item:
     # The builder validates the payload; one that fails its schema comes back as a dead letter.
-    return Item(sighting_event(entry, k), position)
+    return sighting_event(entry, k), position
 
 
 class LogsSource:
@@ -110,18 +110,20 @@ class LogsSource:
     def _fresh(
         self, entries: Iterable[LogEntry | BadEntry], numbering: _Numbering, resume: Checkpoint
     ) -> Iterable[Item]:
+        # The per-entry hot path of a backfill: lookups bound to locals, no wrapper calls.
         floors: dict[str, Position | None] = {}  # resume.position per camera, looked up once
+        number = numbering.number
         for entry in entries:
             camera = entry.camera_id
             floor = floors[camera] if camera in floors else floors.setdefault(camera, resume.position(camera))
-            if isinstance(entry, BadEntry):
+            if type(entry) is BadEntry:
                 at = numbering.last(camera)
                 if at is None or floor is None or at >= floor:  # a repeat beats a loss
                     yield _dead_letter(entry, at or floor)
                 continue
-            k, position = numbering.number(entry)
+            k, position = number(entry)
             if floor is None or position > floor:
-                yield _sighting(entry, k, position)
+                yield sighting_event(entry, k), position  # the builder validates
         for camera, newest in numbering.newest().items():  # once per window, not per entry
             if newest > self.newest_seen.get(camera, newest):
                 self.newest_seen[camera] = newest

@@ -102,7 +102,7 @@ class RealtimeSource:
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
             # The builder validates; a payload that fails comes back as a dead letter.
             yield [
-                Item(presence_event(camera, people, arrived, departed, observed_at))
+                (presence_event(camera, people, arrived, departed, observed_at), None)
                 for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic())
             ]
             # Keep the cadence: sleep what is left of the interval after the request took its time.

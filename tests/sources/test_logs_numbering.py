@@ -21,11 +21,11 @@ def test_source_numbering_matches_the_replay_listing():
     source = LogsSource(client=None)  # type: ignore[arg-type] - _fresh needs no client
     items = list(source._fresh(LISTING, _Numbering(), Checkpoint()))
     replayed = list(listing_events(LISTING))
-    assert [i.event.event_id for i in items] == [e.event_id for e in replayed]
-    assert [i.event.payload for i in items] == [e.payload for e in replayed]
+    assert [event.event_id for event, _ in items] == [e.event_id for e in replayed]
+    assert [event.payload for event, _ in items] == [e.payload for e in replayed]
 
 
 def test_positions_count_entries_per_camera_and_second():
     numbering = _Numbering()
     numbers = [numbering.number(e) for e in LISTING if not hasattr(e, "reason")]
-    assert [(k, p.count) for k, p in numbers] == [(0, 1), (0, 2), (1, 3), (0, 1), (0, 1)]
+    assert [(k, count) for k, (_, count) in numbers] == [(0, 1), (0, 2), (1, 3), (0, 1), (0, 1)]
