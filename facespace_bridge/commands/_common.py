@@ -108,7 +108,8 @@ def api_options(command: F) -> F:
 
 
 def api_key_from(config: dict[str, Any]) -> str:
-    """The API key from `--api-key-file`, env FACESPACE_API_KEY or the config file's `api_key`."""
+    """The API key from `--api-key-file` or env FACESPACE_API_KEY (never argv, never the TOML file,
+    which is configuration to share, not a secret store)."""
     path = config.get("api_key_file")
     if path:
         try:
@@ -118,7 +119,7 @@ def api_key_from(config: dict[str, Any]) -> str:
                 f"cannot read {path}: {exc.strerror}", param_hint="--api-key-file"
             ) from None
     else:
-        key = os.environ.get("FACESPACE_API_KEY", "") or str(config.get("api_key") or "")
+        key = os.environ.get("FACESPACE_API_KEY", "")
     if not key:
         raise click.UsageError("no API key: set FACESPACE_API_KEY or pass --api-key-file")
     redactor.add(key)

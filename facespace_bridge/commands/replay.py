@@ -246,7 +246,6 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
 @click.option("--camera-id", help="Only this camera (default: all).")
 @click.option(
     "--broker",
-    "brokers",
     multiple=True,
     type=click.Choice(list(SINK_MODULES)),
     help="Where events go; repeat for several. Not needed with --dry-run.",
@@ -277,10 +276,10 @@ def command(**config: Any) -> None:
         )
     api_key = api_key_from(config)
     dry_run = config["dry_run"]
-    if not config["brokers"] and not dry_run:
+    if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
     try:
-        sinks = build_sinks(config["brokers"], config)
+        sinks = build_sinks(config["broker"], config)
     except KeyError as exc:
         raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
     progress = config["progress"]
