@@ -54,11 +54,14 @@ def walk(
 
 
 def _context(path: tuple[str, ...], command: click.Command) -> click.Context:
+    # The root group's context settings (help option names) as `facespace-bridge` applies
+    # them; without them the page would depend on which help options click has cached.
+    settings = {k: v for k, v in root_command().context_settings.items() if k != "max_content_width"}
     parent = None
     for name in path[:-1]:  # only command_path is read from the parents
-        parent = click.Context(click.Command(name), info_name=name, parent=parent)
+        parent = click.Context(click.Command(name), info_name=name, parent=parent, **settings)
     return click.Context(
-        command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
+        command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH, **settings
     )
 
 
@@ -70,6 +73,10 @@ def render_cli(cli: click.Group) -> str:
         "before any side effect), 1 a failure at run time, 130 interrupted.\n"
     )
     for path, command in walk(cli):
+        # click caches each command's help option from the first context that asked (a test's
+        # make_context, say): forget it, so the page is what a fresh `--help` prints.
+        if hasattr(command, "_help_option"):
+            command._help_option = None
         text = command.get_help(_context(path, command)).rstrip()
         parts.append(f"## `{' '.join(path)}`\n\n```text\n{text}\n```\n")
     return "\n".join(parts)
