@@ -56,10 +56,15 @@ class AckGroup:
     seq: int
     acks: tuple[object, ...]  # the ack of each sink
     waiting: int  # sinks that have not acknowledged the group yet
-    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)  # camera -> last position here
-    events: list[Event] = field(default_factory=list)  # kept for redelivery until settled
+    items: list[Item] = field(default_factory=list)  # in publish order; kept for redelivery
+    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)  # camera -> last, once sealed
+    sealed: bool = False  # no more items: its cameras are registered with the tracker
     closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
+
+    @property
+    def events(self) -> list[Event]:
+        return [event for event, _ in self.items]
 
 
 class AckTracker:
@@ -67,6 +72,8 @@ class AckTracker:
 
     A camera's position only moves over a contiguous run of acknowledged groups, and the
     heartbeat time (`through`) only moves past a Barrier once everything before it is acked.
+    Items join a group with a bare list append (the per-event hot path); the group's
+    cameras are worked out once, when the next group opens or when it settles.
     """
 
     def __init__(self, checkpoint: Checkpoint, on_change: Callable[[], None]) -> None:
@@ -75,13 +82,19 @@ class AckTracker:
         self._backfill = checkpoint.backfill
         self._on_change = on_change
         self._seq = 0
+        self._open: AckGroup | None = None  # the newest group, still taking items
         self._per_camera: dict[str, deque[AckGroup]] = {}
         self._outstanding: set[int] = set()
         self._heap: list[int] = []
         self._barriers: deque[tuple[int, datetime]] = deque()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.in_flight = 0  # events handed over, not yet acknowledged by every sink
+        self._sealed_in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Events handed over, not yet acknowledged by every sink."""
+        return self._sealed_in_flight + (len(self._open.items) if self._open else 0)
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -90,8 +103,10 @@ class AckTracker:
         return Checkpoint(cameras=cameras, through=self._through, backfill=self._backfill)
 
     def open(self, acks: tuple[object, ...]) -> AckGroup:
+        if self._open is not None:
+            self._seal(self._open)
         self._seq += 1
-        group = AckGroup(self._seq, acks, len(acks))
+        group = self._open = AckGroup(self._seq, acks, len(acks))
         self._outstanding.add(group.seq)
         heapq.heappush(self._heap, group.seq)
         self._idle.clear()
@@ -99,14 +114,21 @@ class AckTracker:
 
     def add(self, group: AckGroup, item: Item) -> None:
         """Record that `item` belongs to `group` (published in this order)."""
-        event, position = item
-        self.in_flight += 1
-        group.events.append(event)
-        if position is not None:
-            camera = event.camera_id
-            if camera not in group.positions:
-                self._per_camera.setdefault(camera, deque()).append(group)
-            group.positions[camera] = position
+        group.items.append(item)
+
+    def _seal(self, group: AckGroup) -> None:
+        """The group takes no more items: note each camera's last position in it, and queue
+        it behind that camera's earlier groups. Groups are sealed in the order they opened."""
+        group.sealed = True
+        self._sealed_in_flight += len(group.items)
+        positions = group.positions
+        for event, position in group.items:
+            if position is not None:
+                positions[event.camera_id] = position
+        for camera in positions:
+            self._per_camera.setdefault(camera, deque()).append(group)
+        if self._open is group:
+            self._open = None
 
     def barrier(self, through: datetime) -> None:
         self._barriers.append((self._seq, through))
@@ -114,9 +136,11 @@ class AckTracker:
 
     def settled(self, group: AckGroup) -> None:
         """Every sink acknowledged `group`."""
+        if not group.sealed:  # only the newest group can be unsealed: order is kept
+            self._seal(group)
         group.done = True
-        self.in_flight -= len(group.events)
-        group.events = []
+        self._sealed_in_flight -= len(group.items)
+        group.items = []
         self._outstanding.discard(group.seq)
         if not self._outstanding:
             self._idle.set()
@@ -347,7 +371,7 @@ class Bridge:
                 for index, ack in enumerate(acks):
                     callback = partial(self._on_ack, index, group)
                     asyncio.ensure_future(ack).add_done_callback(callback)  # type: ignore[arg-type]
-            tracker.add(group, item)
+            group.items.append(item)  # tracker.add, without a call per event
             if event.schema == DEADLETTER_SCHEMA:
                 self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
 
