@@ -180,13 +180,10 @@ class AckTracker:
 
 @dataclass
 class BridgeStatus:
-    """What /readyz and `check` report."""
+    """What /readyz reports on."""
 
     sinks_started: bool = False
-    realtime: str = "off"
-    last_logs_poll: float | None = None
-    checkpoint_saved_at: float | None = None
-    errors: list[str] = field(default_factory=list)
+    last_logs_poll: float | None = None  # monotonic time of the last completed /logs poll
 
 
 class Bridge:
@@ -448,9 +445,7 @@ class Bridge:
             await self.store.save(self.tracker.checkpoint)
         except CheckpointError as exc:
             log.error("%s", exc)
-            self.status.errors.append(str(exc))
             return
-        self.status.checkpoint_saved_at = time.monotonic()
         self.metrics.checkpoint_saved.set_to_current_time()
 
     def _observe_lag(self) -> None:

@@ -9,7 +9,7 @@ at a bare timestamp would either repeat or lose the ones that share it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -70,9 +70,6 @@ class Checkpoint:
         if self.through is not None:
             return self.through
         return min((p.seen_at for p in self.cameras.values()), default=None)
-
-    def with_position(self, camera_id: str, position: Position) -> Checkpoint:
-        return replace(self, cameras={**self.cameras, camera_id: position})
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {

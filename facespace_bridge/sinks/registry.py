@@ -39,11 +39,6 @@ def _module(name: str) -> ModuleType | None:
         raise
 
 
-def available() -> list[str]:
-    """Names accepted by `--broker`."""
-    return [name for name in SINK_MODULES if _module(name) is not None]
-
-
 def sink_options(command: F) -> F:
     """Decorate a click command with every sink's options."""
     for name in reversed(list(SINK_MODULES)):

@@ -38,7 +38,7 @@ async def test_file_store_saves_atomically_and_loads(tmp_path):
     assert await store.load() is None
     cp = Checkpoint(cameras={"A": Position(T, 1)}, through=T)
     await store.save(cp)
-    await store.save(cp.with_position("A", Position(T, 2)))
+    await store.save(Checkpoint(cameras={"A": Position(T, 2)}, through=T))
     assert (await store.load()).cameras["A"] == Position(T, 2)
     # no temp file left behind
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["x.json"]
