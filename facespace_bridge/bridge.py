@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
-from facespace_bridge.client import AsyncLogsAPI, LogEntry
+from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
 from facespace_bridge.events import DEADLETTER_SCHEMA, Event
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
@@ -305,11 +305,14 @@ class Bridge:
             return
         cameras: set[str] = set()
         people: set[str] = set()
-        with contextlib.suppress(Exception):
+        # Best effort: what cannot be read now is announced on its first event instead.
+        try:
             for camera, names in (await self.client.get_realtime()).items():
                 cameras.add(camera)
                 people.update(names)
-        with contextlib.suppress(Exception):
+        except FaceSpaceError as exc:
+            log.info("announcing without the current recognition reply: %s", exc)
+        try:
             end = self.clock()
             async for entry in self.client.iter_entries(
                 end - self.options.announce_history, end, self.options.camera_id
@@ -317,6 +320,8 @@ class Bridge:
                 if isinstance(entry, LogEntry):
                     cameras.add(entry.camera_id)
                     people.add(entry.person)
+        except FaceSpaceError as exc:
+            log.warning("could not read the history to announce everyone known: %s", exc)
         for sink in announcers:
             await sink.announce(sorted(cameras), sorted(people))
 

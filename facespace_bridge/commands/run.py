@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import signal
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
@@ -118,6 +118,8 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             backfill_from = parse_user_time(config["backfill_from"])
         except FaceSpaceError as exc:
             raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
+        if backfill_from >= datetime.now(timezone.utc):
+            raise click.BadParameter("must be in the past", param_hint="--backfill-from")
     if config["exactly_once"] and "kafka" not in config["broker"]:
         raise click.UsageError("--exactly-once needs --broker kafka")
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
