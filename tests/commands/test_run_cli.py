@@ -53,6 +53,11 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             "--refresh",
         ),
         (
+            ["--broker", "file", "--output", "x.jsonl", "--backfill-from", "01/01/99"],
+            {"FACESPACE_API_KEY": "k"},
+            "must be in the past",
+        ),
+        (
             ["--broker", "file", "--output", "x.jsonl", "--exactly-once"],
             {"FACESPACE_API_KEY": "k"},
             "--exactly-once needs --broker kafka",
