@@ -1,9 +1,12 @@
 """The MQTT sink (paho-mqtt 2.x): per-camera topics, retained presence, availability, and
 Home Assistant discovery through the `homeassistant` extension. Topic layout: docs/mqtt.md.
 
-Threads: paho runs its network loop in its own thread (`loop_start`); everything else
-lives on the asyncio loop. Paho's callbacks only hand facts over with
-`loop.call_soon_threadsafe`; PUBACKs are batched into one wake-up.
+Threads: none of paho's. Paho's socket is driven by the asyncio loop (`add_reader` /
+`add_writer` call `loop_read` / `loop_write`, a timer calls `loop_misc` for keepalive), so
+its callbacks run on the event loop and PUBACKs settle futures without a thread hop or a
+second thread contending for the GIL (bench/README.md, MQTT). Only the blocking part of a
+(re)connect — TCP connect, TLS handshake — runs in a worker thread; the reconnect backoff
+is ours, since paho's lives in `loop_forever`/`loop_start`.
 
 Delivery (DESIGN §4): an event's ack completes on the PUBACK (QoS 1) of its message(s).
 Messages wait in a FIFO outbox and are handed to paho only while connected and only
@@ -27,6 +30,7 @@ import logging
 import os
 import random
 import ssl
+import threading
 from collections import deque
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,9 +56,10 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 PROTOCOLS = {"3.1.1": MQTTProtocolVersion.MQTTv311, "5": MQTTProtocolVersion.MQTTv5}
-# Measured (bench/README.md, MQTT): a bare paho loop is fastest at 20 in flight, but the sink
-# refills the window from the event loop thread, and 100 amortises that hop better.
+# Measured (bench/README.md, MQTT): paho walks its in-flight messages on every PUBACK, so a
+# large window costs; a small one costs a refill per few acks.
 DEFAULT_MAX_INFLIGHT = 100
+MISC_INTERVAL = 1.0  # seconds between `loop_misc` calls (keepalive pings and their timeout)
 DEFAULT_MAX_QUEUED = 10_000
 
 
@@ -195,7 +200,21 @@ class MqttSink(Sink):
         self.reconnects = 0  # how often the connection came back (metrics, tests)
         self.reannounces = 0
 
-        # Filled by paho's thread, emptied on the loop.
+        # Paho's socket on the event loop.
+        self._sock: Any = None  # the socket registered with the loop (paho's SocketLike)
+        self._sock_closed: asyncio.Event | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._attempt: asyncio.Task[None] | None = None  # one connect, in a worker thread
+        # Paho's socket callbacks made from that thread, replayed on the loop when it is done.
+        self._from_thread: deque[tuple[Any, Any]] = deque()
+        self._misc_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._loop_thread = 0
+        # Wait before the next connect attempt; doubles per failure (a refused CONNACK too),
+        # back to the shortest once connected.
+        self._backoff = reconnect_delay[0]
+
+        # PUBACKs from paho's callbacks, settled in one batch per loop iteration.
         self._acks: deque[tuple[int, Any]] = deque()
         self._ack_scheduled = False
 
@@ -213,24 +232,28 @@ class MqttSink(Sink):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._space = asyncio.Event()
         self._space.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._sock_closed = asyncio.Event()
+        self._sock_closed.set()
+        self._closing = False
         self._first_connect = self._loop.create_future()
         client = self._make_client()
         self._client = client
         try:
+            # Only records host and port; the connection itself is made by `_keep_connecting`.
             client.connect_async(self.address.host, self.address.port, self.keepalive)
         except (OSError, ValueError) as exc:
             raise SinkError(f"cannot connect to MQTT broker {self.address}: {exc}") from None
-        client.loop_start()
+        self._connector = asyncio.ensure_future(self._keep_connecting(first=True))
+        self._misc_task = asyncio.ensure_future(self._misc())
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connect), self.connect_timeout)
         except (asyncio.TimeoutError, SinkError) as exc:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-            self._client = None
+            await self._shut_down(client)
             if isinstance(exc, SinkError):
                 raise
             raise SinkError(
@@ -266,6 +289,10 @@ class MqttSink(Sink):
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
         return client
 
     async def flush(self) -> None:
@@ -288,10 +315,28 @@ class MqttSink(Sink):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._set_state_now(self.layout.bridge_state), 2.0)
         self._connected = False
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
-        self._client = None
+        await self._shut_down(client)
         self._fail_all(SinkError("MQTT sink closed before the broker acknowledged"))
+
+    async def _shut_down(self, client: paho.Client) -> None:
+        """Stop reconnecting, send DISCONNECT (no Last Will then) and close the socket."""
+        self._closing = True
+        for task in (self._connector, self._misc_task, self._reannounce_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._attempt is not None:  # a connect in its worker thread cannot be cancelled
+            with contextlib.suppress(Exception):
+                await self._attempt
+        assert self._sock_closed is not None
+        if self._sock is not None:
+            client.disconnect()  # queued; paho closes the socket once it is written
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._sock_closed.wait(), 2.0)
+        if self._sock is not None:  # DISCONNECT could not be written: close anyway
+            client._sock_close()  # paho has no public "drop the socket"
+        self._client = None
 
     # -- publishing -------------------------------------------------------------------------------
 
@@ -497,11 +542,111 @@ class MqttSink(Sink):
         if self._idle is not None:
             self._idle.set()
 
-    # -- on the event loop, told by paho's thread -------------------------------------------------
+    # -- the connection ---------------------------------------------------------------------------
+
+    async def _keep_connecting(self, *, first: bool = False) -> None:
+        """Connect, retrying with exponential backoff (`reconnect_delay` = first, longest).
+        Success here is a TCP (and TLS) connection with CONNECT sent; the CONNACK arrives
+        through `loop_read` and ends in `_on_connect`, or `_on_disconnect` starts us again."""
+        assert self._client is not None
+        client = self._client
+        longest = self.reconnect_delay[1]
+        if not first:
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, longest)
+        while not self._closing:
+            self._attempt = asyncio.ensure_future(self._connect_in_thread(client))
+            try:
+                await asyncio.shield(self._attempt)
+                return
+            except (OSError, ValueError) as exc:  # ssl errors are OSErrors, CertificateError a ValueError
+                if first and self._first_connect is not None and not self._first_connect.done():
+                    log.debug("MQTT broker %s not reachable yet: %s", self.address, exc)
+                else:
+                    log.warning("cannot reconnect to MQTT broker %s: %s", self.address, exc)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, longest)
+
+    async def _connect_in_thread(self, client: paho.Client) -> None:
+        """Blocking TCP connect and TLS handshake, off the loop; the loop does not touch the
+        client's socket until it is done."""
+        try:
+            await asyncio.to_thread(client.reconnect)
+        finally:
+            while self._from_thread:
+                callback, sock = self._from_thread.popleft()
+                callback(client, None, sock)
+
+    def _start_connecting(self) -> None:
+        if self._closing or (self._connector is not None and not self._connector.done()):
+            return
+        self._connector = asyncio.ensure_future(self._keep_connecting())
+
+    async def _misc(self) -> None:
+        """Keepalive: paho sends PINGREQ when due and drops a connection whose PINGRESP is late."""
+        while True:
+            await asyncio.sleep(MISC_INTERVAL)
+            if self._client is not None and self._sock is not None:
+                self._client.loop_misc()
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        client.loop_read()
+        # TLS: bytes already decrypted into the SSL object do not make the fd readable again.
+        sock = self._sock
+        while sock is not None and sock is self._sock and getattr(sock, "pending", None) and sock.pending():
+            client.loop_read()
+
+    def _writable(self) -> None:
+        if self._client is not None:
+            self._client.loop_write()
+
+    def _in_thread(self, callback: Any, sock: Any) -> bool:
+        """Whether paho calls from the connect thread; the call is then kept for the loop."""
+        if threading.get_ident() == self._loop_thread:
+            return False
+        self._from_thread.append((callback, sock))
+        return True
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._in_thread(self._on_socket_open, sock):
+            return
+        assert self._loop is not None and self._sock_closed is not None
+        self._sock = sock
+        self._sock_closed.clear()
+        self._loop.add_reader(sock, self._readable)
+
+    def _on_socket_close(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._in_thread(self._on_socket_close, sock):
+            return
+        assert self._loop is not None and self._sock_closed is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        if sock is self._sock:
+            self._sock = None
+            self._sock_closed.set()
+
+    def _on_socket_register_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._in_thread(self._on_socket_register_write, sock):
+            return
+        assert self._loop is not None
+        if sock is self._sock:  # not a socket closed meanwhile
+            self._loop.add_writer(sock, self._writable)
+
+    def _on_socket_unregister_write(self, _client: paho.Client, _userdata: Any, sock: Any) -> None:
+        if self._in_thread(self._on_socket_unregister_write, sock):
+            return
+        assert self._loop is not None
+        self._loop.remove_writer(sock)
+
+    # -- on the event loop ----------------------------------------------------------------------------
 
     def _connected_now(self) -> None:
         first = not self._ever_connected
         self._connected = self._ever_connected = True
+        self._backoff = self.reconnect_delay[0]
         self._bridge_state = ONLINE
         if first:
             if self._first_connect is not None and not self._first_connect.done():
@@ -528,37 +673,35 @@ class MqttSink(Sink):
         if self.qos == 0:  # paho forgets unsent QoS 0 messages
             for mid in list(self._inflight):
                 self._queue.appendleft(self._inflight.pop(mid))
+        self._start_connecting()
 
-    # -- paho callbacks (paho's thread) -----------------------------------------------------------
+    # -- paho callbacks (on the event loop, inside loop_read / loop_write / loop_misc) ------------------
 
     def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
-        assert self._loop is not None
         if reason.is_failure:
-            self._loop.call_soon_threadsafe(self._refused, str(reason))
+            self._refused(str(reason))  # paho then closes the socket: `_on_disconnect` retries
             return
         if self.ha is not None:
             for topic in self.ha.subscriptions():
                 client.subscribe(topic, qos=1)
-        self._loop.call_soon_threadsafe(self._connected_now)
+        self._connected_now()
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop may be closing
-            self._loop.call_soon_threadsafe(self._disconnected, str(reason))
+        self._disconnected(str(reason))
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        # Settled after paho's read loop returns: one refill of the window per batch of acks.
         self._acks.append((mid, reason))
         if not self._ack_scheduled:
             self._ack_scheduled = True
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._process_acks)
+            self._loop.call_soon(self._process_acks)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         if self.ha is not None and self.ha.wants_reannounce(message.topic, message.payload):
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._schedule_reannounce)
+            self._schedule_reannounce()
 
 
 def _all(futures: list[asyncio.Future[None]]) -> Awaitable[None]:
