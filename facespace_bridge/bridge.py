@@ -45,6 +45,9 @@ class BridgeOptions:
     heartbeat: float = 10.0  # the checkpoint is rewritten at least this often
     safety_lag: timedelta = timedelta(seconds=5)  # T0 = now - safety_lag: the API may still be writing "now"
     shutdown_timeout: float = 3.0  # how long a stop waits for outstanding acks
+    # Acknowledged events not yet in a saved checkpoint, at most: a kill repeats at most this
+    # many plus what the sinks had in flight. Publishing waits for the checkpoint beyond it.
+    max_unsaved: int = 2000
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
 
 
@@ -210,6 +213,8 @@ class Bridge:
         self._group: AckGroup | None = None  # the group new items join while its acks match
         self._failing: dict[str, int] = {}  # sink name -> events retried since it stopped acking
         self._save_lock = asyncio.Lock()  # one write at a time: the writer, backfill completion, shutdown
+        self._unsaved = 0  # events acknowledged by every sink since the last saved checkpoint
+        self._saved = asyncio.Event()  # set after each save
         self.tracker: AckTracker | None = None
         self.logs_source = LogsSource(
             client,
@@ -362,6 +367,9 @@ class Bridge:
         sinks = self.sinks
         only = sinks[0] if len(sinks) == 1 else None
         for item in items:
+            while self._unsaved >= self.options.max_unsaved:  # let the checkpoint catch up
+                self._saved.clear()
+                await self._saved.wait()
             event = item[0]
             if only is not None:  # the common case, without a list per event
                 acks: tuple[object, ...] = (await only.publish(event),)
@@ -407,7 +415,10 @@ class Bridge:
             self.metrics.published.labels(sink=name, type=kind).inc(count)
         group.waiting -= 1
         if group.waiting == 0:
+            self._unsaved += len(group.items)
             self.tracker.settled(group)
+            if self._unsaved >= self.options.max_unsaved:
+                self._changed.set()  # publishing waits for a save: make sure one comes
 
     async def _redeliver(self, index: int, group: AckGroup) -> None:
         sink = self.sinks[index]
@@ -446,11 +457,14 @@ class Bridge:
     async def _save_now(self) -> None:
         assert self.tracker is not None
         self._changed.clear()
+        covered = self._unsaved  # what this snapshot makes durable
         try:
             await self.store.save(self.tracker.checkpoint)
         except CheckpointError as exc:
             log.error("%s", exc)
             return
+        self._unsaved -= covered
+        self._saved.set()
         self.metrics.checkpoint_saved.set_to_current_time()
 
     def _observe_lag(self) -> None:
