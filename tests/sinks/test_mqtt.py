@@ -55,7 +55,9 @@ async def test_every_payload_validates_and_lands_on_its_topic(mqtt_broker: MqttB
             acks = [await sink.publish(e) for e in events]
             await asyncio.gather(*acks)
         messages = await collector.wait_for(
-            lambda ms: any(m.topic == "facespace/deadletter" for m in ms), what="the dead letter"
+            lambda ms: any(m.topic == "facespace/deadletter" for m in ms)
+            and any(m.topic == "facespace/bridge/state" and m.payload == b"offline" for m in ms),
+            what="the dead letter and the closing `offline`",
         )
     by_topic = {m.topic: m for m in messages}
     assert by_topic["facespace/Camera1/sighting"].payload == events[0].payload
