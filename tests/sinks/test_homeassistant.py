@@ -34,7 +34,10 @@ def sighting(camera: str, person: str, second: int = 0) -> Event:
 
 def sink_for(broker: MqttBroker, **kwargs: object) -> MqttSink:
     return MqttSink(
-        broker.url, reconnect_delay=(0.05, 0.5), reannounce_delay=(0.01, 0.05), close_timeout=2.0,
+        broker.url,
+        reconnect_delay=(0.05, 0.5),
+        reannounce_delay=(0.01, 0.05),
+        close_timeout=2.0,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -66,7 +69,9 @@ async def test_configs_are_complete_and_point_at_published_topics(mqtt_broker: M
             acks.append(await sink.publish(presence_event("Camera1", NAMES[:2], NAMES[:2], [], T0)))
             acks.append(await sink.publish(presence_event("Garden", [], [], [], T0)))
             await asyncio.gather(*acks)
-        messages = await collector.wait_for(lambda ms: ms[-1].payload == b"offline", what="offline")
+        messages = await collector.wait_for(
+            lambda ms: bool(ms) and ms[-1].payload == b"offline", what="offline"
+        )
     configs = configs_of(messages)
     published = {m.topic for m in messages if not m.topic.endswith("/config")}
     # bridge 1 + cameras 2 + people 5 * 3 + pairs 2 * 5
@@ -139,13 +144,15 @@ async def test_ha_online_triggers_a_reannounce(mqtt_broker: MqttBroker) -> None:
             await asyncio.to_thread(home_assistant_says_online, mqtt_broker)
 
             again = await collector.wait_for(
-                lambda ms: sum(m.topic.endswith("/config") for m in ms) == 2 * n_configs
-                and count(ms, "facespace/Camera1/presence") == 2
-                and count(ms, "facespace/person/Alice") == 2,
+                lambda ms: (
+                    sum(m.topic.endswith("/config") for m in ms) == 2 * n_configs
+                    and count(ms, "facespace/Camera1/presence") == 2
+                    and count(ms, "facespace/person/Alice") == 2
+                ),
                 what="configs, then presence and person state, again",
             )
             assert sink.reannounces == 1
-    later = again[len(first):]
+    later = again[len(first) :]
     topics = [m.topic for m in later]
     # Availability first, then every config, then the state the entities read.
     assert topics[0] == "facespace/bridge/state"
