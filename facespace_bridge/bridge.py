@@ -22,7 +22,7 @@ from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
-from facespace_bridge.events import DEADLETTER_SCHEMA, Event
+from facespace_bridge.events import DEADLETTER_SCHEMA
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
 from facespace_bridge.sources.base import Barrier, Item
@@ -64,10 +64,6 @@ class AckGroup:
     sealed: bool = False  # no more items: its cameras are registered with the tracker
     closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
-
-    @property
-    def events(self) -> list[Event]:
-        return [event for event, _ in self.items]
 
 
 class AckTracker:
@@ -114,10 +110,6 @@ class AckTracker:
         heapq.heappush(self._heap, group.seq)
         self._idle.clear()
         return group
-
-    def add(self, group: AckGroup, item: Item) -> None:
-        """Record that `item` belongs to `group` (published in this order)."""
-        group.items.append(item)
 
     def _seal(self, group: AckGroup) -> None:
         """The group takes no more items: note each camera's last position in it, and queue
@@ -381,7 +373,7 @@ class Bridge:
                 for index, ack in enumerate(acks):
                     callback = partial(self._on_ack, index, group)
                     asyncio.ensure_future(ack).add_done_callback(callback)  # type: ignore[arg-type]
-            group.items.append(item)  # tracker.add, without a call per event
+            group.items.append(item)  # in publish order; the tracker reads it when it seals the group
             if event.schema == DEADLETTER_SCHEMA:
                 self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
 
@@ -394,11 +386,11 @@ class Bridge:
         if error is not None:
             # Not acknowledged: deliver the group's events again (same ids, so duplicates are
             # harmless) and hold the checkpoint until they land.
-            self.metrics.publish_failures.labels(sink=sink.name).inc(len(group.events))
+            self.metrics.publish_failures.labels(sink=sink.name).inc(len(group.items))
             if sink.name not in self._failing:  # once per outage, not once per event
                 self._failing[sink.name] = 0
                 log.warning("%s is not acknowledging events (%s); retrying until it does", sink.name, error)
-            self._failing[sink.name] += len(group.events)
+            self._failing[sink.name] += len(group.items)
             task = asyncio.create_task(self._redeliver(index, group))
             self._redeliveries.add(task)
             task.add_done_callback(self._redeliveries.discard)
@@ -409,7 +401,7 @@ class Bridge:
         assert self.tracker is not None
         name = self.sinks[index].name
         kinds: dict[str, int] = {}
-        for event in group.events:
+        for event, _ in group.items:
             kinds[event.kind] = kinds.get(event.kind, 0) + 1
         for kind, count in kinds.items():
             self.metrics.published.labels(sink=name, type=kind).inc(count)
@@ -423,7 +415,7 @@ class Bridge:
     async def _redeliver(self, index: int, group: AckGroup) -> None:
         sink = self.sinks[index]
         delay = 0.5
-        for event in list(group.events):
+        for event, _ in list(group.items):
             while True:
                 try:
                     await (await sink.publish(event))

@@ -17,8 +17,7 @@ def item(camera: str, second: int, n: int) -> Item:
 
 def group_of(tracker: AckTracker, *items: Item):
     group = tracker.open((object(),))
-    for one in items:
-        tracker.add(group, one)
+    group.items.extend(items)
     return group
 
 

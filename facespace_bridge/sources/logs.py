@@ -96,8 +96,8 @@ class LogsSource:
 
     async def backfill(
         self, start: datetime, t0: datetime, resume: Checkpoint
-    ) -> AsyncIterator[Item | Barrier]:
-        """Every entry in [start, t0) after its camera's resume position, window by window.
+    ) -> AsyncIterator[Iterable[Item] | Barrier]:
+        """Every entry in [start, t0) after its camera's resume position, a window's items at a time.
 
         After each window a Barrier lets the checkpoint's heartbeat time follow, so a crash
         resumes at the last window rather than at the start.
@@ -125,14 +125,13 @@ class LogsSource:
             if floor is None or position > floor:
                 yield sighting_event(entry, k), position  # the builder validates
         for camera, newest in numbering.newest().items():  # once per window, not per entry
-            if newest > self.newest_seen.get(camera, newest):
-                self.newest_seen[camera] = newest
-            self.newest_seen.setdefault(camera, newest)
+            self._saw(camera, newest)
 
-    def _saw(self, entry: LogEntry) -> None:
-        newest = self.newest_seen.get(entry.camera_id)
-        if newest is None or entry.seen_at > newest:
-            self.newest_seen[entry.camera_id] = entry.seen_at
+    def _saw(self, camera_id: str, seen_at: datetime) -> None:
+        """Keep the newest second read per camera (the lag metric, the tail's window)."""
+        newest = self.newest_seen.get(camera_id)
+        if newest is None or seen_at > newest:
+            self.newest_seen[camera_id] = seen_at
 
     # -- tail -------------------------------------------------------------------------------------
 
@@ -192,7 +191,7 @@ class LogsSource:
             floor = seen.resume.position(entry.camera_id) if seen.first else None
             if floor is not None and position <= floor:
                 continue  # published before this run
-            self._saw(entry)
+            self._saw(entry.camera_id, entry.seen_at)
             yield _sighting(entry, k, position)
 
 
