@@ -35,25 +35,13 @@ def child_env(api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def start_simulator(flags: Sequence[str], timeout: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+def start_simulator(flags: Sequence[str]) -> tuple[subprocess.Popen[str], str]:
     """`facespace-bridge simulate --port 0 <flags>` in its own process; returns it and its API URL."""
-    process = subprocess.Popen(
-        [*CLI, "simulate", "--port", "0", "--log-level", "warning", *flags],
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline and process.poll() is None:
-        line = process.stdout.readline().strip()
-        if line.startswith("FACESPACE_API_URL="):
-            return process, line.split("=", 1)[1]
-    stop(process)
-    raise SystemExit(f"the simulator did not start: {line!r}")
+    from facespace_bridge.simulator import SimulatorProcess
+
+    simulator = SimulatorProcess(API_KEY, args=flags).start()
+    assert simulator.proc is not None
+    return simulator.proc, simulator.base_url
 
 
 def admin_url(api_url: str) -> str:

@@ -86,21 +86,14 @@ def world_config(sightings: int) -> WorldConfig:
 
 
 def start_simulator(config: WorldConfig) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "FACESPACE_API_KEY": API_KEY}
-    process = subprocess.Popen(
-        [
-            *CLI, "simulate", "--port", "0", "--seed", str(config.seed), "--cameras", str(config.cameras),
-            "--people", str(config.people), "--history-hours", str(config.history_hours),
-            "--visits-per-hour", str(config.visits_per_hour), "--now", NOW.isoformat(), "--speed", "0",
-        ],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline().strip()
-    if not line.startswith("FACESPACE_API_URL="):
-        process.kill()
-        raise SystemExit(f"the simulator did not start: {line!r}")
-    return process, line.split("=", 1)[1]
+    from facespace_bridge.simulator import SimulatorProcess
+
+    simulator = SimulatorProcess(
+        API_KEY, seed=config.seed, cameras=config.cameras, people=config.people,
+        history_hours=config.history_hours, visits_per_hour=config.visits_per_hour, now=NOW, speed=0,
+    ).start()  # fmt: skip
+    assert simulator.proc is not None
+    return simulator.proc, simulator.base_url
 
 
 # Measures its child: the kernel carries a process's peak RSS across fork+exec, so the child

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -13,22 +14,15 @@ from typing import Any
 class SimulatorProcess:
     """`with SimulatorProcess(api_key="k", seed=7, cameras=4, speed=0, now=...) as sim: sim.base_url`.
 
-    Keyword arguments become `simulate` flags (`visits_per_hour=10` → `--visits-per-hour 10`).
+    Keyword arguments become `simulate` flags (`visits_per_hour=10` → `--visits-per-hour 10`);
+    `args` passes flags as they are typed.
     The key goes through the environment, never argv.
     """
 
-    def __init__(self, api_key: str = "demo-key", **flags: Any) -> None:
+    def __init__(self, api_key: str = "demo-key", *, args: Sequence[str] = (), **flags: Any) -> None:
         self.api_key = api_key
-        self.args = [
-            sys.executable,
-            "-m",
-            "facespace_bridge",
-            "simulate",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ]
+        simulate = ["-m", "facespace_bridge", "simulate", "--port", "0", "--log-level", "warning"]
+        self.args = [sys.executable, *simulate, *args]  # `args`: flags as they are typed
         for name, value in flags.items():
             if value is not None:
                 text = value.isoformat() if hasattr(value, "isoformat") else str(value)
