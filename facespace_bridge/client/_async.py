@@ -6,6 +6,7 @@ The sync `LogsAPI` runs this same code on a private event loop (see `_sync.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -502,9 +503,12 @@ class AsyncLogsAPI:
         camera_id: str | None = None,
         *,
         target_entries: int = 20_000,
+        read_ahead: bool = False,
     ) -> AsyncIterator[Window]:
         """`[start, end)` as consecutive windows with minute-aligned inner boundaries, one in
-        memory at a time; spans adapt to density (see `_windows.WindowPlanner`). A reply
+        memory at a time (two with `read_ahead`: the next window is fetched while the caller
+        works on this one, so the API's time and ours overlap); spans adapt to density (see
+        `_windows.WindowPlanner`). A reply
         larger than about 2 × `target_entries` is refused while it streams in and asked
         again with a smaller span (a single minute is always accepted).
 
@@ -513,7 +517,8 @@ class AsyncLogsAPI:
         window (its `end` is one second after its newest entry), otherwise windows walk on
         and the open range is asked again once the remainder announced should fit.
         """
-        return self._windows(start, end, camera_id, target_entries)
+        windows = self._windows(start, end, camera_id, target_entries)
+        return _read_ahead(windows) if read_ahead else windows
 
     async def _windows(
         self, start: datetime, end: datetime | None, camera_id: str | None, target_entries: int
@@ -586,6 +591,33 @@ class AsyncLogsAPI:
             for entry in window.entries:
                 yield entry
             del window  # not kept alive while the next window is fetched
+
+
+async def _read_ahead(windows: AsyncIterator[Window]) -> AsyncIterator[Window]:
+    """Yield `windows`, fetching the next one while the caller works on the current one."""
+    queue: asyncio.Queue[Window | BaseException | None] = asyncio.Queue(maxsize=1)
+
+    async def fetch() -> None:
+        try:
+            async for window in windows:
+                await queue.put(window)
+            await queue.put(None)
+        except Exception as exc:  # raised in the caller, where it belongs
+            await queue.put(exc)
+        finally:
+            await windows.aclose()  # type: ignore[attr-defined]
+
+    task = asyncio.create_task(fetch(), name="read-ahead")
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            del item  # not kept alive while the next window is awaited
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _forget(logging_setup: ClientLogging, key: str) -> None:

@@ -106,32 +106,6 @@ class Tally:
         return self.published + self.deadlettered
 
 
-async def _prefetched(windows: AsyncIterator[Window]) -> AsyncIterator[Window]:
-    """The next window is fetched while the current one is published (at most two in memory)."""
-    queue: asyncio.Queue[Window | BaseException | None] = asyncio.Queue(maxsize=1)
-
-    async def pump() -> None:
-        try:
-            async for window in windows:
-                await queue.put(window)
-            await queue.put(None)
-        except Exception as exc:  # handed to the consumer, which raises it
-            await queue.put(exc)
-
-    task = asyncio.create_task(pump())
-    try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-
 class _Progress:
     """A rich progress bar on a terminal (time of the range done, entries, rate, ETA); nothing otherwise."""
 
@@ -177,7 +151,7 @@ async def replay(
     """Publish `[start, end)` (end None: up to the latest entry) to every started sink and wait
     for every acknowledgement. With no sinks, only counts (a dry run). Raises SinkError when a
     sink failed to acknowledge some events, the client's errors when the API fails."""
-    windows = _prefetched(client.iter_windows(start, end, camera_id))
+    windows = client.iter_windows(start, end, camera_id, read_ahead=True)
     return await publish_windows(windows, sinks, _Progress(progress, start, end))
 
 
@@ -306,7 +280,7 @@ async def _main(
     progress: bool,
 ) -> Tally:
     started: list[Sink] = []
-    windows = _prefetched(client.iter_windows(start, end, camera_id))
+    windows = client.iter_windows(start, end, camera_id, read_ahead=True)
     try:
         # The first window before the first sink: a refused key or an unreachable API
         # ends the run before any topic is created.

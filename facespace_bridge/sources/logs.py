@@ -103,7 +103,7 @@ class LogsSource:
         resumes at the last window rather than at the start.
         """
         start = minute_floor(start)
-        async for window in self.client.iter_windows(start, t0, self.camera_id):
+        async for window in self.client.iter_windows(start, t0, self.camera_id, read_ahead=True):
             yield self._fresh(window.entries, _Numbering(), resume)
             yield Barrier(window.end)
 

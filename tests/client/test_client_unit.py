@@ -3,6 +3,7 @@ range trimming, realtime, windows, webhook and key redaction, sync/async parity.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
@@ -234,6 +235,39 @@ async def test_open_ended_windows_are_one_request_when_small(fake: FakeFaceSpace
     assert len(fake.requests) == 1 and "end_time" not in fake.requests[0].url.params
     assert len(windows) == 1 and len(windows[0].entries) == 20
     assert windows[0].end == T0 + timedelta(minutes=29, seconds=1)
+
+
+async def test_read_ahead_gives_the_same_windows_fetching_the_next_one_early(fake: FakeFaceSpace) -> None:
+    fake.logs = {"C": [(T0 + timedelta(seconds=s), "P") for s in range(0, 6000, 3)]}
+    start, end = T0, T0 + timedelta(hours=2)
+    async with client(fake) as api:
+        plain = [(w.start, w.end, w.entries) async for w in api.iter_windows(start, end, target_entries=200)]
+        fake.requests.clear()
+        ahead = []
+        async for window in api.iter_windows(start, end, target_entries=200, read_ahead=True):
+            await asyncio.sleep(0.01)  # the caller is busy: the next reply arrives meanwhile
+            ahead.append((window.start, window.end, window.entries))
+            assert len(fake.requests) >= min(len(ahead) + 1, len(plain))
+    assert ahead == plain and len(plain) > 3
+
+
+async def test_read_ahead_raises_the_api_error_in_the_caller(fake: FakeFaceSpace) -> None:
+    fake.logs = {"C": [(T0 + timedelta(seconds=s), "P") for s in range(0, 6000, 3)]}
+    calls = 0
+
+    def refuse_the_third(request: httpx.Request) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            fake.faults.extend([(400, {})])
+
+    async with client(fake) as api:
+        received = 0
+        fake.on_logs = refuse_the_third
+        with pytest.raises(HTTPRequestError, match="400"):
+            async for _ in api.iter_windows(T0, T0 + timedelta(hours=2), target_entries=200, read_ahead=True):
+                received += 1
+    assert received >= 2
 
 
 # -- realtime --------------------------------------------------------------------------------------
