@@ -4,6 +4,11 @@ Two positions, as in Kafka Connect: each source keeps its own read cursor and mo
 on every poll; the durable checkpoint is the low watermark of what *every* sink has
 acknowledged, contiguous per camera, and is written behind the stream by one task.
 A kill therefore repeats at most what was in flight, and never loses anything.
+
+With a transactional sink (Kafka, --exactly-once) each save is a commit instead: the sink
+pauses publishers and flushes, the checkpoint of everything acknowledged is written into the
+same transaction, and both commit together. A kill then repeats nothing a read_committed
+consumer sees; any failure of the transaction ends the run (a restart resumes at the last commit).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
 from facespace_bridge.events import DEADLETTER_SCHEMA
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
-from facespace_bridge.sources.base import Barrier, Item
+from facespace_bridge.sources.base import Barrier, Item, sleep_or_stop
 from facespace_bridge.sources.logs import LogsSource, utcnow
 from facespace_bridge.sources.realtime import RealtimeSource
 
@@ -48,6 +53,7 @@ class BridgeOptions:
     # Acknowledged events not yet in a saved checkpoint, at most: a kill repeats at most this
     # many plus what the sinks had in flight. Publishing waits for the checkpoint beyond it.
     max_unsaved: int = 2000
+    commit_interval: float = 0.1  # exactly once: seconds between transaction commits (Kafka Streams' default)
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
 
 
@@ -207,6 +213,12 @@ class Bridge:
         self._save_lock = asyncio.Lock()  # one write at a time: the writer, backfill completion, shutdown
         self._unsaved = 0  # events acknowledged by every sink since the last saved checkpoint
         self._saved = asyncio.Event()  # set after each save
+        # Exactly once: the sink whose transactions carry the checkpoint, and the first error
+        # that makes committing impossible (it ends the run).
+        self._transactional = next((s for s in sinks if s.transactional), None)
+        if self._transactional is not None and len(sinks) > 1:
+            raise ValueError("a transactional sink must be the only sink")
+        self._fatal: asyncio.Future[None] | None = None
         self.tracker: AckTracker | None = None
         self.logs_source = LogsSource(
             client,
@@ -242,6 +254,7 @@ class Bridge:
 
     async def _serve(self, stop: asyncio.Event) -> None:
         assert self.tracker is not None
+        self._fatal = fatal = asyncio.get_running_loop().create_future()
         writer = asyncio.create_task(self._write_checkpoints(stop), name="checkpoint-writer")
         sources = []
         if self.options.logs:
@@ -249,11 +262,16 @@ class Bridge:
         if self.options.realtime:
             sources.append(asyncio.create_task(self._pump(self.realtime_source.run(stop)), name="realtime"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
+        failed = False
         try:
-            # A source that fails (say, the API key was refused) ends the run.
-            done, _ = await asyncio.wait([*sources, stopper], return_when=asyncio.FIRST_COMPLETED)
+            # A source that fails (say, the API key was refused), or a transaction that cannot
+            # commit, ends the run.
+            done, _ = await asyncio.wait(
+                [*sources, stopper, writer, fatal], return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception():
+                    failed = True
                     raise task.exception()  # type: ignore[misc]
         finally:
             stop.set()
@@ -261,19 +279,24 @@ class Bridge:
                 task.cancel()
             await asyncio.gather(*sources, return_exceptions=True)
             stopper.cancel()
-            # Let what is in flight land, within the shutdown budget, then make it durable.
-            try:
-                await asyncio.wait_for(self.tracker.idle(), self.options.shutdown_timeout)
-            except asyncio.TimeoutError:
-                log.warning(
-                    "%d events still unacknowledged at shutdown; they will be sent again",
-                    self.tracker.in_flight,
-                )
+            # Let what is in flight land, within the shutdown budget, then make it durable
+            # (not after a failed transaction: nothing more can commit).
+            transaction_failed = failed and self._transactional is not None
+            if not transaction_failed:
+                try:
+                    await asyncio.wait_for(self.tracker.idle(), self.options.shutdown_timeout)
+                except asyncio.TimeoutError:
+                    log.warning(
+                        "%d events still unacknowledged at shutdown; they will be sent again",
+                        self.tracker.in_flight,
+                    )
             for task in self._redeliveries:
                 task.cancel()
             writer.cancel()
+            fatal.cancel()
             await asyncio.gather(writer, return_exceptions=True)
-            await self._save()
+            if not transaction_failed:
+                await self._save()
 
     async def _initial_checkpoint(self) -> Checkpoint:
         loaded = await self.store.load()
@@ -358,8 +381,10 @@ class Bridge:
         assert tracker is not None
         sinks = self.sinks
         only = sinks[0] if len(sinks) == 1 else None
+        # Exactly once needs no bound: a kill repeats nothing a read_committed consumer sees.
+        max_unsaved = self.options.max_unsaved if self._transactional is None else float("inf")
         for item in items:
-            while self._unsaved >= self.options.max_unsaved:  # let the checkpoint catch up
+            while self._unsaved >= max_unsaved:  # let the checkpoint catch up
                 self._saved.clear()
                 await self._saved.wait()
             event = item[0]
@@ -383,6 +408,11 @@ class Bridge:
             return
         sink = self.sinks[index]
         error = ack.exception()
+        if error is not None and self._transactional is not None:
+            # The open transaction cannot commit: end the run (a restart resumes at the last commit).
+            if self._fatal is not None and not self._fatal.done():
+                self._fatal.set_exception(error)
+            return
         if error is not None:
             # Not acknowledged: deliver the group's events again (same ids, so duplicates are
             # harmless) and hold the checkpoint until they land.
@@ -440,6 +470,8 @@ class Bridge:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.options.heartbeat)
             await self._save()
+            if self._transactional is not None:  # a commit pauses publishing: not after every batch
+                await sleep_or_stop(stop, self.options.commit_interval)
 
     async def _save(self) -> None:
         assert self.tracker is not None
@@ -449,6 +481,17 @@ class Bridge:
     async def _save_now(self) -> None:
         assert self.tracker is not None
         self._changed.clear()
+        if self._transactional is not None:
+            # Publishers wait and everything in flight lands, so the checkpoint covers exactly
+            # the events of this transaction; both commit together. Errors end the run.
+            async with self._transactional.transaction_boundary():
+                await self.tracker.idle()
+                covered = self._unsaved
+                await self.store.save(self.tracker.checkpoint)
+            self._unsaved -= covered
+            self._saved.set()
+            self.metrics.checkpoint_saved.set_to_current_time()
+            return
         covered = self._unsaved  # what this snapshot makes durable
         try:
             await self.store.save(self.tracker.checkpoint)

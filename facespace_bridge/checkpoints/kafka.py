@@ -2,7 +2,11 @@
 
 One record per bridge instance, key = instance id, value = the checkpoint JSON; compaction
 keeps the latest per key. `load` reads the topic from the start to its end offset and
-keeps the last value for our key.
+keeps the last value for our key, reading committed records only.
+
+With `--exactly-once` the store writes with the Kafka sink's transactional producer, inside
+the transaction that carries the events the checkpoint covers (the bridge saves within the
+sink's `transaction_boundary`): both become visible together or not at all.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class KafkaCheckpointStore(CheckpointStore):
         topic: str = OFFSETS_TOPIC,
         replication_factor: int = 1,
         client_options: Mapping[str, Any] | None = None,
+        transactions: Any = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.key = instance_id.encode()
@@ -35,12 +40,13 @@ class KafkaCheckpointStore(CheckpointStore):
         self.replication_factor = replication_factor
         self.client_options = dict(client_options or {})  # TLS / SASL, shared with the Kafka sink
         self._producer: Any = None
+        self._transactions = transactions  # a transactional KafkaSink: its producer writes our records
 
     def describe(self) -> str:
         return f"kafka topic {self.topic} key {self.key.decode()}"
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> KafkaCheckpointStore:
+    def from_config(cls, config: Mapping[str, Any], transactions: Any = None) -> KafkaCheckpointStore:
         from facespace_bridge.sinks.kafka import connection_options
 
         bootstrap = config.get("bootstrap_servers")
@@ -51,6 +57,7 @@ class KafkaCheckpointStore(CheckpointStore):
             config.get("instance_id") or "default",
             replication_factor=config.get("replication_factor") or 1,
             client_options=connection_options(config),
+            transactions=transactions,
         )
 
     async def open(self) -> None:
@@ -87,7 +94,10 @@ class KafkaCheckpointStore(CheckpointStore):
         from aiokafka.errors import KafkaError
 
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False, **self.client_options
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # an aborted transaction's checkpoint never counts
+            **self.client_options,
         )
         latest: bytes | None = None
         try:
@@ -123,8 +133,11 @@ class KafkaCheckpointStore(CheckpointStore):
     async def save(self, checkpoint: Checkpoint) -> None:
         from aiokafka.errors import KafkaError
 
+        producer = self._producer
+        if self._transactions is not None and self._transactions.producer is not None:
+            producer = self._transactions.producer  # inside the sink's open transaction
         try:
-            await self._producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
+            await producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
         except KafkaError as exc:
             raise CheckpointError(f"cannot write the checkpoint to {self.topic}: {exc}") from None
 

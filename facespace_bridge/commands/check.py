@@ -16,7 +16,11 @@ from facespace_bridge.sinks import Sink
 
 
 def _check(**config: Any) -> int:
-    api_key, sinks, _ = run.prepare(config)
+    # Never with a transactional id: that would fence a bridge running as this instance.
+    # Whether the broker can do transactions is checked on its own (`run.require_transactions`).
+    api_key, sinks, _ = run.prepare({**config, "exactly_once": False})
+    if config["exactly_once"]:
+        run.prepare(config)  # the --exactly-once usage rules (exit 2)
     return asyncio.run(_reach(config, api_key, sinks))
 
 
@@ -34,6 +38,12 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
         line("api", True, f"{config['api_url']} answered ({len(snapshot)} cameras in view)")
     except click.UsageError as exc:
         line("api", False, exc.format_message())
+    if config["exactly_once"]:
+        try:
+            await run.require_transactions(sinks)
+            line("exactly-once", True, "the Kafka broker supports transactions")
+        except click.UsageError as exc:
+            line("exactly-once", False, exc.format_message())
     for sink in sinks:
         try:
             await sink.start()

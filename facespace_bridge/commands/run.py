@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -120,8 +121,13 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
         if backfill_from >= datetime.now(timezone.utc):
             raise click.BadParameter("must be in the past", param_hint="--backfill-from")
-    if config["exactly_once"] and "kafka" not in config["broker"]:
-        raise click.UsageError("--exactly-once needs --broker kafka")
+    if config["exactly_once"]:
+        if tuple(config["broker"]) != ("kafka",):
+            raise click.UsageError("--exactly-once needs --broker kafka and no other broker")
+        if config.get("checkpoint") not in (None, "kafka"):
+            raise click.UsageError(
+                "--exactly-once keeps the checkpoint in Kafka, in the events' transaction; drop --checkpoint"
+            )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
     try:
@@ -184,18 +190,16 @@ async def require_transactions(sinks: list[Sink]) -> None:
                     f"--exactly-once: the Kafka broker at {sink.settings.bootstrap_servers} does not support "
                     "transactions; run without it (at-least-once: duplicates carry the same event_id)"
                 )
-            raise click.UsageError(
-                "--exactly-once: transactional delivery is not in this build yet; "
-                "run without it (at-least-once: duplicates carry the same event_id)"
-            )
 
 
-def checkpoint_store(config: dict[str, Any]) -> CheckpointStore:
+def checkpoint_store(config: dict[str, Any], sinks: Sequence[Sink] = ()) -> CheckpointStore:
     target = config.get("checkpoint")
-    if target == "kafka":
+    if target == "kafka" or config.get("exactly_once"):
         from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 
-        return KafkaCheckpointStore.from_config(config)
+        # Exactly once: written with the sink's producer, in the events' transaction.
+        transactions = next((sink for sink in sinks if sink.transactional), None)
+        return KafkaCheckpointStore.from_config(config, transactions=transactions)
     return FileCheckpointStore(target or default_path(config["instance_id"]))
 
 
@@ -211,7 +215,7 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
         await preflight(config, api_key)
         if config["exactly_once"]:
             await require_transactions(sinks)
-        store = checkpoint_store(config)
+        store = checkpoint_store(config, sinks)
         bridge = Bridge(client, sinks, store, options, metrics)
         if config["metrics_port"] is not None:
             runner = await serve_metrics(

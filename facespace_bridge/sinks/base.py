@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 from facespace_bridge.events import Event
@@ -39,6 +40,15 @@ class Sink(ABC):
     async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:  # noqa: B027
         """Optional: learn, at start, every camera and person known from the API, so that
         entities (Home Assistant discovery) exist before their first event."""
+
+    #: True for a sink that delivers in transactions the bridge commits together with the
+    #: checkpoint (Kafka with --exactly-once); such a sink implements `transaction_boundary`.
+    transactional: bool = False
+
+    def transaction_boundary(self) -> AbstractAsyncContextManager[object]:
+        """Transactional sinks: pause publishers, flush, and on leaving the block commit what
+        was published together with what the block wrote (the checkpoint)."""
+        raise NotImplementedError(f"the {self.name} sink has no transactions")
 
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until every event handed over so far is acknowledged."""

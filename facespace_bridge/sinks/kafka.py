@@ -12,13 +12,14 @@ slots per unacknowledged record: a slow broker pushes back on the sources (DESIG
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -98,6 +99,9 @@ class KafkaSettings:
     sasl_username: str | None = field(default=None, repr=False)
     sasl_password: str | None = field(default=None, repr=False)
     idempotence: bool = True  # asked for; used only where the broker supports it
+    # --exactly-once: events go out in transactions that the bridge commits together with
+    # the checkpoint (`transaction_boundary`). A second producer with the same id fences this one.
+    transactional_id: str | None = None
 
     def connection_kwargs(self) -> dict[str, Any]:
         """The arguments every aiokafka client of this sink shares (bootstrap, TLS, SASL)."""
@@ -193,6 +197,17 @@ def _reason(exc: BaseException) -> str:
 _backoff = wait_exponential(multiplier=0.5, max=5.0)
 
 
+def _quiet_unretrieved_kafka_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """aiokafka fails its internal futures with a fatal producer error (fenced, say) that the
+    sink has already turned into one clear line; garbage collection would then print each of
+    them with a traceback ("exception was never retrieved"). Those go to the debug log."""
+    error = context.get("exception")
+    if isinstance(error, kafka_errors.KafkaError) and "never retrieved" in str(context.get("message")):
+        log.debug("aiokafka left an error unretrieved (reported already): %r", error)
+        return
+    loop.default_exception_handler(context)
+
+
 def _wait_until(deadline: float) -> Callable[[RetryCallState], float]:
     """Exponential backoff, cut short so that the last attempt happens at the deadline."""
 
@@ -223,10 +238,27 @@ class KafkaSink(Sink):
         self._acks: deque[asyncio.Future[None]] = deque()  # one per batch, in the order opened
         self._send_pending = False  # a task to send the open batches is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
+        # Transactions (--exactly-once): while the bridge commits, publishers wait here, so
+        # nothing joins a transaction after its checkpoint was taken.
+        self._paused: asyncio.Event | None = None
+        self._in_transaction = False
+        self._begin_lock = asyncio.Lock()
+
+    @property  # type: ignore[override]
+    def transactional(self) -> bool:
+        return self.settings.transactional_id is not None
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The running producer (the Kafka checkpoint store writes with it inside transactions)."""
+        return self._producer
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.get_exception_handler() is None:
+            loop.set_exception_handler(_quiet_unretrieved_kafka_errors)
         settings = self.settings
         timeout = settings.connect_timeout
         deadline = time.monotonic() + timeout
@@ -282,12 +314,15 @@ class KafkaSink(Sink):
                 self.settings.bootstrap_servers,
             )
         self.capabilities = caps
-        self.idempotent = self.settings.idempotence and caps.idempotence
         s = self.settings
+        if s.transactional_id is not None and not caps.transactions:
+            raise SinkError(f"--exactly-once: the Kafka broker at {s.bootstrap_servers} has no transactions")
+        self.idempotent = (s.idempotence and caps.idempotence) or s.transactional_id is not None
         producer = AIOKafkaProducer(
             **s.connection_kwargs(),
             acks="all",
             enable_idempotence=self.idempotent,
+            transactional_id=s.transactional_id,
             linger_ms=s.linger_ms,
             max_batch_size=s.batch_size,
             max_request_size=max(s.batch_size, 1_048_576),
@@ -304,6 +339,21 @@ class KafkaSink(Sink):
                 await asyncio.wait_for(producer.stop(), 5)
             except (asyncio.TimeoutError, kafka_errors.KafkaError, OSError):
                 pass
+
+    async def _begin_transaction(self) -> None:
+        # Batches of several partitions are sent concurrently: one of them begins it.
+        async with self._begin_lock:
+            if not self._in_transaction and self._producer is not None:
+                await self._producer.begin_transaction()
+                self._in_transaction = True
+
+    def _transaction_error(self, exc: BaseException) -> SinkError:
+        if isinstance(exc, kafka_errors.ProducerFenced):
+            return SinkError(
+                f"another bridge with transactional id {self.settings.transactional_id} took over "
+                "(same --instance-id); this one stops"
+            )
+        return SinkError(f"Kafka transaction failed: {_reason(exc)}")
 
     async def supports_transactions(self) -> bool:
         """Whether the broker can run transactions (for `--exactly-once`); probed at start."""
@@ -326,9 +376,42 @@ class KafkaSink(Sink):
 
     async def close(self) -> None:
         try:
-            await self.flush()
+            if not self.transactional:
+                await self.flush()
+            elif self._in_transaction and self._producer is not None:
+                # Not committed by the bridge: none of it may become visible. (The broker would
+                # abort it on its timeout, or when this instance starts again, anyway.)
+                self._in_transaction = False
+                with contextlib.suppress(kafka_errors.KafkaError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self._producer.abort_transaction(), 5)
         finally:
             await self._discard_producer()
+
+    @asynccontextmanager
+    async def transaction_boundary(self) -> AsyncIterator[AIOKafkaProducer]:
+        """`--exactly-once`: commit what was published so far, together with what the caller
+        writes inside the block (the checkpoint record, with the producer it is given).
+
+        Publishers wait meanwhile; every record handed over is sent and acknowledged before
+        the block runs, so the caller's checkpoint covers exactly this transaction's events.
+        Raises SinkError when the commit fails (fenced by another instance, broker errors):
+        the transaction is then aborted, and a restart resumes from the last commit.
+        """
+        producer = self._producer
+        if producer is None or not self.transactional:
+            raise SinkError("the Kafka sink is not transactional")
+        self._paused = paused = asyncio.Event()
+        try:
+            await self.flush()
+            await self._begin_transaction()  # (the checkpoint record needs one, events or not)
+            yield producer
+            await producer.commit_transaction()
+            self._in_transaction = False
+        except kafka_errors.KafkaError as exc:
+            raise self._transaction_error(exc) from None
+        finally:
+            self._paused = None
+            paused.set()
 
     # -- topics ------------------------------------------------------------------------------------
 
@@ -413,18 +496,24 @@ class KafkaSink(Sink):
         producer = self._producer
         if producer is None:
             raise SinkError("the Kafka sink is not started")
+        while self._paused is not None:  # a transaction is being committed
+            await self._paused.wait()
         topic, headers, placements = self._routes.get(event.schema) or self._route(event)
         placed = placements.get(event.camera_id)
         if placed is None:
             placed = await self._place(topic, event.camera_id, placements)
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
+        while self._paused is not None:  # (a commit may have begun while we waited)
+            await self._paused.wait()
         key, batches = placed
         record_headers = [*headers, ("event-id", event.event_id.encode())]
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:
             await self._send(batches)  # full: waits while the partition's previous batch is queued
+            while self._paused is not None:
+                await self._paused.wait()
             builder = batches.builder or self._open(batches)
             # An empty batch takes any record, however large.
             builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers)
@@ -474,17 +563,25 @@ class KafkaSink(Sink):
         # One batch at a time per partition, in the order they were closed (Lock is FIFO).
         async with batches.lock:
             try:
+                if self.transactional:
+                    await self._begin_transaction()
                 delivery = await self._producer.send_batch(
                     builder, batches.topic, partition=batches.partition
                 )
             except kafka_errors.KafkaError as exc:
-                error = SinkError(f"Kafka send to {batches.topic} failed: {_reason(exc)}")
+                error = (
+                    self._transaction_error(exc)
+                    if self.transactional
+                    else SinkError(f"Kafka send to {batches.topic} failed: {_reason(exc)}")
+                )
                 self._settle(ack, count, error)
                 raise error from None
         delivery.add_done_callback(partial(self._delivered, ack, count))
 
     def _delivered(self, ack: asyncio.Future[None], count: int, delivery: asyncio.Future[Any]) -> None:
         error = asyncio.CancelledError() if delivery.cancelled() else delivery.exception()
+        if self.transactional and isinstance(error, kafka_errors.KafkaError):
+            error = self._transaction_error(error)
         self._settle(ack, count, error)
 
     def _settle(self, ack: asyncio.Future[None], count: int, error: BaseException | None) -> None:
@@ -731,6 +828,7 @@ def from_config(config: Mapping[str, Any]) -> KafkaSink:
         compression=compression,
         max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
         connect_timeout=float(_or(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
+        transactional_id=transactional_id(config) if config.get("exactly_once") else None,
         security_protocol=security.protocol,
         ssl_context=security.ssl_context,
         sasl_mechanism=security.sasl_mechanism,
@@ -738,6 +836,11 @@ def from_config(config: Mapping[str, Any]) -> KafkaSink:
         sasl_password=security.sasl_password,
     )
     return KafkaSink(settings)
+
+
+def transactional_id(config: Mapping[str, Any]) -> str:
+    """One per bridge instance: a restarted instance fences its predecessor's open transaction."""
+    return f"facespace-bridge.{config.get('instance_id') or 'default'}"
 
 
 def _or(value: Any, default: Any) -> Any:

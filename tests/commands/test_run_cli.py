@@ -62,6 +62,34 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             {"FACESPACE_API_KEY": "k"},
             "--exactly-once needs --broker kafka",
         ),
+        (
+            [
+                "--broker",
+                "kafka",
+                "--broker",
+                "file",
+                "--output",
+                "x.jsonl",
+                "--exactly-once",
+                "--bootstrap-servers",
+                "127.0.0.1:1",
+            ],
+            {"FACESPACE_API_KEY": "k"},
+            "and no other broker",
+        ),
+        (
+            [
+                "--broker",
+                "kafka",
+                "--bootstrap-servers",
+                "127.0.0.1:1",
+                "--exactly-once",
+                "--checkpoint",
+                "c.json",
+            ],
+            {"FACESPACE_API_KEY": "k"},
+            "drop --checkpoint",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):
