@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -153,3 +155,23 @@ async def test_a_second_instance_with_the_same_id_fences_the_first(
     expected = truth(sim, start + timedelta(seconds=1), end - timedelta(seconds=1))
     sightings = Counter((v["camera_id"], v["person"], when(v["seen_at"])) for v in values)
     assert not expected - sightings, "and nothing is lost across it"
+
+
+async def test_check_reports_transactions_without_fencing_a_running_bridge(
+    simulator_factory, transactional_kafka, kafka_topic, tmp_path
+):
+    sim = simulator_factory(**live_world(cameras=3, visits_per_hour=3600, history_hours=1, seed=6))
+    instance = kafka_topic.rsplit(".", 1)[-1]
+    bridge = ExactlyOnceBridge(sim, transactional_kafka, kafka_topic, tmp_path, instance).start()
+    first = await bridge.wait_stored(lambda s: bool(s.get("cameras")))
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "facespace_bridge", "check", *bridge.args[3:]],
+        env=bridge.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ok   exactly-once: the Kafka broker supports transactions" in check.stdout
+    # The bridge was not fenced: it goes on committing.
+    await bridge.wait_stored(lambda s: s.get("written_at", "") > first["written_at"], timeout=30)
+    code, _ = bridge.signal(signal.SIGTERM)
+    assert code == 0, bridge.log.read_text()[-2000:]
