@@ -20,6 +20,12 @@ fills), and the topic's record count is checked against the world's ground truth
 
 Both times include interpreter start-up and imports (about a second), as a user sees them.
 
+`--exactly-once` runs everything on noida-db's Kafka service instead (Tansu has no
+transactions; noida-db is in the `test` extra) and adds a third row, `run --backfill-from
+--exactly-once`: events and checkpoint committed together in Kafka transactions, timed until
+its log says the backfill is complete (logged after the commit that records it). Its topic is
+read back with read_committed isolation and must hold each sighting exactly once.
+
 `--profile DIR` attaches py-spy (sampling, `pip install py-spy`) to each run, keeps its
 collapsed stacks in DIR and prints the top functions by own and by inclusive samples. The
 sampler takes CPU from the same 2 cores, so rates measured with it are lower.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import shutil
 import statistics
 import subprocess
@@ -57,6 +64,15 @@ from _bridge_harness import (
 )
 
 from facespace_bridge.embedded import TansuBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.fixtures.kafka import read_all, start_noida  # one launcher for the tests and this bench
+
+
+@dataclass
+class Broker:
+    bootstrap: str
+    pid: int
 
 CAMERAS = 10
 HOURS = 48
@@ -160,14 +176,13 @@ def kafka_flags(bootstrap: str, topics: str) -> list[str]:
 
 
 def replay(
-    api_url: str, broker: TansuBroker, start: datetime, end: datetime, topics: str, profiler: Profiler
+    api_url: str, broker: Broker, start: datetime, end: datetime, topics: str, profiler: Profiler
 ) -> Run:
     command = [
         *CLI, "replay", "--start-time", iso(start), "--end-time", iso(end), "--no-progress",
         *kafka_flags(broker.bootstrap, topics),
     ]  # fmt: skip
-    assert broker.proc is not None
-    broker_probe = Probe(broker.proc.pid)
+    broker_probe = Probe(broker.pid)
     broker_before = broker_probe.cpu()
     began = time.perf_counter()
     process = subprocess.Popen(
@@ -203,21 +218,30 @@ def backfill_complete(checkpoint: Path) -> bool:
 
 def backfill(
     api_url: str,
-    broker: TansuBroker,
+    broker: Broker,
     start: datetime,
     topics: str,
     workdir: Path,
     index: int,
     profiler: Profiler,
+    exactly_once: bool = False,
 ) -> Run:
     checkpoint = workdir / f"checkpoint-{index}.json"
-    log_path = workdir / f"bridge-{index}.log"
+    log_path = workdir / f"bridge-{index}-{exactly_once}.log"
+    where = ["--checkpoint", str(checkpoint)]
+    if exactly_once:  # the checkpoint is in Kafka; the log says when the backfill is committed
+        where = ["--exactly-once", "--instance-id", f"{topics}-{index}"]
     command = [
-        *CLI, "run", "--backfill-from", iso(start), "--no-realtime", "--checkpoint", str(checkpoint),
-        *kafka_flags(broker.bootstrap, topics),
+        *CLI, "run", "--backfill-from", iso(start), "--no-realtime", *where,
+        *kafka_flags(broker.bootstrap, topics), *(["--log-level", "info"] if exactly_once else []),
     ]  # fmt: skip
-    assert broker.proc is not None
-    broker_probe = Probe(broker.proc.pid)
+
+    def complete() -> bool:
+        if exactly_once:
+            return "backfill complete" in log_path.read_text(errors="replace")
+        return backfill_complete(checkpoint)
+
+    broker_probe = Probe(broker.pid)
     broker_before = broker_probe.cpu()
     began = time.perf_counter()
     with open(log_path, "wb") as log_file:
@@ -233,7 +257,7 @@ def backfill(
         probe = Probe(process.pid)
         deadline = time.monotonic() + RUN_TIMEOUT
         hwm = 0.0
-        while not backfill_complete(checkpoint):
+        while not complete():
             if process.poll() is not None:
                 raise SystemExit(f"the bridge exited {process.returncode}: {log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
@@ -248,8 +272,8 @@ def backfill(
     if code != 0:
         raise SystemExit(f"the bridge exited {code} at SIGTERM: {log_path.read_text()[-2000:]}")
     profiler.finish("run --backfill-from (until SIGTERM)")
-    return Run("`run --backfill-from` (file checkpoint)", 0, seconds, usage.cpu, max(hwm, usage.hwm_mb),
-               broker_cpu)  # fmt: skip
+    name = "`run --backfill-from" + ("` --exactly-once" if exactly_once else "` (file checkpoint)")
+    return Run(name, 0, seconds, usage.cpu, max(hwm, usage.hwm_mb), broker_cpu)
 
 
 def table(runs: list[Run], replay_rate: float) -> str:
@@ -271,6 +295,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000, help="about this many sightings")
     parser.add_argument("--rounds", type=int, default=1, help="replay + backfill pairs, order alternating")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each run, stacks into DIR")
+    parser.add_argument(
+        "--exactly-once", action="store_true", help="on noida-db's Kafka, with an --exactly-once row"
+    )
     options = parser.parse_args()
     if options.profile is not None:
         options.profile.mkdir(parents=True, exist_ok=True)
@@ -280,13 +307,20 @@ def main() -> None:
     sim_now = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=1)
     start = sim_now - timedelta(hours=HOURS)
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         workdir = Path(scratch)
-        broker = TansuBroker(workdir)
+        if options.exactly_once:
+            noida = stack.enter_context(start_noida(workdir))
+            broker = Broker(noida.bootstrap, noida.pid or 0)
+        else:
+            tansu = TansuBroker(workdir)
+            stack.callback(tansu.stop)
+            tansu.start()
+            tansu.wait_for_metadata()
+            assert tansu.proc is not None
+            broker = Broker(tansu.bootstrap, tansu.proc.pid)
         simulator: subprocess.Popen[str] | None = None
         try:
-            broker.start()
-            broker.wait_for_metadata()
             simulator, api_url = start_simulator([
                 "--seed", "11", "--cameras", str(CAMERAS), "--people", "40",
                 "--history-hours", str(HOURS), "--visits-per-hour", str(options.count / (CAMERAS * HOURS)),
@@ -296,32 +330,40 @@ def main() -> None:
             truth = int(
                 admin(api_url, "GET", f"truth?start={iso(start)}&end={iso(sim_now)}&count_only=1")["count"]
             )
-            print(f"Tansu at {broker.bootstrap}; simulator at {api_url}; {truth:,} sightings "
+            print(f"Kafka at {broker.bootstrap}; simulator at {api_url}; {truth:,} sightings "
                   f"from {iso(start)} to {iso(sim_now)}", file=sys.stderr)  # fmt: skip
+            kinds = ["replay", "backfill", *(["exactly-once"] if options.exactly_once else [])]
             for round_index in range(options.rounds):
-                order = ["replay", "backfill"] if round_index % 2 == 0 else ["backfill", "replay"]
+                order = kinds if round_index % 2 == 0 else kinds[::-1]
                 for kind in order:
                     topics = f"bench.{kind}.{round_index}"
                     if kind == "replay":
                         run = replay(api_url, broker, start, sim_now, topics, profiler)
                     else:
-                        run = backfill(api_url, broker, start, topics, workdir, round_index, profiler)
-                    stored = asyncio.run(topic_size(broker.bootstrap, f"{topics}.sightings"))
-                    if kind == "backfill":
+                        run = backfill(api_url, broker, start, topics, workdir, round_index, profiler,
+                                       exactly_once=kind == "exactly-once")  # fmt: skip
+                    if kind == "exactly-once":  # committed records only, each once
+                        records = asyncio.run(read_all(broker.bootstrap, f"{topics}.sightings", 300,
+                                                       "read_committed"))  # fmt: skip
+                        stored = len({r.headers["event-id"] for r in records})
+                        if stored != len(records):
+                            raise SystemExit(f"{len(records) - stored} repeated records under --exactly-once")
+                    else:
+                        stored = asyncio.run(topic_size(broker.bootstrap, f"{topics}.sightings"))
+                    if kind != "replay":
                         run.events = stored
                     if not stored == truth == run.events:
                         raise SystemExit(f"{run.name}: published {run.events:,}, topic holds {stored:,}, "
                                          f"truth {truth:,}")  # fmt: skip
                     runs.append(run)
                     print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
-                    kinds = ("sightings", "presence", "deadletter")
-                    asyncio.run(delete_topics(broker.bootstrap, [f"{topics}.{t}" for t in kinds]))
+                    suffixes = ("sightings", "presence", "deadletter")
+                    asyncio.run(delete_topics(broker.bootstrap, [f"{topics}.{t}" for t in suffixes]))
         finally:
             stop(simulator)
-            broker.stop()
 
     replays = [r for r in runs if r.name.startswith("`replay")]
-    backfills = [r for r in runs if not r.name.startswith("`replay")]
+    backfills = [r for r in runs if r.name.endswith("(file checkpoint)")]
     replay_rate = statistics.median(r.rate for r in replays)
     backfill_rate = statistics.median(r.rate for r in backfills)
     print()
