@@ -20,12 +20,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-# Mosquitto (the MQTT broker the tests and the demo start themselves). amqtt, a
-# test dependency, stands in only where the Debian package cannot be installed.
+# Mosquitto (the MQTT broker the tests and the demo start themselves), mosquitto_sub for
+# the README's quick starts, kcat for the benchmarks. amqtt, a test dependency, stands in
+# only where the Debian package cannot be installed.
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
-	  echo "installing mosquitto (Debian package)"; \
-	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null ) \
+	@{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } \
+	  && command -v mosquitto_sub >/dev/null 2>&1 && command -v kcat >/dev/null 2>&1 || { \
+	  echo "installing mosquitto, mosquitto-clients, kcat (Debian packages)"; \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq mosquitto mosquitto-clients kcat >/dev/null ) \
 	  || echo "mosquitto could not be installed; MQTT tests fall back to amqtt"; }
 
 demo: venv system-deps

@@ -292,7 +292,7 @@ async def _main(
     except SinkError as exc:
         raise click.ClickException(str(exc)) from None
     except APIKeyError as exc:
-        raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
+        raise click.UsageError(str(exc)) from None  # "the FaceSpace API refused the key (HTTP 401): ..."
     finally:
         await windows.aclose()
         for sink in reversed(started):

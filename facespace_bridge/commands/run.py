@@ -166,7 +166,7 @@ async def preflight(config: dict[str, Any], api_key: str) -> dict[str, list[str]
     try:
         return await client.get_realtime()
     except APIKeyError as exc:
-        raise click.UsageError(f"the FaceSpace API refused the key: {exc}") from None
+        raise click.UsageError(str(exc)) from None  # "the FaceSpace API refused the key (HTTP 401): ..."
     except HTTPRequestError as exc:
         raise click.UsageError(f"cannot reach the FaceSpace API at {api_url}: {exc}") from None
     except FaceSpaceError:
@@ -233,7 +233,7 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     except (SinkError, CheckpointError) as exc:
         raise click.ClickException(str(exc)) from None
     except APIKeyError as exc:
-        raise click.ClickException(f"the FaceSpace API refused the key: {exc}") from None
+        raise click.ClickException(str(exc)) from None
     finally:
         if runner is not None:
             await runner.cleanup()

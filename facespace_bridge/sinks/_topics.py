@@ -19,6 +19,12 @@ from functools import lru_cache
 RESERVED_CAMERA_SEGMENTS = frozenset({"person", "bridge", "deadletter"})
 
 _ID_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]+")
+# Latin letters that NFKD does not decompose into a base letter plus accents (so an ASCII
+# fold would drop them: "Łukasz" -> "ukasz"), written as Home Assistant's slugify does.
+_LATIN_EXTRA = str.maketrans({
+    "Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Đ": "D", "đ": "d", "Ħ": "H", "ħ": "h", "ı": "i",
+    "ß": "ss", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "Þ": "Th", "þ": "th", "Ð": "D", "ð": "d",
+})  # fmt: skip
 
 
 def short_hash(name: str, length: int = 8) -> str:
@@ -55,7 +61,7 @@ def id_slug(name: str) -> str:
     else an ASCII fold plus `_` and a hash of the original (so `Zoë` and `Zoe` stay distinct)."""
     if name and not _ID_UNSAFE.search(name):
         return name
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    folded = unicodedata.normalize("NFKD", name.translate(_LATIN_EXTRA)).encode("ascii", "ignore").decode()
     cleaned = _ID_UNSAFE.sub("_", folded).strip("_")
     return f"{cleaned}_{short_hash(name)}" if cleaned else short_hash(name)
 

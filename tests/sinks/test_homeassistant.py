@@ -124,6 +124,9 @@ def test_ids_are_stable_and_come_only_from_names() -> None:
     two = HomeAssistantDiscovery(TopicLayout("facespace")).configs(["Camera1"], list(reversed(NAMES)))
     assert one == two  # same names, same topics and bytes, whatever the order or the process
     assert id_slug("Zoë") != id_slug("Zoe") and id_slug("a b") != id_slug("a_b")
+    # Letters without a decomposition are spelled out, not dropped.
+    assert id_slug("Łukasz Żółkiewski").startswith("Lukasz_Zolkiewski_")
+    assert id_slug("Søren Ørsted").startswith("Soren_Orsted_")
 
 
 async def test_ha_online_triggers_a_reannounce(mqtt_broker: MqttBroker) -> None:
