@@ -13,16 +13,17 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
-from facespace_bridge.events import DEADLETTER_SCHEMA
+from facespace_bridge.events import DEADLETTER_SCHEMA, schema_kind
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
 from facespace_bridge.sources.base import Barrier, Item
@@ -51,6 +52,13 @@ class BridgeOptions:
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
 
 
+# Fields of an Item and of its event, for loops over a whole group that run in C (map, zip).
+_event_of = itemgetter(0)
+_position_of = itemgetter(1)
+_camera_of = attrgetter("camera_id")
+_schema_of = attrgetter("schema")
+
+
 @dataclass(eq=False, slots=True)
 class AckGroup:
     """Consecutive events that every sink acknowledges with the same acks (a Kafka batch, a
@@ -64,6 +72,16 @@ class AckGroup:
     sealed: bool = False  # no more items: its cameras are registered with the tracker
     closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
+    _kinds: dict[str, int] | None = None
+
+    def kinds(self) -> dict[str, int]:
+        """Events per kind (for the metrics), counted once for all sinks, in a C loop."""
+        if self._kinds is None:
+            kinds: Counter[str] = Counter()
+            for schema, count in Counter(map(_schema_of, map(_event_of, self.items))).items():
+                kinds[schema_kind(schema)] += count  # a few schemas, mostly one (a Kafka batch is one topic)
+            self._kinds = kinds
+        return self._kinds
 
 
 class AckTracker:
@@ -115,11 +133,15 @@ class AckTracker:
         """The group takes no more items: note each camera's last position in it, and queue
         it behind that camera's earlier groups. Groups are sealed in the order they opened."""
         group.sealed = True
-        self._sealed_in_flight += len(group.items)
-        positions = group.positions
-        for event, position in group.items:
-            if position is not None:
-                positions[event.camera_id] = position
+        items = group.items
+        self._sealed_in_flight += len(items)
+        # Each camera's last position, in C loops: a dict built from (camera, position) pairs
+        # keeps the last pair per camera. Items without a position (presence) must not hide an
+        # earlier one of their camera: a group with any takes the plain loop.
+        positions = dict(zip(map(_camera_of, map(_event_of, items)), map(_position_of, items), strict=True))
+        if None in positions.values():
+            positions = {event.camera_id: position for event, position in items if position is not None}
+        group.positions = positions
         for camera in positions:
             self._per_camera.setdefault(camera, deque()).append(group)
         if self._open is group:
@@ -400,10 +422,7 @@ class Bridge:
     def _sink_done(self, index: int, group: AckGroup) -> None:
         assert self.tracker is not None
         name = self.sinks[index].name
-        kinds: dict[str, int] = {}
-        for event, _ in group.items:
-            kinds[event.kind] = kinds.get(event.kind, 0) + 1
-        for kind, count in kinds.items():
+        for kind, count in group.kinds().items():
             self.metrics.published.labels(sink=name, type=kind).inc(count)
         group.waiting -= 1
         if group.waiting == 0:
