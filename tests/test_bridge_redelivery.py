@@ -62,6 +62,8 @@ class FlakySink(Sink):
     def __init__(self, fail: set[int]) -> None:
         self.fail = fail
         self.delivered: list[str] = []
+        self.first: dict[str, Event] = {}  # each event as first delivered
+        self.again: list[Event] = []  # the events delivered again
         self.failed: set[str] = set()  # events of failed batches, until delivered again
         self.batches = 0
         self._ack: asyncio.Future[None] | None = None
@@ -72,11 +74,13 @@ class FlakySink(Sink):
         if event.event_id in self.delivered:  # delivered again, once the later batches settled
             await asyncio.sleep(0.05)
             self.delivered.append(event.event_id)
+            self.again.append(event)
             self.failed.discard(event.event_id)
             ack: asyncio.Future[None] = loop.create_future()
             ack.set_result(None)
             return ack
         self.delivered.append(event.event_id)
+        self.first[event.event_id] = event
         if self._ack is None or self._in_batch == BATCH:
             self.batches += 1
             self._ack, self._in_batch = loop.create_future(), 0
@@ -126,6 +130,10 @@ async def test_a_failed_batch_is_delivered_again_and_the_checkpoint_waits_for_it
     assert sink.delivered[: len(expected)] == expected  # first deliveries in order
     assert len(sink.delivered) - len(expected) == 3 * BATCH  # the failed batches again, nothing else
     assert not sink.failed
+    assert {event.kind for event in sink.again} == {"sighting", "deadletter"}  # batch 9 has the junk
+    for event in sink.again:  # the same event: id, payload bytes, decoded fields
+        assert event == sink.first[event.event_id]
+        assert event.payload == sink.first[event.event_id].payload
 
     final, _ = store.saved[-1]
     assert final.backfill is not None and final.backfill.complete
