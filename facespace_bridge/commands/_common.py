@@ -164,12 +164,13 @@ class JsonFormatter(logging.Formatter):
 
 # The young generation's collection threshold (CPython's default is 700) for the commands that
 # stream history: `run` and `replay`, so the backfill and its baseline run under one setting.
-# The bridge keeps every unacknowledged event for redelivery (up to a sink's in-flight limit,
-# 16,000 for Kafka, about two GC-tracked objects each), freed by reference counting once acked.
-# At 700 the collector traversed and promoted them again and again (about 3 µs/event of a
-# backfill, bench/README.md); above the in-flight size it rarely runs while they are alive.
-# Cyclic garbage waits for up to this many new objects: a few MB at most.
-GC_YOUNG_THRESHOLD = 50_000
+# Both keep up to two windows of entries alive (~20,000 each, with their numbering keys), and
+# the bridge also every unacknowledged event for redelivery (up to a sink's in-flight limit,
+# 16,000 for Kafka): some 80,000 GC-tracked objects that reference counting frees anyway. At
+# 700, and still at 50,000, the collector traversed and promoted them again and again (about
+# 3 µs/event of a backfill, 0.5 µs at 50,000; bench/README.md); at 100,000 it hardly runs.
+# Cyclic garbage waits for up to this many new objects: some MB at most.
+GC_YOUNG_THRESHOLD = 100_000
 
 
 def tune_gc() -> None:
