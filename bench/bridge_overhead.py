@@ -10,6 +10,7 @@ in seconds and with little noise. The sink acknowledges in batches of 500 record
 16,000 unacknowledged (the Kafka sink's defaults), one future per batch as the Kafka sink
 does. The checkpoint goes to a real file (atomic write + fsync), or to memory (`store=memory`
 rows), which separates the file's cost from the rest. CPU seconds are `time.process_time()`.
+The GC thresholds are those of the `run` and `replay` commands unless `--default-gc`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import Checkpoint, CheckpointStore, FileCheckpointStore
 from facespace_bridge.client import LogEntry, Window
 from facespace_bridge.client.entries import format_entry
+from facespace_bridge.commands._common import tune_gc
 from facespace_bridge.commands.replay import publish_windows
 from facespace_bridge.events import Event
 from facespace_bridge.sinks import Sink
@@ -181,7 +183,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500_000, help="about this many sightings")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="cProfile each run into FILE.<label>")
+    parser.add_argument("--default-gc", action="store_true", help="keep CPython's GC thresholds (`run` and "
+                        "`replay` raise the young generation's, commands._common.tune_gc)")
     options = parser.parse_args()
+    if not options.default_gc:
+        tune_gc()
     t0 = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     windows = make_windows(options.count, t0)
     total = sum(len(w.entries) for w in windows)

@@ -18,16 +18,17 @@ import contextlib
 import heapq
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore, Position
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
-from facespace_bridge.events import DEADLETTER_SCHEMA
+from facespace_bridge.events import DEADLETTER_SCHEMA, Event, schema_kind
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.sinks import Sink
 from facespace_bridge.sources.base import Barrier, Item, sleep_or_stop
@@ -57,6 +58,13 @@ class BridgeOptions:
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
 
 
+# Fields of an Item and of its event, for loops over a whole group that run in C (map, zip).
+_event_of = itemgetter(0)
+_position_of = itemgetter(1)
+_camera_of = attrgetter("camera_id")
+_schema_of = attrgetter("schema")
+
+
 @dataclass(eq=False, slots=True)
 class AckGroup:
     """Consecutive events that every sink acknowledges with the same acks (a Kafka batch, a
@@ -65,8 +73,13 @@ class AckGroup:
     seq: int
     acks: tuple[object, ...]  # the ack of each sink
     waiting: int  # sinks that have not acknowledged the group yet
-    items: list[Item] = field(default_factory=list)  # in publish order; kept for redelivery
-    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)  # camera -> last, once sealed
+    items: list[Item] = field(default_factory=list)  # in publish order, while the group is open
+    # Once sealed: the items' events, kept for redelivery until every sink acknowledged them
+    # (only the events: fewer objects per event in flight for the GC and the caches), each
+    # camera's last position, and the events per kind (for the metrics).
+    events: list[Event] = field(default_factory=list)
+    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
     sealed: bool = False  # no more items: its cameras are registered with the tracker
     closed: bool = False  # an ack fired: later events start a new group
     done: bool = False
@@ -121,15 +134,30 @@ class AckTracker:
         """The group takes no more items: note each camera's last position in it, and queue
         it behind that camera's earlier groups. Groups are sealed in the order they opened."""
         group.sealed = True
-        self._sealed_in_flight += len(group.items)
-        positions = group.positions
-        for event, position in group.items:
-            if position is not None:
-                positions[event.camera_id] = position
+        items = group.items
+        self._sealed_in_flight += len(items)
+        # Done here, while the items were just made (in the CPU's caches), and in C loops.
+        # Each camera's last position: a dict built from (camera, position) pairs keeps the last
+        # pair per camera. Items without a position (presence) must not hide an earlier one of
+        # their camera: a group with any takes the plain loop.
+        group.events = events = list(map(_event_of, items))
+        positions = dict(zip(map(_camera_of, events), map(_position_of, items), strict=True))
+        if None in positions.values():
+            positions = {event.camera_id: position for event, position in items if position is not None}
+        group.positions = positions
+        for schema, count in Counter(map(_schema_of, events)).items():  # a Kafka batch: one schema
+            kind = schema_kind(schema)
+            group.kinds[kind] = group.kinds.get(kind, 0) + count
+        group.items = []
         for camera in positions:
             self._per_camera.setdefault(camera, deque()).append(group)
         if self._open is group:
             self._open = None
+
+    def close(self, group: AckGroup) -> None:
+        """An ack fired for `group`: it takes no more items."""
+        if not group.sealed:  # only the newest group can be unsealed: order is kept
+            self._seal(group)
 
     def barrier(self, through: datetime) -> None:
         self._barriers.append((self._seq, through))
@@ -137,11 +165,10 @@ class AckTracker:
 
     def settled(self, group: AckGroup) -> None:
         """Every sink acknowledged `group`."""
-        if not group.sealed:  # only the newest group can be unsealed: order is kept
-            self._seal(group)
+        self.close(group)
         group.done = True
-        self._sealed_in_flight -= len(group.items)
-        group.items = []
+        self._sealed_in_flight -= len(group.events)
+        group.events = []
         self._outstanding.discard(group.seq)
         if not self._outstanding:
             self._idle.set()
@@ -377,8 +404,7 @@ class Bridge:
         """Hand items to every sink (each may make us wait: back-pressure); their acks feed the
         tracker. Consecutive items acknowledged by the same acks share one group. One loop
         for a whole chunk: this is the per-event hot path of a backfill."""
-        tracker = self.tracker
-        assert tracker is not None
+        assert self.tracker is not None
         sinks = self.sinks
         only = sinks[0] if len(sinks) == 1 else None
         # Exactly once needs no bound: a kill repeats nothing a read_committed consumer sees.
@@ -388,22 +414,33 @@ class Bridge:
                 self._saved.clear()
                 await self._saved.wait()
             event = item[0]
-            if only is not None:  # the common case, without a list per event
-                acks: tuple[object, ...] = (await only.publish(event),)
+            if only is not None:  # the common case: no tuple of acks per event
+                ack = await only.publish(event)
+                group = self._group
+                if group is None or group.closed or group.acks[0] is not ack:
+                    group = self._open_group((ack,))
             else:
                 acks = tuple([await sink.publish(event) for sink in sinks])
-            group = self._group
-            if group is None or group.closed or group.acks != acks:
-                group = self._group = tracker.open(acks)
-                for index, ack in enumerate(acks):
-                    callback = partial(self._on_ack, index, group)
-                    asyncio.ensure_future(ack).add_done_callback(callback)  # type: ignore[arg-type]
+                group = self._group
+                if group is None or group.closed or group.acks != acks:
+                    group = self._open_group(acks)
             group.items.append(item)  # in publish order; the tracker reads it when it seals the group
             if event.schema == DEADLETTER_SCHEMA:
                 self.metrics.dead_letters.labels(source=str(event.fields.get("source", ""))).inc()
 
+    def _open_group(self, acks: tuple[object, ...]) -> AckGroup:
+        """A new group for items acknowledged by `acks`; the acks settle it."""
+        assert self.tracker is not None
+        group = self._group = self.tracker.open(acks)
+        for index, ack in enumerate(acks):
+            callback = partial(self._on_ack, index, group)
+            asyncio.ensure_future(ack).add_done_callback(callback)  # type: ignore[arg-type]
+        return group
+
     def _on_ack(self, index: int, group: AckGroup, ack: asyncio.Future[Any]) -> None:
+        assert self.tracker is not None
         group.closed = True
+        self.tracker.close(group)
         if ack.cancelled():
             return
         sink = self.sinks[index]
@@ -416,11 +453,11 @@ class Bridge:
         if error is not None:
             # Not acknowledged: deliver the group's events again (same ids, so duplicates are
             # harmless) and hold the checkpoint until they land.
-            self.metrics.publish_failures.labels(sink=sink.name).inc(len(group.items))
+            self.metrics.publish_failures.labels(sink=sink.name).inc(len(group.events))
             if sink.name not in self._failing:  # once per outage, not once per event
                 self._failing[sink.name] = 0
                 log.warning("%s is not acknowledging events (%s); retrying until it does", sink.name, error)
-            self._failing[sink.name] += len(group.items)
+            self._failing[sink.name] += len(group.events)
             task = asyncio.create_task(self._redeliver(index, group))
             self._redeliveries.add(task)
             task.add_done_callback(self._redeliveries.discard)
@@ -430,14 +467,11 @@ class Bridge:
     def _sink_done(self, index: int, group: AckGroup) -> None:
         assert self.tracker is not None
         name = self.sinks[index].name
-        kinds: dict[str, int] = {}
-        for event, _ in group.items:
-            kinds[event.kind] = kinds.get(event.kind, 0) + 1
-        for kind, count in kinds.items():
+        for kind, count in group.kinds.items():
             self.metrics.published.labels(sink=name, type=kind).inc(count)
         group.waiting -= 1
         if group.waiting == 0:
-            self._unsaved += len(group.items)
+            self._unsaved += len(group.events)
             self.tracker.settled(group)
             if self._unsaved >= self.options.max_unsaved:
                 self._changed.set()  # publishing waits for a save: make sure one comes
@@ -445,7 +479,7 @@ class Bridge:
     async def _redeliver(self, index: int, group: AckGroup) -> None:
         sink = self.sinks[index]
         delay = 0.5
-        for event, _ in list(group.items):
+        for event in list(group.events):
             while True:
                 try:
                     await (await sink.publish(event))

@@ -57,13 +57,18 @@ class Event:
     @property
     def kind(self) -> str:
         """`sighting`, `presence` or `deadletter`."""
-        kind = _KINDS.get(self.schema)  # asked for every event on the hot path: cached
-        if kind is None:
-            kind = _KINDS[self.schema] = self.schema.split("/", 1)[0].removeprefix("facespace.")
-        return kind
+        return schema_kind(self.schema)
 
 
 _KINDS: dict[str, str] = {}
+
+
+def schema_kind(schema: str) -> str:
+    """The kind of events of a schema: `facespace.sighting/v1` -> `sighting`."""
+    kind = _KINDS.get(schema)  # asked for every event on the hot path: cached
+    if kind is None:
+        kind = _KINDS[schema] = schema.split("/", 1)[0].removeprefix("facespace.")
+    return kind
 
 
 # -- time ------------------------------------------------------------------------------------------

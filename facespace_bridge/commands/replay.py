@@ -42,6 +42,7 @@ from facespace_bridge.commands._common import (
     config_option,
     logging_options,
     setup_logging,
+    tune_gc,
     with_env,
 )
 from facespace_bridge.events import DEADLETTER_SCHEMA, listing_events
@@ -240,6 +241,7 @@ def command(**config: Any) -> None:
     unless ISO 8601 gives an offset.
     """
     setup_logging(config["log_format"], config["log_level"])
+    tune_gc()
     # Every check that needs no network comes first: bad input ends with exit 2, no side effect.
     start = _time(config["start_time"], "--start-time")
     end = _time(config["end_time"], "--end-time", end=True) if config["end_time"] is not None else None

@@ -23,6 +23,7 @@ from facespace_bridge.commands._common import (
     logging_options,
     register_secret,
     setup_logging,
+    tune_gc,
     with_env,
 )
 from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
@@ -103,6 +104,7 @@ log = logging.getLogger("facespace_bridge")
 def command(**config: Any) -> int:
     """Run the bridge: realtime presence, history tail and backfill, into the sinks."""
     setup_logging(config["log_format"], config["log_level"])
+    tune_gc()
     api_key, sinks, options = prepare(config)
     return asyncio.run(_run(config, api_key, sinks, options))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -39,20 +40,26 @@ class _Numbering:
     entry of that camera at that second).
 
     Windows are minute-aligned, so a second is never split between two listings and the
-    counts can start afresh for every listing.
+    counts can start afresh for every listing. `LogsSource._fresh` keeps these dicts itself
+    (its inlined copy of `number`, once per run of entries rather than per entry).
     """
 
     def __init__(self) -> None:
-        self._occurrences = OccurrenceCounter()
-        self._at_second: dict[tuple[str, datetime], int] = {}
-        self._last: dict[str, tuple[datetime, int]] = {}
+        self.occurrences = OccurrenceCounter()
+        self._at_second: dict[tuple[str, datetime], int] = {}  # entries numbered so far
+        self._last: dict[str, tuple[datetime, int]] = {}  # camera -> position of its latest entry
+        self._latest: dict[str, datetime] = {}  # camera -> the latest second numbered
 
     def number(self, entry: LogEntry) -> tuple[int, tuple[datetime, int]]:
-        seen_at = entry.seen_at
-        key = (entry.camera_id, seen_at)
+        """k and position of one entry; counts it for the entries that follow."""
+        camera, seen_at = entry.camera_id, entry.seen_at
+        key = (camera, seen_at)
         n = self._at_second[key] = self._at_second.get(key, 0) + 1
-        position = self._last[entry.camera_id] = (seen_at, n)  # a plain tuple: see sources.base.Item
-        return self._occurrences.number(entry), position
+        position = self._last[camera] = (seen_at, n)  # a plain tuple: see sources.base.Item
+        latest = self._latest.get(camera)
+        if latest is None or seen_at > latest:
+            self._latest[camera] = seen_at
+        return self.occurrences.number(entry), position
 
     def newest(self) -> dict[str, datetime]:
         """The latest second numbered per camera (listings are in time order per camera)."""
@@ -110,22 +117,64 @@ class LogsSource:
     def _fresh(
         self, entries: Iterable[LogEntry | BadEntry], numbering: _Numbering, resume: Checkpoint
     ) -> Iterable[Item]:
-        # The per-entry hot path of a backfill: lookups bound to locals, no wrapper calls.
+        # The per-entry hot path of a backfill: `numbering.number` inlined. A listing gives a
+        # camera's entries together and in time order, so they come in runs of one (camera,
+        # second): the dicts are touched once per run (per camera for the resume point and the
+        # latest position), and an entry only counts on. A second later than any numbered for
+        # its camera needs no look-up; any other order is still numbered right, from the dicts.
         floors: dict[str, Position | None] = {}  # resume.position per camera, looked up once
-        number = numbering.number
+        occurrence = numbering.occurrences.number
+        at_second, last, latest = numbering._at_second, numbering._last, numbering._latest
+        camera: str | None = None  # the current run: camera, second, entries numbered at it
+        second: datetime | None = None
+        n = 0
+        newest: datetime | None = None  # latest second numbered for `camera`
+        floor: Position | None = None  # `camera`'s resume position
+        skip = 0  # the run's entries numbered up to `skip` are at or before the resume position
         for entry in entries:
-            camera = entry.camera_id
-            floor = floors[camera] if camera in floors else floors.setdefault(camera, resume.position(camera))
             if type(entry) is BadEntry:
-                at = numbering.last(camera)
-                if at is None or floor is None or at >= floor:  # a repeat beats a loss
-                    yield _dead_letter(entry, at or floor)
+                if camera is not None:  # the dicts must be current: they place the dead letter
+                    at_second[camera, second] = n  # type: ignore[index]
+                    last[camera], latest[camera] = (second, n), newest  # type: ignore[assignment]
+                    camera = None  # the next good entry starts a new run
+                bad_camera = entry.camera_id
+                if bad_camera not in floors:
+                    floors[bad_camera] = resume.position(bad_camera)
+                bad_floor = floors[bad_camera]
+                at = last.get(bad_camera)
+                if at is None or bad_floor is None or at >= bad_floor:  # a repeat beats a loss
+                    yield _dead_letter(entry, at or bad_floor)
                 continue
-            k, position = number(entry)
-            if floor is None or position > floor:
-                yield sighting_event(entry, k), position  # the builder validates
-        for camera, newest in numbering.newest().items():  # once per window, not per entry
-            self._saw(camera, newest)
+            if entry.camera_id != camera or entry.seen_at != second:  # a new run
+                if camera is not None:
+                    at_second[camera, second] = n  # type: ignore[index]
+                if entry.camera_id != camera:
+                    if camera is not None:
+                        last[camera], latest[camera] = (second, n), newest  # type: ignore[assignment]
+                    camera = entry.camera_id
+                    if camera not in floors:
+                        floors[camera] = resume.position(camera)
+                    floor, newest = floors[camera], latest.get(camera)
+                second = entry.seen_at
+                if newest is None or second > newest:
+                    newest, n = second, 0
+                else:
+                    n = at_second.get((camera, second), 0)
+                if floor is None or second > floor[0]:
+                    skip = 0
+                elif second == floor[0]:
+                    skip = floor[1]
+                else:
+                    skip = sys.maxsize  # the whole run is
+            k = occurrence(entry)  # every entry counts for k, published or not
+            n += 1
+            if n > skip:  # (second, n) is after the resume position
+                yield sighting_event(entry, k), (second, n)  # type: ignore[misc]  # the builder validates
+        if camera is not None:
+            at_second[camera, second] = n  # type: ignore[index]
+            last[camera], latest[camera] = (second, n), newest  # type: ignore[assignment]
+        for newest_camera, newest_second in numbering.newest().items():  # once per window
+            self._saw(newest_camera, newest_second)
 
     def _saw(self, camera_id: str, seen_at: datetime) -> None:
         """Keep the newest second read per camera (the lag metric, the tail's window)."""
