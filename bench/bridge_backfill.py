@@ -20,6 +20,9 @@ fills), and the topic's record count is checked against the world's ground truth
 
 Both times include interpreter start-up and imports (about a second), as a user sees them.
 
+`--kafka-checkpoint` adds a row with the checkpoint in Kafka (`--checkpoint kafka`, the
+compacted offsets topic), timed until its log says the backfill is complete.
+
 `--exactly-once` runs everything on noida-db's Kafka service instead (Tansu has no
 transactions; noida-db is in the `test` extra) and adds a third row, `run --backfill-from
 --exactly-once`: events and checkpoint committed together in Kafka transactions, timed until
@@ -224,20 +227,23 @@ def backfill(
     workdir: Path,
     index: int,
     profiler: Profiler,
-    exactly_once: bool = False,
+    store: str = "file",  # "file", "kafka" (--checkpoint kafka) or "exactly-once"
 ) -> Run:
     checkpoint = workdir / f"checkpoint-{index}.json"
-    log_path = workdir / f"bridge-{index}-{exactly_once}.log"
-    where = ["--checkpoint", str(checkpoint)]
-    if exactly_once:  # the checkpoint is in Kafka; the log says when the backfill is committed
-        where = ["--exactly-once", "--instance-id", f"{topics}-{index}"]
+    log_path = workdir / f"bridge-{index}-{store}.log"
+    in_kafka = store != "file"  # then the log, not a file, says when the backfill is complete
+    where = {
+        "file": ["--checkpoint", str(checkpoint)],
+        "kafka": ["--checkpoint", "kafka", "--instance-id", f"{topics}-{index}"],
+        "exactly-once": ["--exactly-once", "--instance-id", f"{topics}-{index}"],
+    }[store]
     command = [
         *CLI, "run", "--backfill-from", iso(start), "--no-realtime", *where,
-        *kafka_flags(broker.bootstrap, topics), *(["--log-level", "info"] if exactly_once else []),
+        *kafka_flags(broker.bootstrap, topics), *(["--log-level", "info"] if in_kafka else []),
     ]  # fmt: skip
 
     def complete() -> bool:
-        if exactly_once:
+        if in_kafka:
             return "backfill complete" in log_path.read_text(errors="replace")
         return backfill_complete(checkpoint)
 
@@ -272,7 +278,11 @@ def backfill(
     if code != 0:
         raise SystemExit(f"the bridge exited {code} at SIGTERM: {log_path.read_text()[-2000:]}")
     profiler.finish("run --backfill-from (until SIGTERM)")
-    name = "`run --backfill-from" + ("` --exactly-once" if exactly_once else "` (file checkpoint)")
+    name = {
+        "file": "`run --backfill-from` (file checkpoint)",
+        "kafka": "`run --backfill-from --checkpoint kafka`",
+        "exactly-once": "`run --backfill-from --exactly-once`",
+    }[store]
     return Run(name, 0, seconds, usage.cpu, max(hwm, usage.hwm_mb), broker_cpu)
 
 
@@ -298,6 +308,7 @@ def main() -> None:
     parser.add_argument(
         "--exactly-once", action="store_true", help="on noida-db's Kafka, with an --exactly-once row"
     )
+    parser.add_argument("--kafka-checkpoint", action="store_true", help="a row with --checkpoint kafka")
     options = parser.parse_args()
     if options.profile is not None:
         options.profile.mkdir(parents=True, exist_ok=True)
@@ -332,7 +343,9 @@ def main() -> None:
             )
             print(f"Kafka at {broker.bootstrap}; simulator at {api_url}; {truth:,} sightings "
                   f"from {iso(start)} to {iso(sim_now)}", file=sys.stderr)  # fmt: skip
-            kinds = ["replay", "backfill", *(["exactly-once"] if options.exactly_once else [])]
+            kinds = ["replay", "backfill"]
+            kinds += ["kafka-checkpoint"] if options.kafka_checkpoint else []
+            kinds += ["exactly-once"] if options.exactly_once else []
             for round_index in range(options.rounds):
                 order = kinds if round_index % 2 == 0 else kinds[::-1]
                 for kind in order:
@@ -340,8 +353,8 @@ def main() -> None:
                     if kind == "replay":
                         run = replay(api_url, broker, start, sim_now, topics, profiler)
                     else:
-                        run = backfill(api_url, broker, start, topics, workdir, round_index, profiler,
-                                       exactly_once=kind == "exactly-once")  # fmt: skip
+                        store = {"backfill": "file", "kafka-checkpoint": "kafka"}.get(kind, kind)
+                        run = backfill(api_url, broker, start, topics, workdir, round_index, profiler, store)
                     if kind == "exactly-once":  # committed records only, each once
                         records = asyncio.run(read_all(broker.bootstrap, f"{topics}.sightings", 300,
                                                        "read_committed"))  # fmt: skip
