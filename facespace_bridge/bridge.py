@@ -522,16 +522,13 @@ class Bridge:
                 await self.tracker.idle()
                 covered = self._unsaved
                 await self.store.save(self.tracker.checkpoint)
-            self._unsaved -= covered
-            self._saved.set()
-            self.metrics.checkpoint_saved.set_to_current_time()
-            return
-        covered = self._unsaved  # what this snapshot makes durable
-        try:
-            await self.store.save(self.tracker.checkpoint)
-        except CheckpointError as exc:
-            log.error("%s", exc)
-            return
+        else:
+            covered = self._unsaved  # what this snapshot makes durable
+            try:
+                await self.store.save(self.tracker.checkpoint)
+            except CheckpointError as exc:
+                log.error("%s", exc)
+                return
         self._unsaved -= covered
         self._saved.set()
         self.metrics.checkpoint_saved.set_to_current_time()

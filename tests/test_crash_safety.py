@@ -101,6 +101,19 @@ async def published(read_topic, topic: str) -> tuple[Counter, Counter, list]:
     return sightings, ids, values
 
 
+async def kafka_checkpoint(bootstrap: str, instance: str) -> dict:
+    """The checkpoint `instance` keeps in Kafka (`--checkpoint kafka`, `--exactly-once`), as JSON."""
+    from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
+
+    store = KafkaCheckpointStore(bootstrap, instance)
+    await store.open()
+    try:
+        checkpoint = await store.load()
+    finally:
+        await store.close()
+    return orjson.loads(checkpoint.to_bytes()) if checkpoint else {}
+
+
 def truth(sim, start: datetime, end: datetime) -> Counter:
     return Counter(sim.world.entries(start, end))
 
@@ -209,7 +222,6 @@ async def test_broker_outage_of_10s_loses_nothing_and_resumes_by_itself(
 async def test_checkpoint_in_kafka_resumes_without_a_disk(
     simulator_factory, kafka, kafka_topic, read_topic, tmp_path
 ):
-    from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 
     sim = simulator_factory(**live_world(cameras=3, visits_per_hour=900, history_hours=1, seed=5))
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=20)
@@ -219,13 +231,7 @@ async def test_checkpoint_in_kafka_resumes_without_a_disk(
     bridge.args += ["--instance-id", instance]
 
     async def stored() -> dict:
-        store = KafkaCheckpointStore(kafka.bootstrap, instance)
-        await store.open()
-        try:
-            checkpoint = await store.load()
-        finally:
-            await store.close()
-        return orjson.loads(checkpoint.to_bytes()) if checkpoint else {}
+        return await kafka_checkpoint(kafka.bootstrap, instance)
 
     for _ in range(2):  # a run, a stop, a resumed run, a stop
         bridge.start()

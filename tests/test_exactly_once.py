@@ -20,9 +20,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 from tests.fixtures.kafka import read_all
-from tests.test_crash_safety import BridgeProcess, live_world, truth, when
+from tests.test_crash_safety import BridgeProcess, kafka_checkpoint, live_world, truth, when
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +36,7 @@ class ExactlyOnceBridge(BridgeProcess):
         self.bootstrap, self.instance = kafka.bootstrap, instance
 
     async def stored(self) -> dict:
-        store = KafkaCheckpointStore(self.bootstrap, self.instance)
-        await store.open()
-        try:
-            checkpoint = await store.load()
-        finally:
-            await store.close()
-        return orjson.loads(checkpoint.to_bytes()) if checkpoint else {}
+        return await kafka_checkpoint(self.bootstrap, self.instance)
 
     async def wait_stored(self, predicate, timeout: float = 120.0) -> dict:
         deadline = time.monotonic() + timeout
