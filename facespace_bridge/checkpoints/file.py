@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -45,15 +44,18 @@ class FileCheckpointStore(CheckpointStore):
             raise CheckpointError(f"checkpoint {self.path} is corrupt: {exc}") from None
 
     async def save(self, checkpoint: Checkpoint) -> None:
-        # The write and fsync run in a thread so the event loop keeps publishing meanwhile.
-        await asyncio.to_thread(self._write, checkpoint.to_bytes())
+        # On the event loop's thread, blocking it for the two fsyncs (about 0.5 ms, a few ms
+        # under load). A worker thread was measured to cost more: at each of its system calls
+        # it hands the GIL back and forth with the busy loop, and a backfill saves hundreds of
+        # times a second (bench/README.md, "Bridge backfill vs replay": 0.75-0.78 of replay's
+        # rate with the thread, 0.81 inline, 0.82 inline without any fsync).
+        self._write(checkpoint.to_bytes())
 
     def _write(self, data: bytes) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            # Plain os calls rather than open(): each system call lets the event loop's thread
-            # take the GIL, and winning it back takes a while under load; open() adds fstat,
-            # ioctl and lseek calls for its buffered file object.
+            # Plain os calls rather than open(), which adds fstat, ioctl and lseek calls for its
+            # buffered file object.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
                 view = memoryview(data)
