@@ -54,6 +54,7 @@ class BridgeOptions:
     # Acknowledged events not yet in a saved checkpoint, at most: a kill repeats at most this
     # many plus what the sinks had in flight. Publishing waits for the checkpoint beyond it.
     max_unsaved: int = 2000
+    save_delay: float = 0.2  # seconds a changed checkpoint may wait for more acks before its write
     commit_interval: float = 0.1  # exactly once: seconds between transaction commits (Kafka Streams' default)
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
 
@@ -234,6 +235,7 @@ class Bridge:
         self.clock = clock
         self.status = BridgeStatus()
         self._changed = asyncio.Event()
+        self._full = asyncio.Event()  # max_unsaved acknowledged events wait for a save
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._group: AckGroup | None = None  # the group new items join while its acks match
         self._failing: dict[str, int] = {}  # sink name -> events retried since it stopped acking
@@ -474,7 +476,8 @@ class Bridge:
             self._unsaved += len(group.events)
             self.tracker.settled(group)
             if self._unsaved >= self.options.max_unsaved:
-                self._changed.set()  # publishing waits for a save: make sure one comes
+                self._full.set()  # publishing waits for a save: it comes now
+                self._changed.set()  # (even when no position moved, say for dead letters)
 
     async def _redeliver(self, index: int, group: AckGroup) -> None:
         sink = self.sinks[index]
@@ -498,11 +501,17 @@ class Bridge:
     # -- checkpoints ------------------------------------------------------------------------------
 
     async def _write_checkpoints(self, stop: asyncio.Event) -> None:
-        """Write the latest checkpoint behind the stream: as soon as the previous write is done,
-        and at least every `heartbeat` seconds (so the checkpoint age shows the bridge is alive)."""
+        """Write the latest checkpoint behind the stream: `save_delay` after it changes, at once
+        when `max_unsaved` events wait for it, and at least every `heartbeat` seconds (so the
+        checkpoint age shows the bridge is alive)."""
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=self.options.heartbeat)
+            if self._transactional is None and not self._full.is_set():
+                # Let more acknowledgements join this write: in a backfill, one file write per
+                # `max_unsaved` events rather than one per acknowledged batch.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), timeout=self.options.save_delay)
             await self._save()
             if self._transactional is not None:  # a commit pauses publishing: not after every batch
                 await sleep_or_stop(stop, self.options.commit_interval)
@@ -515,6 +524,7 @@ class Bridge:
     async def _save_now(self) -> None:
         assert self.tracker is not None
         self._changed.clear()
+        self._full.clear()
         if self._transactional is not None:
             # Publishers wait and everything in flight lands, so the checkpoint covers exactly
             # the events of this transaction; both commit together. Errors end the run.
