@@ -325,7 +325,7 @@ class Bridge:
             fatal.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             if not transaction_failed:
-                await self._save()
+                await self._final_save()
 
     async def _initial_checkpoint(self) -> Checkpoint:
         loaded = await self.store.load()
@@ -515,6 +515,17 @@ class Bridge:
             await self._save()
             if self._transactional is not None:  # a commit pauses publishing: not after every batch
                 await sleep_or_stop(stop, self.options.commit_interval)
+
+    async def _final_save(self) -> None:
+        """The save at shutdown, within the shutdown budget: a broker that went away must not
+        keep the process alive (a Kafka commit waits for its coordinator without end)."""
+        try:
+            await asyncio.wait_for(self._save(), self.options.shutdown_timeout)
+        except asyncio.TimeoutError:
+            raise CheckpointError(
+                f"the checkpoint could not be saved at shutdown within {self.options.shutdown_timeout:g} s "
+                f"({self.store.describe()}); a restart resumes from the last one saved"
+            ) from None
 
     async def _save(self) -> None:
         assert self.tracker is not None

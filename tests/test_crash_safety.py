@@ -26,6 +26,20 @@ from facespace_bridge.schemas import validate
 pytestmark = pytest.mark.slow
 
 
+_started: list[subprocess.Popen] = []  # every bridge a test started, killed after it if still running
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_left_running():
+    """A test that fails half-way must not leave its bridges running into the next tests."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 class BridgeProcess:
     """`python -m facespace_bridge run --broker kafka ...` with its own checkpoint file."""
 
@@ -50,6 +64,7 @@ class BridgeProcess:
     def start(self) -> BridgeProcess:
         handle = open(self.log, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=handle, stderr=handle)
+        _started.append(self.proc)
         handle.close()
         return self
 

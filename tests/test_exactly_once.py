@@ -21,7 +21,14 @@ import orjson
 import pytest
 
 from tests.fixtures.kafka import read_all
-from tests.test_crash_safety import BridgeProcess, kafka_checkpoint, live_world, truth, when
+from tests.test_crash_safety import (  # noqa: F401  (no_bridge_left_running: an autouse fixture)
+    BridgeProcess,
+    kafka_checkpoint,
+    live_world,
+    no_bridge_left_running,
+    truth,
+    when,
+)
 
 pytestmark = pytest.mark.slow
 
