@@ -264,14 +264,20 @@ class Bridge:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then flush, write the checkpoint and close the sinks."""
-        await self.store.open()
-        checkpoint = await self._initial_checkpoint()
-        self.tracker = AckTracker(checkpoint, self._changed.set)
         started: list[Sink] = []
+        await self.store.open()
         try:
+            if self._transactional is not None:
+                # Started first: its producer aborts whatever transaction a killed predecessor
+                # left open, which reading the checkpoint would otherwise wait for.
+                await self._transactional.start()
+                started.append(self._transactional)
+            checkpoint = await self._initial_checkpoint()
+            self.tracker = AckTracker(checkpoint, self._changed.set)
             for sink in self.sinks:
-                await sink.start()
-                started.append(sink)
+                if sink not in started:
+                    await sink.start()
+                    started.append(sink)
             self.status.sinks_started = True
             await self._announce()
             await self._serve(stop)
@@ -344,7 +350,11 @@ class Bridge:
             checkpoint = Checkpoint(through=now - self.options.safety_lag)
             log.info("no checkpoint yet: starting at now, no backfill")
         # Written before anything is published, so a crash during the backfill keeps its T0.
-        await self.store.save(checkpoint)
+        if self._transactional is not None:  # (the store writes with the sink's producer)
+            async with self._transactional.transaction_boundary():
+                await self.store.save(checkpoint)
+        else:
+            await self.store.save(checkpoint)
         return checkpoint
 
     async def _announce(self) -> None:

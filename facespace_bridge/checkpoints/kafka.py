@@ -11,7 +11,9 @@ sink's `transaction_boundary`): both become visible together or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, Check
 log = logging.getLogger(__name__)
 
 OFFSETS_TOPIC = "facespace-bridge.offsets"
+STABLE_WAIT = 90.0  # seconds, longer than the 60 s transaction timeout of our producers
 
 
 class KafkaCheckpointStore(CheckpointStore):
@@ -107,7 +110,7 @@ class KafkaCheckpointStore(CheckpointStore):
             ]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
+            ends = await self._stable_ends(consumer, partitions)
             for tp in partitions:
                 # Read to the end offset, then on until a fetch comes back empty: some brokers
                 # (Tansu) report the first offset of the last batch as the end.
@@ -129,6 +132,39 @@ class KafkaCheckpointStore(CheckpointStore):
             return Checkpoint.from_bytes(latest)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"the checkpoint in {self.topic} is corrupt: {exc}") from None
+
+    async def _stable_ends(self, consumer: Any, partitions: list[Any]) -> dict[Any, int]:
+        """The end offsets to read to, once no transaction that was open at start is still open.
+
+        Under --exactly-once, instances write their records into the shared topic in their own
+        transactions. A read_committed consumer stops at the last stable offset, before the
+        first record of any open transaction, and one of ours written after it would be missed
+        (and an older checkpoint used: repeats). So wait until the stable offset reaches the
+        end as it was at start: a few ms for a live instance's commit, up to the transaction
+        timeout (about a minute) for one that died in the middle of its commit.
+        """
+        from aiokafka import AIOKafkaConsumer
+
+        ends_now = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            isolation_level="read_uncommitted",
+            **self.client_options,
+        )
+        await ends_now.start()
+        try:
+            target = await ends_now.end_offsets(partitions)
+        finally:
+            await ends_now.stop()
+        deadline = time.monotonic() + STABLE_WAIT
+        said = False
+        while True:
+            stable = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
+            if all(stable[tp] >= target[tp] for tp in partitions) or time.monotonic() > deadline:
+                return stable
+            if not said:
+                log.info("waiting for an open transaction in %s to end (checkpoint)", self.topic)
+                said = True
+            await asyncio.sleep(0.2)
 
     async def save(self, checkpoint: Checkpoint) -> None:
         from aiokafka.errors import KafkaError

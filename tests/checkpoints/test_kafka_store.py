@@ -1,5 +1,7 @@
 """The Kafka checkpoint store against the real broker: a container with no disk resumes."""
 
+import asyncio
+import time
 from datetime import datetime, timezone
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, Position
@@ -30,3 +32,36 @@ async def test_latest_checkpoint_per_instance_survives_a_new_store(kafka, kafka_
         await fresh.close()
     assert loaded is not None and loaded.cameras["Cam"] == Position(T, 5)
     assert loaded.backfill == Backfill(T, T)
+
+
+async def test_load_waits_for_another_instances_open_transaction(transactional_kafka, kafka_topic):
+    """Under --exactly-once, instances share the offsets topic and each writes its record in its
+    own transaction. A record of ours behind another instance's open transaction lies past the
+    last stable offset: load must wait for that transaction rather than return an older one."""
+    from aiokafka import AIOKafkaProducer
+
+    topic = f"{kafka_topic}.offsets"
+    ours = KafkaCheckpointStore(transactional_kafka.bootstrap, "site-a", topic=topic)
+    await ours.open()
+    other = AIOKafkaProducer(bootstrap_servers=transactional_kafka.bootstrap, transactional_id=f"{topic}-b")
+    await other.start()
+    try:
+        await ours.save(Checkpoint(cameras={"Cam": Position(T, 1)}, through=T))
+        await other.begin_transaction()
+        await other.send_and_wait(topic, Checkpoint(through=T).to_bytes(), key=b"site-b")
+        await ours.save(Checkpoint(cameras={"Cam": Position(T, 2)}, through=T))  # after the open one
+
+        async def commit_later() -> None:
+            await asyncio.sleep(1.5)
+            await other.commit_transaction()
+
+        committer = asyncio.create_task(commit_later())
+        began = time.monotonic()
+        loaded = await ours.load()
+        waited = time.monotonic() - began
+        await committer
+    finally:
+        await other.stop()
+        await ours.close()
+    assert loaded is not None and loaded.cameras["Cam"] == Position(T, 2), "an older checkpoint"
+    assert waited >= 1.0, "it read past the open transaction without waiting for it"
