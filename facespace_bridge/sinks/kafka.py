@@ -388,9 +388,9 @@ class KafkaSink(Sink):
             await self._discard_producer()
 
     @asynccontextmanager
-    async def transaction_boundary(self) -> AsyncIterator[AIOKafkaProducer]:
+    async def transaction_boundary(self) -> AsyncIterator[None]:
         """`--exactly-once`: commit what was published so far, together with what the caller
-        writes inside the block (the checkpoint record, with the producer it is given).
+        writes inside the block (the checkpoint record, written with `self.producer`).
 
         Publishers wait meanwhile; every record handed over is sent and acknowledged before
         the block runs, so the caller's checkpoint covers exactly this transaction's events.
@@ -404,7 +404,7 @@ class KafkaSink(Sink):
         try:
             await self.flush()
             await self._begin_transaction()  # (the checkpoint record needs one, events or not)
-            yield producer
+            yield
             await producer.commit_transaction()
             self._in_transaction = False
         except kafka_errors.KafkaError as exc:
@@ -496,15 +496,15 @@ class KafkaSink(Sink):
         producer = self._producer
         if producer is None:
             raise SinkError("the Kafka sink is not started")
-        while self._paused is not None:  # a transaction is being committed
-            await self._paused.wait()
         topic, headers, placements = self._routes.get(event.schema) or self._route(event)
         placed = placements.get(event.camera_id)
         if placed is None:
             placed = await self._place(topic, event.camera_id, placements)
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
-        while self._paused is not None:  # (a commit may have begun while we waited)
+        # A transaction is being committed: wait, so that nothing joins it after its checkpoint
+        # was taken. Checked after the last wait above, and again after any wait below.
+        while self._paused is not None:
             await self._paused.wait()
         key, batches = placed
         record_headers = [*headers, ("event-id", event.event_id.encode())]

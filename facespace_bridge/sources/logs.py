@@ -62,8 +62,8 @@ class _Numbering:
         return self.occurrences.number(entry), position
 
     def newest(self) -> dict[str, datetime]:
-        """The latest second numbered per camera (listings are in time order per camera)."""
-        return {camera: seen_at for camera, (seen_at, _) in self._last.items()}
+        """The latest second numbered per camera."""
+        return dict(self._latest)
 
     def last(self, camera_id: str) -> tuple[datetime, int] | None:
         """Position of the latest good entry of the camera: where a bad entry after it belongs."""
