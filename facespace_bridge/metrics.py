@@ -59,6 +59,34 @@ class Metrics:
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_events", "Events handed to sinks, not yet acknowledged", registry=r
         )
+        self.checkpoint_position = Gauge(
+            f"{PREFIX}_checkpoint_timestamp_seconds",
+            "The durable resume point: every sighting before this time is acknowledged and checkpointed",
+            registry=r,
+        )
+        self.sink_connected = Gauge(
+            f"{PREFIX}_sink_connected",
+            "1 while the sink has a working connection, else 0",
+            ["sink"],
+            registry=r,
+        )
+        self.api_retries = Counter(
+            f"{PREFIX}_api_retries",
+            "FaceSpace API requests retried after a failure",
+            ["endpoint"],
+            registry=r,
+        )
+        self.ha_events_held_back = Counter(
+            f"{PREFIX}_ha_events_held_back",
+            "Sightings kept from Home Assistant event entities as history (too old, or replayed)",
+            registry=r,
+        )
+        self.state = Gauge(
+            f"{PREFIX}_state",
+            "1 for the bridge's current state (STARTING, RUNNING, DEGRADED, FAILED, STOPPING), else 0",
+            ["state"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

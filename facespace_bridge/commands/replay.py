@@ -255,7 +255,7 @@ def command(**config: Any) -> None:
     if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
     try:
-        sinks = build_sinks(config["broker"], config)
+        sinks = build_sinks(config["broker"], config, replay=True)
     except KeyError as exc:
         raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
     progress = config["progress"]

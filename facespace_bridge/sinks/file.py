@@ -113,7 +113,7 @@ class FileSink(Sink):
         self._handle = None
 
 
-def from_config(config: Mapping[str, Any]) -> FileSink:
+def from_config(config: Mapping[str, Any], *, replay: bool = False) -> FileSink:
     output = config.get("output")
     if not output:
         raise click.UsageError("--broker file needs --output PATH")

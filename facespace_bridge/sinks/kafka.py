@@ -800,7 +800,7 @@ def _security(config: Mapping[str, Any]) -> _Security:
     return _Security(protocol, context, mechanism, username, password)
 
 
-def from_config(config: Mapping[str, Any]) -> KafkaSink:
+def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink:
     """The sink from parsed CLI options (click parameter names). Validates; connects nothing."""
     security = _security(config)
     bootstrap = (config.get("bootstrap_servers") or "").strip()

@@ -801,5 +801,5 @@ def sink_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def from_config(config: Mapping[str, Any]) -> MqttSink:
+def from_config(config: Mapping[str, Any], *, replay: bool = False) -> MqttSink:
     return MqttSink(**sink_kwargs(config))

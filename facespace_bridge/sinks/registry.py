@@ -3,10 +3,13 @@
 Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
 
     OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`
-    def from_config(config: Mapping[str, Any]) -> Sink
+    def from_config(config: Mapping[str, Any], *, replay: bool = False) -> Sink
         builds the sink from the parsed options (all commands' options, by click
         parameter name). It validates and raises `click.BadParameter` /
         `click.UsageError` for bad input, and does no I/O: connecting is `start()`.
+        `replay` is True for `facespace-bridge replay`: the events are history published
+        again, not happening now (a sink that triggers actions, such as Home Assistant
+        event entities, must not act on them).
 
 Adding a sink is one new file plus one line in SINK_MODULES.
 """
@@ -48,12 +51,12 @@ def sink_options(command: F) -> F:
     return command
 
 
-def build_sinks(names: Iterable[str], config: Mapping[str, Any]) -> list[Sink]:
-    """One sink per distinct `--broker` name, validated, not yet started."""
+def build_sinks(names: Iterable[str], config: Mapping[str, Any], *, replay: bool = False) -> list[Sink]:
+    """One sink per distinct `--broker` name, validated, not yet started (`replay`: see above)."""
     sinks = []
     for name in dict.fromkeys(names):
         module = _module(name)
         if module is None:
             raise KeyError(name)
-        sinks.append(module.from_config(config))
+        sinks.append(module.from_config(config, replay=replay))
     return sinks

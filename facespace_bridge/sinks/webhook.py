@@ -87,7 +87,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
-def from_config(config: Mapping[str, Any]) -> WebhookSink:
+def from_config(config: Mapping[str, Any], *, replay: bool = False) -> WebhookSink:
     url = config.get("webhook_url")
     if not url:
         raise click.UsageError("--broker webhook needs --webhook-url URL")
