@@ -36,6 +36,7 @@ demo: venv system-deps
 
 lint: venv
 	$(BIN)/ruff check facespace_bridge tests bench
+	$(BIN)/ruff format --check facespace_bridge tests bench
 
 test: venv system-deps lint
 	$(BIN)/pytest

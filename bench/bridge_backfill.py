@@ -77,6 +77,7 @@ class Broker:
     bootstrap: str
     pid: int
 
+
 CAMERAS = 10
 HOURS = 48
 TARGET_OVERHEAD = 0.15

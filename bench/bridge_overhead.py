@@ -137,8 +137,9 @@ class WindowsClient:
         self.windows = windows
         self.stop = stop
 
-    async def iter_windows(self, start: datetime, end: datetime | None, camera_id: str | None = None,
-                           **_: object) -> AsyncIterator[Window]:
+    async def iter_windows(
+        self, start: datetime, end: datetime | None, camera_id: str | None = None, **_: object
+    ) -> AsyncIterator[Window]:
         if end is None:  # the tail: the backfill is done
             self.stop.set()
             return
@@ -183,8 +184,12 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500_000, help="about this many sightings")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", type=Path, help="cProfile each run into FILE.<label>")
-    parser.add_argument("--default-gc", action="store_true", help="keep CPython's GC thresholds (`run` and "
-                        "`replay` raise the young generation's, commands._common.tune_gc)")
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's GC thresholds (`run` and "
+        "`replay` raise the young generation's, commands._common.tune_gc)",
+    )
     options = parser.parse_args()
     if not options.default_gc:
         tune_gc()

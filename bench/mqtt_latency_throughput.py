@@ -61,8 +61,23 @@ class Counter:
 
     def __init__(self, broker: MqttBroker, topic: str, count: int) -> None:
         self.proc = subprocess.Popen(
-            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1",
-             "-C", str(count), "-W", "120", "-i", f"bench-counter-{os.getpid()}-{time.monotonic_ns()}"],
+            [
+                "mosquitto_sub",
+                "-h",
+                broker.host,
+                "-p",
+                str(broker.port),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-C",
+                str(count),
+                "-W",
+                "120",
+                "-i",
+                f"bench-counter-{os.getpid()}-{time.monotonic_ns()}",
+            ],
             stdout=subprocess.PIPE,
         )
         self.lines: list[bytes] = []
@@ -90,7 +105,8 @@ def run_mosquitto_pub(broker: MqttBroker, events: list[Event], topic: str) -> fl
     with open(handle.name, "rb") as lines:
         code = subprocess.run(
             ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-t", topic, "-q", "1", "-l"],
-            stdin=lines, check=False,
+            stdin=lines,
+            check=False,
         ).returncode
     os.unlink(handle.name)
     if code:
@@ -124,8 +140,13 @@ def run_paho(broker: MqttBroker, events: list[Event], topic: str, inflight: int)
 
 def run_sink(broker: MqttBroker, events: list[Event], prefix: str, inflight: int, ha: bool) -> float:
     async def main() -> float:
-        sink = MqttSink(broker.url, topic_prefix=prefix, ha_discovery=ha, max_inflight=inflight,
-                        client_id=f"bench-sink-{prefix.replace('/', '-')}")
+        sink = MqttSink(
+            broker.url,
+            topic_prefix=prefix,
+            ha_discovery=ha,
+            max_inflight=inflight,
+            client_id=f"bench-sink-{prefix.replace('/', '-')}",
+        )
         await sink.start()
         if ha:
             await sink.announce([CAMERA], sorted({e.fields["person"] for e in events}))
@@ -152,8 +173,11 @@ def throughput(count: int, repeats: int) -> list[tuple[str, float, str]]:
                 ("bare paho loop, 1000 in flight", lambda t: run_paho(broker, events, t, 1000), "t"),
                 ("MqttSink, 20 in flight", lambda p: run_sink(broker, events, p, 20, False), "p"),
                 ("MqttSink, 100 in flight (default)", lambda p: run_sink(broker, events, p, 100, False), "p"),
-                ("MqttSink, HA discovery on (2 msgs/sighting)",
-                 lambda p: run_sink(broker, events, p, 100, True), "p"),
+                (
+                    "MqttSink, HA discovery on (2 msgs/sighting)",
+                    lambda p: run_sink(broker, events, p, 100, True),
+                    "p",
+                ),
             ]
             rates: dict[str, list[float]] = {name: [] for name, _, _ in methods}
             notes: dict[str, set[str]] = {name: set() for name, _, _ in methods}

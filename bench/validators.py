@@ -31,7 +31,6 @@ from facespace_bridge.schemas import load_schema
 BAD_SEEN_AT = "2023-13-45T99:00:00Z"
 
 
-
 def _fastjsonschema_ok(validate: Callable[[Any], Any]) -> Callable[[dict[str, Any]], bool]:
     def check(payload: dict[str, Any]) -> bool:
         try:
@@ -69,25 +68,44 @@ def main() -> None:
 
     few = max(number // 20, 100)  # jsonschema is ~100x slower: fewer calls, same precision
     rows: list[tuple[str, float, str]] = [
-        ("jsonschema-rs (validate_formats=True)",
-         _per_call_us(lambda: rs.is_valid(payload), number), str(not rs.is_valid(bad))),
-        ("fastjsonschema (compiled)",
-         _per_call_us(lambda: fjs_check(payload), number), str(not fjs_check(bad))),
-        ("jsonschema (FormatChecker)",
-         _per_call_us(lambda: py.is_valid(payload), few), str(not py.is_valid(bad))),
-        ("jsonschema-rs, formats off (default; unsafe)",
-         _per_call_us(lambda: rs_no_formats.is_valid(payload), number), str(not rs_no_formats.is_valid(bad))),
-        ("bridge: sighting_event (build + validate)",
-         _per_call_us(lambda: sighting_event(entry, 0), number), ""),
-        ("bridge: checked(event) (decode + validate)",
-         _per_call_us(lambda: checked(event), number), ""),
-        ("bridge: orjson.loads(payload) alone",
-         _per_call_us(lambda: orjson.loads(event.payload), number), ""),
+        (
+            "jsonschema-rs (validate_formats=True)",
+            _per_call_us(lambda: rs.is_valid(payload), number),
+            str(not rs.is_valid(bad)),
+        ),
+        (
+            "fastjsonschema (compiled)",
+            _per_call_us(lambda: fjs_check(payload), number),
+            str(not fjs_check(bad)),
+        ),
+        (
+            "jsonschema (FormatChecker)",
+            _per_call_us(lambda: py.is_valid(payload), few),
+            str(not py.is_valid(bad)),
+        ),
+        (
+            "jsonschema-rs, formats off (default; unsafe)",
+            _per_call_us(lambda: rs_no_formats.is_valid(payload), number),
+            str(not rs_no_formats.is_valid(bad)),
+        ),
+        (
+            "bridge: sighting_event (build + validate)",
+            _per_call_us(lambda: sighting_event(entry, 0), number),
+            "",
+        ),
+        ("bridge: checked(event) (decode + validate)", _per_call_us(lambda: checked(event), number), ""),
+        (
+            "bridge: orjson.loads(payload) alone",
+            _per_call_us(lambda: orjson.loads(event.payload), number),
+            "",
+        ),
     ]
 
     print(f"payload: {len(event.payload)} bytes, {len(payload)} fields; python {sys.version.split()[0]}")
-    print(f"jsonschema checks date-time: {py_checks_dates} "
-          f"({'rfc3339-validator installed' if py_checks_dates else 'install rfc3339-validator'})")
+    print(
+        f"jsonschema checks date-time: {py_checks_dates} "
+        f"({'rfc3339-validator installed' if py_checks_dates else 'install rfc3339-validator'})"
+    )
     width = max(len(name) for name, _, _ in rows)
     print(f"{'candidate'.ljust(width)}  {'µs/event':>9}  rejects bad date-time")
     for name, micros, rejects in rows:

@@ -127,13 +127,14 @@ def render_configuration(cli: click.Group) -> str:
         "names with `_` (a `-` is accepted too); an unknown key is an error (exit 2). Secrets are "
         "never options: they come from the environment variables at the end of this page, or "
         "from files (`--api-key-file`).\n",
-        "```toml\n# facespace-bridge run --config bridge.toml\nbroker = [\"kafka\", \"mqtt\"]\n"
-        "bootstrap_servers = \"kafka:9092\"\nmqtt_url = \"mqtt://mosquitto:1883\"\n"
+        '```toml\n# facespace-bridge run --config bridge.toml\nbroker = ["kafka", "mqtt"]\n'
+        'bootstrap_servers = "kafka:9092"\nmqtt_url = "mqtt://mosquitto:1883"\n'
         "metrics_port = 9108\n```\n",
     ]
     for path, command in walk(cli):
         options = [
-            p for p in command.params
+            p
+            for p in command.params
             if isinstance(p, click.Option) and p.name not in ("help", "version") and not p.hidden
         ]
         if not options or isinstance(command, click.Group):

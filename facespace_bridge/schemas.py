@@ -162,7 +162,7 @@ def validate(payload: bytes | str | Mapping[str, Any]) -> list[str]:
         return [f"payload is a JSON {_json_type(payload)}, not an object"]
     schema_id = payload.get("schema")
     if schema_id is None:
-        return ["missing 'schema' field (e.g. \"schema\": \"facespace.sighting/v1\")"]
+        return ['missing \'schema\' field (e.g. "schema": "facespace.sighting/v1")']
     if not isinstance(schema_id, str):
         return [f"'schema' field is a JSON {_json_type(schema_id)}, not a string"]
     return errors_against(schema_id, payload)

@@ -44,8 +44,9 @@ class Client:
     def __init__(self, stop: asyncio.Event) -> None:
         self.stop = stop
 
-    async def iter_windows(self, start: datetime, end: datetime | None, camera_id: str | None = None,
-                           **_: object) -> AsyncIterator[Window]:
+    async def iter_windows(
+        self, start: datetime, end: datetime | None, camera_id: str | None = None, **_: object
+    ) -> AsyncIterator[Window]:
         if end is None:
             self.stop.set()
             return

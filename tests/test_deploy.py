@@ -222,7 +222,8 @@ def test_compose_bridge_settings_point_at_the_other_services(
 
     # MQTT: the port Mosquitto listens on.
     listener = next(
-        line.split() for line in (DEPLOY / "mosquitto/mosquitto.conf").read_text().splitlines()
+        line.split()
+        for line in (DEPLOY / "mosquitto/mosquitto.conf").read_text().splitlines()
         if line.startswith("listener ")
     )
     assert host_port(params["mqtt_url"], 1883) == ("mosquitto", int(listener[1]))

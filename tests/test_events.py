@@ -115,7 +115,10 @@ def test_sighting_payload_is_the_documented_structure() -> None:
     assert event.payload == _compact(expected)  # key order and bytes, not just equal dicts
     assert dict(event.fields) == expected
     assert (event.schema, event.event_id, event.camera_id, event.kind) == (
-        SIGHTING_SCHEMA, event_id, "Camera1", "sighting"
+        SIGHTING_SCHEMA,
+        event_id,
+        "Camera1",
+        "sighting",
     )
     assert validate(event.payload) == []
 
@@ -123,8 +126,13 @@ def test_sighting_payload_is_the_documented_structure() -> None:
 @pytest.mark.parametrize(
     "person",
     [
-        "Bob @ Home", "Zoë Ångström", "李小龙", "Ann  Marie", "emoji 😀",
-        'quote " and \\ backslash', "tab\there",
+        "Bob @ Home",
+        "Zoë Ångström",
+        "李小龙",
+        "Ann  Marie",
+        "emoji 😀",
+        'quote " and \\ backslash',
+        "tab\there",
     ],
 )
 def test_odd_names_give_valid_payloads_with_the_documented_id(person: str) -> None:
@@ -215,8 +223,13 @@ def test_invalid_sighting_becomes_a_dead_letter() -> None:
 def test_k_counts_identical_entries_in_the_same_second() -> None:
     later = T + timedelta(seconds=1)
     entries = [
-        _entry("A"), _entry("A"), _entry("B"), _entry("A"),
-        _entry("A", at=later), _entry("A", camera="Camera2"), _entry("A"),
+        _entry("A"),
+        _entry("A"),
+        _entry("B"),
+        _entry("A"),
+        _entry("A", at=later),
+        _entry("A", camera="Camera2"),
+        _entry("A"),
     ]
     assert [k for _, k in number_sightings(entries)] == [0, 1, 0, 2, 0, 0, 3]
 

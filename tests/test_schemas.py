@@ -221,7 +221,7 @@ def test_unknown_and_missing_schema_fields_are_rejected() -> None:
     ]
     payload = _sighting()
     del payload["schema"]
-    assert validate(payload) == ["missing 'schema' field (e.g. \"schema\": \"facespace.sighting/v1\")"]
+    assert validate(payload) == ['missing \'schema\' field (e.g. "schema": "facespace.sighting/v1")']
     assert validate(_sighting(schema=1)) == ["'schema' field is a JSON number, not a string"]
 
 

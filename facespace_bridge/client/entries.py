@@ -79,7 +79,12 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
     g = match.groupdict()
     try:
         seen_at = datetime(
-            2000 + int(g["y"]), int(g["mo"]), int(g["d"]), int(g["h"]), int(g["m"]), int(g["s"]),
+            2000 + int(g["y"]),
+            int(g["mo"]),
+            int(g["d"]),
+            int(g["h"]),
+            int(g["m"]),
+            int(g["s"]),
             tzinfo=timezone.utc,
         )
     except ValueError as exc:  # 31/02/23, 25:00:00 ...

@@ -57,7 +57,12 @@ def expected_topics(known: Known, layout: TopicLayout, ha: HomeAssistantDiscover
 
 
 def retained_on_broker(
-    address: BrokerAddress, filters: Iterable[str], *, client_id: str, tls: dict[str, Any], timeout: float,
+    address: BrokerAddress,
+    filters: Iterable[str],
+    *,
+    client_id: str,
+    tls: dict[str, Any],
+    timeout: float,
 ) -> dict[str, bytes]:
     """The retained messages under `filters`. Ends deterministically: a marker published after
     the SUBACK on a topic we also subscribe to arrives after every retained message."""
@@ -97,8 +102,9 @@ def retained_on_broker(
         client.loop_stop()
 
 
-def clear_retained(address: BrokerAddress, topics: list[str], *, client_id: str, tls: dict[str, Any],
-                   timeout: float) -> None:
+def clear_retained(
+    address: BrokerAddress, topics: list[str], *, client_id: str, tls: dict[str, Any], timeout: float
+) -> None:
     """Publish an empty retained payload to each topic: the broker forgets it, HA removes the entity."""
     client = _client(address, client_id, tls)
     _connect(client, address, timeout)
@@ -198,14 +204,29 @@ def stale_topics(
 
 @click.command("mqtt-cleanup")
 @config_option
-@click.option("--keep", "keep_file", metavar="FILE",
-              help='Known cameras and people as JSON {"cameras": [...], "people": [...]} ("-": stdin) '
-              "instead of asking the API.")
-@click.option("--history-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Without --keep: people and cameras seen in this much history are kept.")
+@click.option(
+    "--keep",
+    "keep_file",
+    metavar="FILE",
+    help='Known cameras and people as JSON {"cameras": [...], "people": [...]} ("-": stdin) '
+    "instead of asking the API.",
+)
+@click.option(
+    "--history-days",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Without --keep: people and cameras seen in this much history are kept.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
-@click.option("--timeout", "mqtt_timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait for the broker.")
+@click.option(
+    "--timeout",
+    "mqtt_timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker.",
+)
 @api_options
 @logging_options
 def command(**config: Any) -> None:

@@ -183,8 +183,13 @@ class HomeAssistantDiscovery:
     # -- helpers ----------------------------------------------------------------------------------
 
     def _entity(
-        self, component: str, object_id: str, device: dict[str, Any], fields: dict[str, Any],
-        *, availability: bool = True,
+        self,
+        component: str,
+        object_id: str,
+        device: dict[str, Any],
+        fields: dict[str, Any],
+        *,
+        availability: bool = True,
     ) -> dict[str, bytes]:
         unique_id = f"{self.node_id}_{object_id}"
         payload: dict[str, Any] = {

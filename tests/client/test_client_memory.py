@@ -68,8 +68,6 @@ async def test_large_range_streams_in_bounded_memory(simulator_process: str) -> 
             tracemalloc.stop()
 
     assert count == total == sum(map(len, whole.values()))
-    print(
-        f"streamed {count} entries: peak {streamed_peak / MiB:.1f} MiB; whole {whole_peak / MiB:.1f} MiB"
-    )
+    print(f"streamed {count} entries: peak {streamed_peak / MiB:.1f} MiB; whole {whole_peak / MiB:.1f} MiB")
     assert streamed_peak < 32 * MiB
     assert streamed_peak * 3 < whole_peak

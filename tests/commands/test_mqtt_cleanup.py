@@ -102,7 +102,9 @@ def test_bad_keep_file_and_unreachable_broker_are_one_line_errors(tmp_path) -> N
     keep.write_text("{}")
     result = subprocess.run(
         [*base, str(keep), "--mqtt-url", "mqtt://127.0.0.1:9", "--timeout", "1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1 and "cannot connect to MQTT broker mqtt://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr

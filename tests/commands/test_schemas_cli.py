@@ -81,8 +81,11 @@ def test_validate_a_json_file(capsys: Capture, tmp_path: Path) -> None:
 
 def test_validate_a_pretty_printed_bad_file_names_the_file(capsys: Capture, tmp_path: Path) -> None:
     pretty = tmp_path / "pretty.json"
-    pretty.write_bytes(orjson.dumps([orjson.loads(_payloads()[1]), orjson.loads(_bad_sighting())],
-                                    option=orjson.OPT_INDENT_2))
+    pretty.write_bytes(
+        orjson.dumps(
+            [orjson.loads(_payloads()[1]), orjson.loads(_bad_sighting())], option=orjson.OPT_INDENT_2
+        )
+    )
     broken = tmp_path / "broken.json"
     broken.write_bytes(b'{\n  "schema": "facespace.sighting/v1",\n  oops\n}\n')
     code, out, err = _run(capsys, "validate", str(pretty), str(broken))

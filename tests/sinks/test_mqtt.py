@@ -55,8 +55,10 @@ async def test_every_payload_validates_and_lands_on_its_topic(mqtt_broker: MqttB
             acks = [await sink.publish(e) for e in events]
             await asyncio.gather(*acks)
         messages = await collector.wait_for(
-            lambda ms: any(m.topic == "facespace/deadletter" for m in ms)
-            and any(m.topic == "facespace/bridge/state" and m.payload == b"offline" for m in ms),
+            lambda ms: (
+                any(m.topic == "facespace/deadletter" for m in ms)
+                and any(m.topic == "facespace/bridge/state" and m.payload == b"offline" for m in ms)
+            ),
             what="the dead letter and the closing `offline`",
         )
     by_topic = {m.topic: m for m in messages}
@@ -111,8 +113,12 @@ async def test_last_will_says_offline_after_sigkill(mqtt_broker: MqttBroker, tmp
     script.write_text(SCRIPT)
     with MqttCollector(mqtt_broker, "facespace/bridge/state") as collector:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), mqtt_broker.url,
-            stdout=subprocess.PIPE, cwd=Path(__file__).parents[2], env={**os.environ, "PYTHONPATH": "."},
+            sys.executable,
+            str(script),
+            mqtt_broker.url,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parents[2],
+            env={**os.environ, "PYTHONPATH": "."},
         )
         try:
             assert proc.stdout is not None

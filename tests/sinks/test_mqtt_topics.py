@@ -20,7 +20,22 @@ from facespace_bridge.sinks._topics import (
 from facespace_bridge.sinks.mqtt import from_config, parse_mqtt_url
 
 HOSTILE = [
-    "a/b", "a_b", "a+b", "a#b", "#", "+", "/", "", "$SYS", "~", "a~b", "tab\t", "nul\x00", "😀", "Zoë", "Zoe",
+    "a/b",
+    "a_b",
+    "a+b",
+    "a#b",
+    "#",
+    "+",
+    "/",
+    "",
+    "$SYS",
+    "~",
+    "a~b",
+    "tab\t",
+    "nul\x00",
+    "😀",
+    "Zoë",
+    "Zoe",
 ]
 
 
@@ -88,9 +103,20 @@ def test_from_config_validates_without_io(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_cli_refuses_an_overlapping_prefix_with_exit_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "facespace_bridge", "mqtt-cleanup", "--topic-prefix", "homeassistant",
-         "--keep", "-"],
-        capture_output=True, text=True, input="", timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "facespace_bridge",
+            "mqtt-cleanup",
+            "--topic-prefix",
+            "homeassistant",
+            "--keep",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        input="",
+        timeout=60,
         env={"FACESPACE_API_KEY": "k", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2, result.stderr

@@ -67,6 +67,7 @@ def test_fresh_numbers_runs_like_one_entry_at_a_time_in_any_order():
                 entries.append(LogEntry(camera, rng.choice(["Al", "Bo"]), seen_at, "raw"))
         if trial % 3 == 0:  # the usual shape: per camera, in time order
             entries.sort(key=lambda e: (e.camera_id, getattr(e, "seen_at", base)))
+
         def moment(lo: int, hi: int) -> datetime:
             return base + timedelta(seconds=rng.randrange(lo, hi))
 
