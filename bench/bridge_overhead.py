@@ -1,14 +1,16 @@
-"""What the bridge's bookkeeping costs per event, with no network: the backfill path (LogsSource
-numbering → Bridge.publish → ack groups → tracker → checkpoint writes) against replay's path
-(`publish_windows`) over the same windows into the same in-memory sink, in one process.
+"""What the bridge's bookkeeping costs per event, with no network: the backfill path (the logs
+source → publisher → tracker → checkpoint writes) against replay's (the same source and
+publisher, no checkpoint: `commands.replay.publish_range`) over the same windows into the
+same in-memory sink, in one process.
 
     .venv/bin/python bench/bridge_overhead.py [--count 500000] [--rounds 3] [--profile FILE]
 
 `bench/bridge_backfill.py` measures the real thing end to end (simulator, HTTP, Tansu); this
 one isolates the CPU the bridge adds to a replay, so a change to the hot path can be judged
-in seconds and with little noise. The sink acknowledges in batches of 500 records, at most
-16,000 unacknowledged (the Kafka sink's defaults), one future per batch as the Kafka sink
-does. The checkpoint goes to a real file (atomic write + fsync), or to memory (`store=memory`
+in seconds and with little noise. The sink acknowledges each batch it is handed a few
+milliseconds later, the oldest at once beyond 16,000 unacknowledged events (the Kafka
+sink's in-flight default). The checkpoint goes to a real file (atomic write + fsync), or to
+memory (`store=memory`
 rows), which separates the file's cost from the rest. CPU seconds are `time.process_time()`.
 The GC thresholds are those of the `run` and `replay` commands unless `--default-gc`.
 """
@@ -24,69 +26,60 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import Checkpoint, CheckpointStore, FileCheckpointStore
-from facespace_bridge.client import LogEntry, Window
+from facespace_bridge.client import Window
 from facespace_bridge.client.entries import format_entry
 from facespace_bridge.commands._common import tune_gc
-from facespace_bridge.commands.replay import publish_windows
+from facespace_bridge.commands.replay import _Progress, publish_range
 from facespace_bridge.events import Event
 from facespace_bridge.sinks import Sink
+from facespace_bridge.sources.logs import LogsSource
 
-BATCH = 500
 MAX_IN_FLIGHT = 16_000
 WINDOW_ENTRIES = 20_000
 
 
 class BatchSink(Sink):
-    """Acknowledges records a batch at a time, the oldest batch first, as a broker would."""
+    """Acknowledges batches a few milliseconds after it got them, oldest first, as a broker would."""
 
     name = "memory"
 
     def __init__(self) -> None:
         self.count = 0
-        self._batch: asyncio.Future[None] | None = None
-        self._in_batch = 0
-        self._pending: deque[asyncio.Future[None]] = deque()
+        self._pending: deque[tuple[asyncio.Future[None], int]] = deque()
+        self._unacked = 0
         self._drain_pending = False
 
-    async def publish(self, event: Event) -> asyncio.Future[None]:
-        if self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.create_future()
-            self._in_batch = 0
-            loop.call_soon(self._send)  # like the Kafka sink: a batch goes when the publisher yields
-        ack = self._batch
-        self._in_batch += 1
-        self.count += 1
-        if self._in_batch == BATCH:
-            self._send()
-            await asyncio.sleep(0)  # the event loop runs the ack callbacks, as with a socket
+    async def publish(self, events: Sequence[Event]) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        ack: asyncio.Future[None] = loop.create_future()
+        self._pending.append((ack, len(events)))
+        self._unacked += len(events)
+        self.count += len(events)
+        while self._unacked > MAX_IN_FLIGHT:
+            self._ack_oldest()
+        if not self._drain_pending:
+            self._drain_pending = True
+            loop.call_later(0.005, self._drain)
+        await asyncio.sleep(0)  # the event loop runs the ack callbacks, as with a socket
         return ack
 
-    def _send(self) -> None:
-        """The open batch is "sent"; the broker acks the oldest beyond the in-flight limit at
-        once and the rest within a few milliseconds."""
-        if self._batch is not None:
-            self._pending.append(self._batch)
-            self._batch = None
-        while len(self._pending) * BATCH > MAX_IN_FLIGHT:
-            self._pending.popleft().set_result(None)
-        if self._pending and not self._drain_pending:
-            self._drain_pending = True
-            asyncio.get_running_loop().call_later(0.005, self._drain)
+    def _ack_oldest(self) -> None:
+        ack, count = self._pending.popleft()
+        self._unacked -= count
+        ack.set_result(None)
 
     def _drain(self) -> None:
         self._drain_pending = False
         while self._pending:
-            self._pending.popleft().set_result(None)
+            self._ack_oldest()
 
     async def flush(self) -> None:
-        self._send()
         self._drain()
         await asyncio.sleep(0)
 
@@ -119,13 +112,11 @@ def make_windows(count: int, t0: datetime) -> list[Window]:
     lo = start
     while lo < t0:
         hi = min(lo + per_window, t0)
-        entries = []
-        for camera, stamps in by_camera.items():
-            for seen_at in stamps:
-                if lo <= seen_at < hi:
-                    person = rng.choice(people)
-                    entries.append(LogEntry(camera, person, seen_at, format_entry(person, seen_at)))
-        windows.append(Window(lo, hi, entries))
+        reply = {
+            camera: [format_entry(rng.choice(people), seen_at) for seen_at in stamps if lo <= seen_at < hi]
+            for camera, stamps in by_camera.items()
+        }
+        windows.append(Window(lo, hi, reply))
         lo = hi
     return windows
 
@@ -148,12 +139,12 @@ class WindowsClient:
 
 
 async def run_replay(windows: list[Window]) -> int:
-    async def source() -> AsyncIterator[Window]:
-        for window in windows:
-            yield window
-
+    stop = asyncio.Event()
     sink = BatchSink()
-    tally = await publish_windows(source(), [sink])
+    chunks = LogsSource(WindowsClient(windows, stop)).read_range(
+        windows[0].start, windows[-1].end, Checkpoint()
+    )  # type: ignore[arg-type]
+    tally = await publish_range(chunks, [sink], _Progress(False, windows[0].start, windows[-1].end))
     return tally.entries
 
 
@@ -195,7 +186,7 @@ def main() -> None:
         tune_gc()
     t0 = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     windows = make_windows(options.count, t0)
-    total = sum(len(w.entries) for w in windows)
+    total = sum(len(raws) for w in windows for raws in w.reply.values())
     print(f"{total:,} sightings in {len(windows)} windows", file=sys.stderr)
     rows: list[tuple[str, float, int]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """Events: what the bridge publishes. Sighting / Presence / DeadLetter payloads and their ids.
 
-See DESIGN §3. Every payload is canonical orjson bytes that validate against the
-schema file its `schema` field names; the same sighting always gives the same bytes.
+See docs/architecture.md ("Events"). Every payload is canonical orjson bytes that validate
+against the schema file its `schema` field names; the same sighting always gives the same
+bytes.
 
 Canonical means: keys in the fixed order the builders write them, compact orjson
 output, timestamps as `YYYY-MM-DDTHH:MM:SSZ` (UTC, seconds), no ingest time.
@@ -17,22 +18,24 @@ A JSON array is an unambiguous encoding (no separator a name could contain), and
 kind keeps ids of different kinds apart. The schema version is left out on purpose, so
 a new schema version does not change ids.
 
-Every builder validates its payload (about 1 µs, bench/validators.py); a payload that
-fails comes back as a dead letter naming the reason — never as an exception.
+Every payload is validated before it leaves; one that fails comes back as a dead letter
+naming the reason — never as an exception. Sightings, the bulk of the traffic, are built
+by `SightingEncoder` from parts that repeat (a camera, a person, a second) and validated
+per part: see its docstring for why that is the same as validating every payload.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
-from facespace_bridge.client.entries import BadEntry, LogEntry
+from facespace_bridge.client.entries import LogEntry
 from facespace_bridge.schemas import SCHEMA_ID, errors_against
 
 log = logging.getLogger(__name__)
@@ -44,20 +47,27 @@ DEADLETTER_SCHEMA = "facespace.deadletter/v1"
 EVENT_ID_HEX_DIGITS = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
-    """One publishable event, already serialised and validated."""
+    """One publishable event, already serialised and validated. Treat it as immutable (it is
+    not frozen only because a frozen dataclass costs twice as much to build, once per event)."""
 
     schema: str  # e.g. "facespace.sighting/v1", names schemas/sighting/v1.json
     event_id: str  # deterministic: consumers deduplicate on it
     camera_id: str  # the partition key: one camera's events stay in order ("" when unknown)
-    payload: bytes  # canonical orjson bytes of `fields`
-    fields: Mapping[str, Any]  # the decoded payload, for sinks that route on fields (MQTT)
+    payload: bytes  # canonical orjson bytes
+    time: str | None = None  # when it happened (seen_at / observed_at, RFC 3339); None for dead letters
 
     @property
     def kind(self) -> str:
         """`sighting`, `presence` or `deadletter`."""
         return schema_kind(self.schema)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The decoded payload (decoded on each call: read it once)."""
+        fields: dict[str, Any] = orjson.loads(self.payload)
+        return fields
 
 
 _KINDS: dict[str, str] = {}
@@ -131,7 +141,7 @@ def _event_id(parts: list[Any]) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:EVENT_ID_HEX_DIGITS]
 
 
-def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any]) -> Event:
+def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], time: str | None) -> Event:
     """Serialise and validate; a payload that fails becomes a dead letter with the reason."""
     try:
         payload = orjson.dumps(fields)
@@ -140,73 +150,159 @@ def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any]) 
     errors = errors_against(schema, fields)
     if errors:
         return deadletter_event(camera_id, payload.decode(), "; ".join(errors), "validation", schema)
-    return Event(schema, event_id, camera_id, payload, fields)
+    return Event(schema, event_id, camera_id, payload, time)
 
 
 # -- sightings -------------------------------------------------------------------------------------
 
-
-def sighting_event(entry: LogEntry, k: int, source: str = "logs") -> Event:
-    """The sighting event of a parsed `/logs` entry.
-
-    `k` counts earlier identical (camera, person, second) entries in the API's order (see
-    `OccurrenceCounter`). Keep `source` at "logs" for tail, backfill and replay alike, so the
-    bytes of one sighting do not depend on how it was read.
-    """
-    if k < 0:
-        raise ValueError(f"k must be >= 0, not {k}")
-    seen_at = seen_at_text(entry.seen_at)
-    try:
-        event_id = _event_id(["sighting", entry.camera_id, entry.person, seen_at, k])
-    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a name: not UTF-8
-        return deadletter_event(entry.camera_id, entry.raw, f"cannot encode: {exc}", source, SIGHTING_SCHEMA)
-    fields = {
-        "schema": SIGHTING_SCHEMA,
-        "event_id": event_id,
-        "camera_id": entry.camera_id,
-        "person": entry.person,
-        "seen_at": seen_at,
-        "source": source,
-    }
-    return _finish(SIGHTING_SCHEMA, event_id, entry.camera_id, fields)
+# The sighting payload, in the canonical key order, around the parts that vary.
+_HEAD = b'{"schema":"' + SIGHTING_SCHEMA.encode() + b'","event_id":"'
+_SOURCE = "logs"  # tail, backfill and replay alike: the bytes do not depend on how a sighting was read
+_TAIL = b'","source":"' + _SOURCE.encode() + b'"}'
+_K_TEXT = tuple(f"{k}]".encode() for k in range(64))  # the id's last element, for the usual k
+_CACHE_MAX = 65_536  # entries per cache; cleared when full (names and seconds repeat, memory stays flat)
 
 
-class OccurrenceCounter:
-    """Assigns `k` to the entries of one listing (one window of `/logs`), in the API's order.
+@dataclass(frozen=True, slots=True)
+class SightingPair:
+    """The cached parts of one (camera, person)'s sightings."""
 
-    k is how many identical (camera, person, second) entries came before in the listing.
-    Use one counter per listing: windows are minute-aligned, so a second never spans two
-    listings, and a resume in the middle of a second re-reads the whole second, so its k
-    values come out the same as the first time. Entries need not be sorted by time.
+    camera_id: str
+    person: str
+    id_head: bytes  # b'["sighting",<camera>,<person>'
+    middle: bytes  # b'","camera_id":<camera>,"person":<person>,"seen_at":"'
+
+
+@dataclass(slots=True)  # (not frozen: one is made per second of history, and frozen ones cost twice)
+class SightingSecond:
+    """The cached parts of one second's sightings."""
+
+    seen_at: datetime
+    text: str  # RFC 3339
+    id_middle: bytes  # b',"<text>",'
+    tail: bytes  # b'<text>","source":"logs"}'
+
+
+class SightingEncoder:
+    """Builds sighting events; the parts of a payload and of its id that repeat are made once.
+
+    A payload is `{"schema", "event_id", "camera_id", "person", "seen_at", "source"}` in that
+    order. Every value but the id comes from the (camera, person) pair or from the second, and
+    the id is sha256 over `["sighting", camera, person, seen_at, k]` -- so a pair's and a
+    second's bytes are encoded once and each event is two concatenations and one hash.
+
+    Validation per part: the sighting schema constrains each property on its own (no keyword
+    relates two properties; tests/test_schemas.py checks that this stays so), so a payload is
+    valid exactly when each of its values is. The schema, source and id are valid by
+    construction, and so is the time (`seen_at_text` of an aware datetime; tests/test_events.py
+    validates it over the whole range the API's two-digit years can name): what remains is the
+    pair, validated once in a whole payload with a known-good second, and a pair the schema
+    rejects turns into a dead letter.
     """
 
     def __init__(self) -> None:
-        # A plain dict: Counter's __missing__ would run in Python for almost every entry.
-        self._seen: dict[tuple[str, str, datetime], int] = {}
+        self._pairs: dict[str, dict[str, SightingPair | str]] = {}  # camera -> person -> parts or why not
+        self._pair_count = 0
+        self.seconds: dict[datetime, SightingSecond] = {}  # read it directly on a hot path
 
-    def number(self, entry: LogEntry) -> int:
-        """k of this entry; counts it for the entries that follow."""
-        key = (entry.camera_id, entry.person, entry.seen_at)
-        k = self._seen.get(key, 0)
-        self._seen[key] = k + 1
-        return k
+    def pairs(self, camera_id: str) -> dict[str, SightingPair | str]:
+        """The camera's cached pairs by person (look a person up here first; `pair` fills it)."""
+        found = self._pairs.get(camera_id)
+        if found is None:
+            if self._pair_count >= _CACHE_MAX:
+                self._pairs.clear()
+                self._pair_count = 0
+            found = self._pairs[camera_id] = {}
+        return found
+
+    def pair(self, camera_id: str, person: str) -> SightingPair | str:
+        """The parts of (camera, person), or why its sightings cannot be published."""
+        pairs = self.pairs(camera_id)
+        found = pairs.get(person)
+        if found is None:
+            found = pairs[person] = self._new_pair(camera_id, person)
+            self._pair_count += 1
+        return found
+
+    def second(self, seen_at: datetime, text: str | None = None) -> SightingSecond:
+        """The parts of a second (an aware datetime; `text` its `seen_at_text` when the caller
+        has it already)."""
+        found = self.seconds.get(seen_at)
+        if found is None:
+            if len(self.seconds) >= _CACHE_MAX:
+                self.seconds.clear()
+            text = text or seen_at_text(seen_at)
+            data = text.encode()
+            found = self.seconds[seen_at] = SightingSecond(seen_at, text, b',"' + data + b'",', data + _TAIL)
+        return found
+
+    def event(self, pair: SightingPair, second: SightingSecond, k: int) -> Event:
+        """The sighting of `pair` at `second`, the k-th earlier identical one in its listing."""
+        k_text = _K_TEXT[k] if k < 64 else f"{k}]".encode()
+        event_id = hashlib.sha256(pair.id_head + second.id_middle + k_text).hexdigest()[:EVENT_ID_HEX_DIGITS]
+        payload = b"".join((_HEAD, event_id.encode(), pair.middle, second.tail))
+        return Event(SIGHTING_SCHEMA, event_id, pair.camera_id, payload, second.text)
+
+    def _new_pair(self, camera_id: str, person: str) -> SightingPair | str:
+        try:
+            camera_json, person_json = orjson.dumps(camera_id), orjson.dumps(person)
+        except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate in a name: not UTF-8
+            return f"cannot encode: {exc}"
+        pair = SightingPair(
+            camera_id,
+            person,
+            b'["sighting",' + camera_json + b"," + person_json,
+            b'","camera_id":' + camera_json + b',"person":' + person_json + b',"seen_at":"',
+        )
+        return self._checked(pair, _REFERENCE_SECOND) or pair
+
+    def _checked(self, pair: SightingPair, second: SightingSecond) -> str | None:
+        """Why the payload of `pair` at `second` is invalid, or None."""
+        fields = orjson.loads(self.event(pair, second, 0).payload)
+        errors = errors_against(SIGHTING_SCHEMA, fields)
+        return "; ".join(errors) if errors else None
 
 
-def number_sightings(entries: Iterable[LogEntry]) -> Iterator[tuple[LogEntry, int]]:
-    """Each entry of one listing with its k."""
-    counter = OccurrenceCounter()
-    for entry in entries:
-        yield entry, counter.number(entry)
+# The known-good second a new pair is validated with (see SightingEncoder).
+_REFERENCE_SECOND = SightingSecond(
+    datetime(2000, 1, 1, tzinfo=timezone.utc),
+    "2000-01-01T00:00:00Z",
+    b',"2000-01-01T00:00:00Z",',
+    b"2000-01-01T00:00:00Z" + _TAIL,
+)
+
+SIGHTINGS = SightingEncoder()  # shared: every reader of /logs builds its sightings with it
 
 
-def listing_events(entries: Iterable[LogEntry | BadEntry], source: str = "logs") -> Iterator[Event]:
-    """The events of one listing: a sighting per good entry, a dead letter per bad one, in order."""
-    counter = OccurrenceCounter()
-    for entry in entries:
-        if isinstance(entry, BadEntry):
-            yield deadletter_event(entry.camera_id, entry.raw, entry.reason, source)
-        else:
-            yield sighting_event(entry, counter.number(entry), source)
+def sighting_event(entry: LogEntry, k: int) -> Event:
+    """The sighting event of a parsed `/logs` entry, `k` earlier identical (camera, person,
+    second) entries before it in its listing; a dead letter when it cannot be published."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, not {k}")
+    pair, second = SIGHTINGS.pair(entry.camera_id, entry.person), SIGHTINGS.second(entry.seen_at)
+    if type(pair) is SightingPair:
+        return SIGHTINGS.event(pair, second, k)
+    return unpublishable_sighting(entry.camera_id, entry.person, entry.seen_at, k, entry.raw)
+
+
+def unpublishable_sighting(camera_id: str, person: str, seen_at: datetime, k: int, raw: object) -> Event:
+    """The dead letter of a sighting whose pair the encoder refused (a name that is not UTF-8,
+    a value its schema rejects), with the reason: the entry's raw text when it cannot even be encoded,
+    else the payload that failed."""
+    seen = seen_at_text(seen_at)
+    try:
+        event_id = _event_id(["sighting", camera_id, person, seen, k])
+    except orjson.JSONEncodeError as exc:
+        return deadletter_event(camera_id, raw, f"cannot encode: {exc}", _SOURCE, SIGHTING_SCHEMA)
+    fields = {
+        "schema": SIGHTING_SCHEMA,
+        "event_id": event_id,
+        "camera_id": camera_id,
+        "person": person,
+        "seen_at": seen,
+        "source": _SOURCE,
+    }
+    return _finish(SIGHTING_SCHEMA, event_id, camera_id, fields, seen)
 
 
 # -- presence --------------------------------------------------------------------------------------
@@ -250,7 +346,7 @@ def presence_event(
         "departed": departed_sorted,
         "observed_at": observed,
     }
-    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields)
+    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields, observed)
 
 
 # -- dead letters ----------------------------------------------------------------------------------
@@ -308,33 +404,4 @@ def deadletter_event(
     errors = errors_against(DEADLETTER_SCHEMA, fields)
     if errors:  # cannot happen with the fields above; say so loudly rather than loop
         log.error("dead letter %s does not validate: %s", event_id, "; ".join(errors))
-    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload, fields)
-
-
-# -- the gate --------------------------------------------------------------------------------------
-
-
-def checked(event: Event) -> Event:
-    """The event if its payload validates against the schema it names, else a dead letter.
-
-    Validates the bytes that will be sent (not `fields`), and that they name `event.schema`.
-    Never raises.
-    """
-    try:
-        fields = orjson.loads(event.payload)
-    except orjson.JSONDecodeError as exc:
-        return deadletter_event(
-            event.camera_id or None, event.payload, f"not JSON: {exc}", "validation", event.schema
-        )
-    if not isinstance(fields, dict):
-        errors = ["payload is not a JSON object"]
-    elif fields.get("schema") != event.schema:
-        errors = [f"payload names schema {fields.get('schema')!r}, the event {event.schema!r}"]
-    else:
-        errors = errors_against(event.schema, fields)
-    if not errors:
-        return event
-    # deadletter_event's own output always validates, so this never loops.
-    return deadletter_event(
-        event.camera_id or None, _raw_text(event.payload), "; ".join(errors), "validation", event.schema
-    )
+    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload)

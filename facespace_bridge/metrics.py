@@ -12,6 +12,8 @@ import httpx
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from facespace_bridge.checkpoints import Checkpoint
+
 PREFIX = "facespace_bridge"
 
 
@@ -87,6 +89,13 @@ class Metrics:
             ["state"],
             registry=r,
         )
+
+    def saved(self, checkpoint: Checkpoint) -> None:
+        """A checkpoint was made durable."""
+        self.checkpoint_saved.set_to_current_time()
+        resume = checkpoint.earliest()
+        if resume is not None:
+            self.checkpoint_position.set(resume.timestamp())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,19 +7,21 @@ acknowledges in batches, as the Kafka sink does, and fails chosen batches once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta, timezone
+
+import pytest
 
 from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import Checkpoint, CheckpointStore, Position
-from facespace_bridge.client import BadEntry, LogEntry, Window
-from facespace_bridge.events import Event, listing_events
+from facespace_bridge.client import Window
+from facespace_bridge.events import Event
 from facespace_bridge.sinks import Sink
-from facespace_bridge.sources.logs import LogsSource, _Numbering
+from facespace_bridge.sources import listing
 
 T0 = datetime(2023, 5, 1, 12, 0, tzinfo=timezone.utc)
 START = T0 - timedelta(minutes=3)
-BATCH = 7
+BATCH = 7  # events per batch the bridge hands over (windows are cut into batches of this)
 
 
 def windows() -> list[Window]:
@@ -27,14 +29,15 @@ def windows() -> list[Window]:
     out = []
     for minute in range(3):
         lo = START + timedelta(minutes=minute)
-        entries: list[LogEntry | BadEntry] = []
+        reply: dict[str, list[str]] = {}
         for camera in ("A", "B", "C"):
+            raws = reply[camera] = []
             for i in range(12):
                 seen_at = lo + timedelta(seconds=i // 3 * 7)  # three entries a second
-                entries.append(LogEntry(camera, f"P{i % 2}", seen_at, f"P{i % 2} @ {seen_at}"))
+                raws.append(f"P{i % 2} @ {seen_at:%H:%M:%S %d/%m/%y}")
             if camera == "B" and minute == 1:
-                entries.append(BadEntry(camera, "garbage", "does not parse"))
-        out.append(Window(lo, lo + timedelta(minutes=1), entries))
+                raws.append("garbage")
+        out.append(Window(lo, lo + timedelta(minutes=1), reply))
     return out
 
 
@@ -55,8 +58,8 @@ class Client:
 
 
 class FlakySink(Sink):
-    """One ack per batch of BATCH events, settled soon after; the batches numbered in `fail`
-    fail. An event delivered again is acknowledged on its own, after the later batches."""
+    """Acknowledges each batch soon after; the batches numbered in `fail` fail once. A batch
+    delivered again is acknowledged after a pause, so later batches settle first."""
 
     name = "flaky"
 
@@ -67,29 +70,26 @@ class FlakySink(Sink):
         self.again: list[Event] = []  # the events delivered again
         self.failed: set[str] = set()  # events of failed batches, until delivered again
         self.batches = 0
-        self._ack: asyncio.Future[None] | None = None
-        self._in_batch = 0
 
-    async def publish(self, event: Event) -> asyncio.Future[None]:
+    async def publish(self, events: Sequence[Event]) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
-        if event.event_id in self.delivered:  # delivered again, once the later batches settled
+        ack: asyncio.Future[None] = loop.create_future()
+        ids = [event.event_id for event in events]
+        if ids[0] in self.first:  # delivered again
             await asyncio.sleep(0.05)
-            self.delivered.append(event.event_id)
-            self.again.append(event)
-            self.failed.discard(event.event_id)
-            ack: asyncio.Future[None] = loop.create_future()
+            self.delivered += ids
+            self.again += events
+            self.failed.difference_update(ids)
             ack.set_result(None)
             return ack
-        self.delivered.append(event.event_id)
-        self.first[event.event_id] = event
-        if self._ack is None or self._in_batch == BATCH:
-            self.batches += 1
-            self._ack, self._in_batch = loop.create_future(), 0
-            loop.call_later(0.001, self._settle, self._ack, self.batches in self.fail)
-        if self.batches in self.fail:
-            self.failed.add(event.event_id)
-        self._in_batch += 1
-        return self._ack
+        self.batches += 1
+        self.delivered += ids
+        self.first.update(zip(ids, events, strict=True))
+        failing = self.batches in self.fail
+        if failing:
+            self.failed.update(ids)
+        loop.call_later(0.001, self._settle, ack, failing)
+        return ack
 
     @staticmethod
     def _settle(ack: asyncio.Future[None], failed: bool) -> None:
@@ -113,26 +113,39 @@ class Store(CheckpointStore):
         self.saved.append((checkpoint, set(self.sink.failed)))
 
 
-async def test_a_failed_batch_is_delivered_again_and_the_checkpoint_waits_for_it() -> None:
+async def test_a_failed_batch_is_delivered_again_and_the_checkpoint_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(listing, "BATCH_EVENTS", BATCH)
+    batches = [batch for w in windows() for batch in listing.number_listing(w.reply, w.start, w.end)]
+    junk = next(n for n, b in enumerate(batches, 1) if any(e.kind == "deadletter" for e in b.events))
+    fail = {2, 5, junk}
     stop = asyncio.Event()
-    sink = FlakySink(fail={2, 5, 9})
+    sink = FlakySink(fail=fail)
     store = Store(sink)
-    options = BridgeOptions(realtime=False, backfill_from=START, heartbeat=60.0, safety_lag=timedelta(0))
+    options = BridgeOptions(
+        realtime=False, backfill_from=START, heartbeat=60.0, safety_lag=timedelta(0), save_delay=0.005
+    )
     bridge = Bridge(Client(stop), [sink], store, options, clock=lambda: T0)  # type: ignore[arg-type]
     await asyncio.wait_for(bridge.run(stop), 10)
 
-    # Each event with the position it completes, numbered as a fresh backfill numbers them.
-    source = LogsSource(client=None)  # type: ignore[arg-type]
-    items = [item for w in windows() for item in source._fresh(w.entries, _Numbering(), Checkpoint())]
-    expected = [event.event_id for event, _ in items]
-    assert expected == [e.event_id for window in windows() for e in listing_events(window.entries)]
+    # Each event with the position it completes, numbered one event a batch.
+    numbered = [
+        (event, batch.positions.get(event.camera_id) if event.kind == "sighting" else None)
+        for w in windows()
+        for batch in listing.number_listing(w.reply, w.start, w.end, batch_events=1)
+        for event in batch.events
+    ]
+    expected = [event.event_id for event, _ in numbered]
 
     assert set(sink.delivered) == set(expected)  # nothing lost
     assert sink.delivered[: len(expected)] == expected  # first deliveries in order
-    assert len(sink.delivered) - len(expected) == 3 * BATCH  # the failed batches again, nothing else
+    assert sink.batches == len(batches) and len(fail) == 3
+    again = sum(len(batches[n - 1].events) for n in fail)
+    assert len(sink.delivered) - len(expected) == again  # the failed batches again, nothing else
     assert not sink.failed
-    assert {event.kind for event in sink.again} == {"sighting", "deadletter"}  # batch 9 has the junk
-    for event in sink.again:  # the same event: id, payload bytes, decoded fields
+    assert {event.kind for event in sink.again} == {"sighting", "deadletter"}  # one has the junk
+    for event in sink.again:  # the same event: id, payload bytes
         assert event == sink.first[event.event_id]
         assert event.payload == sink.first[event.event_id].payload
 
@@ -142,10 +155,10 @@ async def test_a_failed_batch_is_delivered_again_and_the_checkpoint_waits_for_it
     assert final.cameras == {camera: Position(last, 3) for camera in "ABC"}
 
     # No checkpoint ever covered a failed event before it was delivered again.
-    where = {event.event_id: (event, position) for event, position in items}
+    where = {event.event_id: (event, position) for event, position in numbered}
     assert any(pending for _, pending in store.saved)  # some were saved while events were pending
     for checkpoint, pending in store.saved:
         for event_id in pending:
             event, position = where[event_id]
             saved = checkpoint.cameras.get(event.camera_id)
-            assert saved is None or saved < position, (event_id, saved, position)
+            assert position is None or saved is None or saved < position, (event_id, saved, position)

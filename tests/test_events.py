@@ -1,4 +1,4 @@
-"""Event builders: canonical payloads, deterministic ids, k numbering, dead letters, the validation gate."""
+"""Event builders: canonical payloads, deterministic ids, dead letters."""
 
 from __future__ import annotations
 
@@ -18,18 +18,14 @@ from facespace_bridge.events import (
     DEADLETTER_SCHEMA,
     PRESENCE_SCHEMA,
     SIGHTING_SCHEMA,
-    Event,
-    OccurrenceCounter,
-    checked,
     deadletter_event,
-    listing_events,
-    number_sightings,
     parse_rfc3339,
     presence_event,
     seen_at_text,
     sighting_event,
 )
 from facespace_bridge.schemas import validate
+from facespace_bridge.sources.listing import number_listing
 
 UTC = timezone.utc
 T = datetime(2023, 10, 23, 0, 5, 22, tzinfo=UTC)
@@ -179,10 +175,11 @@ _CHILD = """
 import sys
 from datetime import datetime, timezone
 from facespace_bridge.client.entries import parse_entry
-from facespace_bridge.events import listing_events
+from facespace_bridge.sources.listing import number_listing
 raws = ["Zoë @ 00:05:22 23/10/23", "Bob @ Home @ 00:05:22 23/10/23", "Zoë @ 00:05:22 23/10/23", "??"]
-for event in listing_events(parse_entry("Cam 1", raw) for raw in raws):
-    sys.stdout.buffer.write(event.payload + b"\\n")
+for batch in number_listing({"Cam 1": raws}, None, None):
+    for event in batch.events:
+        sys.stdout.buffer.write(event.payload + b"\\n")
 """
 
 
@@ -198,7 +195,7 @@ def test_bytes_are_identical_in_separate_processes() -> None:
     lines = outputs.pop().splitlines()
     assert len(lines) == 4
     raws = ["Zoë @ 00:05:22 23/10/23", "Bob @ Home @ 00:05:22 23/10/23", "Zoë @ 00:05:22 23/10/23", "??"]
-    here = [e.payload for e in listing_events(parse_entry("Cam 1", raw) for raw in raws)]
+    here = [e.payload for b in number_listing({"Cam 1": raws}, None, None) for e in b.events]
     assert lines == here
 
 
@@ -215,51 +212,6 @@ def test_invalid_sighting_becomes_a_dead_letter() -> None:
     assert "/person" in event.fields["reason"]
     assert orjson.loads(event.fields["raw"])["person"] == ""
     assert validate(event.payload) == []
-
-
-# -- k numbering -------------------------------------------------------------------------------------
-
-
-def test_k_counts_identical_entries_in_the_same_second() -> None:
-    later = T + timedelta(seconds=1)
-    entries = [
-        _entry("A"),
-        _entry("A"),
-        _entry("B"),
-        _entry("A"),
-        _entry("A", at=later),
-        _entry("A", camera="Camera2"),
-        _entry("A"),
-    ]
-    assert [k for _, k in number_sightings(entries)] == [0, 1, 0, 2, 0, 0, 3]
-
-
-def test_counter_does_not_need_time_order() -> None:
-    counter = OccurrenceCounter()
-    earlier = T - timedelta(seconds=1)
-    assert [counter.number(e) for e in [_entry("A"), _entry("A", at=earlier), _entry("A")]] == [0, 0, 1]
-
-
-def test_duplicates_in_one_second_get_distinct_ids_and_a_reread_gives_the_same() -> None:
-    listing = [_entry("A"), _entry("A"), _entry("B"), _entry("A")]
-    first = [e.event_id for e in listing_events(listing)]
-    again = [e.event_id for e in listing_events(listing)]  # a resume re-reads the whole second
-    assert len(set(first)) == 4
-    assert first == again
-    expected = [
-        _expected_id("sighting", "Camera1", name, "2023-10-23T00:05:22Z", k)
-        for name, k in [("A", 0), ("A", 1), ("B", 0), ("A", 2)]
-    ]
-    assert first == expected
-
-
-def test_listing_events_dead_letters_bad_entries_in_place() -> None:
-    raws = ["A @ 00:05:22 23/10/23", "garbage", "A @ 00:05:22 23/10/23"]
-    entries = [parse_entry("Camera1", raw) for raw in raws]
-    events = list(listing_events(entries))
-    assert [e.kind for e in events] == ["sighting", "deadletter", "sighting"]
-    assert events[1].fields["raw"] == "garbage" and events[1].fields["source"] == "logs"
-    assert events[0].event_id != events[2].event_id
 
 
 # -- presence ----------------------------------------------------------------------------------------
@@ -353,57 +305,24 @@ def test_dead_letter_keeps_a_bad_failed_schema_in_the_reason() -> None:
     assert event.fields["reason"] == "why (schema 'nonsense')"
 
 
-# -- the gate ----------------------------------------------------------------------------------------
+def test_every_second_the_api_can_name_gives_a_valid_seen_at() -> None:
+    # The encoder validates pairs, not seconds: a second's text must be valid by construction,
+    # whichever way it was made (from a datetime, or sliced from the API's stamp).
+    import random
 
+    from facespace_bridge.client.entries import canonical_stamp
+    from facespace_bridge.events import SIGHTINGS, SightingPair
 
-def _forged(fields: dict[str, Any], schema: str = SIGHTING_SCHEMA, payload: bytes | None = None) -> Event:
-    """An event built by hand, bypassing the builders' validation."""
-    data = payload if payload is not None else orjson.dumps(fields)
-    return Event(schema, "0" * 32, "Camera1", data, fields)
-
-
-def test_checked_passes_a_valid_event_through_unchanged() -> None:
-    event = sighting_event(_entry(), 0)
-    assert checked(event) is event
-
-
-@pytest.mark.parametrize("seen_at", ["2023-13-45T99:00:00Z", "yesterday"])
-def test_checked_turns_a_bad_timestamp_into_a_dead_letter(seen_at: str) -> None:
-    fields = {**sighting_event(_entry(), 0).fields, "seen_at": seen_at}
-    forged = _forged(fields)
-    result = checked(forged)
-    assert result.kind == "deadletter"
-    assert result.camera_id == "Camera1"
-    assert result.fields["source"] == "validation"
-    assert result.fields["failed_schema"] == SIGHTING_SCHEMA
-    assert "date-time" in result.fields["reason"]
-    assert result.fields["raw"] == forged.payload.decode()
-    assert validate(result.payload) == []
-
-
-def test_checked_validates_the_bytes_not_the_fields() -> None:
-    good = sighting_event(_entry(), 0)
-    forged = _forged(dict(good.fields), payload=good.payload.replace(b'"logs"', b'"logs","extra":1'))
-    result = checked(forged)
-    assert result.kind == "deadletter" and "extra" in result.fields["reason"]
-
-
-def test_checked_rejects_a_payload_naming_another_schema() -> None:
-    good = sighting_event(_entry(), 0)
-    result = checked(_forged(dict(good.fields), schema=PRESENCE_SCHEMA))
-    assert result.kind == "deadletter"
-    assert "names schema 'facespace.sighting/v1'" in result.fields["reason"]
-
-
-@pytest.mark.parametrize("payload", [b"{not json", b"[1]"])
-def test_checked_rejects_payloads_that_are_not_json_objects(payload: bytes) -> None:
-    result = checked(_forged({}, payload=payload))
-    assert result.kind == "deadletter" and validate(result.payload) == []
-
-
-def test_checked_never_passes_an_invalid_dead_letter() -> None:
-    forged = _forged({"schema": DEADLETTER_SCHEMA, "raw": 1}, schema=DEADLETTER_SCHEMA)
-    result = checked(forged)
-    assert result is not forged
-    assert result.kind == "deadletter" and validate(result.payload) == []
-    assert result.fields["failed_schema"] == DEADLETTER_SCHEMA
+    rng = random.Random(3)
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    span = int((datetime(2100, 1, 1, tzinfo=UTC) - start).total_seconds())
+    moments = [start, datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC), datetime(2024, 2, 29, tzinfo=UTC)]
+    moments += [start + timedelta(seconds=rng.randrange(span)) for _ in range(2000)]
+    pair = SIGHTINGS.pair("Camera1", "Alice")
+    assert isinstance(pair, SightingPair)
+    for moment in moments:
+        parsed = canonical_stamp(f"{moment:%H:%M:%S %d/%m/%y}")
+        assert parsed == (moment, seen_at_text(moment))
+        event = SIGHTINGS.event(pair, SIGHTINGS.second(moment), 0)
+        assert validate(event.payload) == [], moment
+        assert orjson.loads(event.payload)["seen_at"] == seen_at_text(moment)

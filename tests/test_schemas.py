@@ -359,3 +359,28 @@ def test_built_payloads_validate_against_every_version_from_theirs_on() -> None:
             for newer in catalogue()[kind]:
                 if newer.version >= own.version:
                     assert errors_against(newer.schema_id, payload) == [], (newer.schema_id, payload)
+
+
+# Keywords that relate one property to another, or the object's shape to its values. The
+# sighting encoder validates a payload part by part (events.SightingEncoder), which is only the
+# same as validating the whole payload while the sighting schema has none of these.
+_RELATING_KEYWORDS = {
+    "allOf", "anyOf", "oneOf", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+    "dependencies", "patternProperties", "propertyNames", "unevaluatedProperties", "minProperties",
+    "maxProperties", "$ref", "$dynamicRef",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [s.version for s in schemas_module.catalogue()["sighting"]])
+def test_the_sighting_schema_constrains_each_property_on_its_own(version: int) -> None:
+    document = load_schema(f"sighting/v{version}")
+
+    def keywords(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return set(node) | {k for value in node.values() for k in keywords(value)}
+        if isinstance(node, list):
+            return {k for value in node for k in keywords(value)}
+        return set()
+
+    assert not keywords(document) & _RELATING_KEYWORDS
+    assert document["additionalProperties"] is False and document["type"] == "object"

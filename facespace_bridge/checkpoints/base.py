@@ -9,9 +9,10 @@ at a bare timestamp would either repeat or lose the ones that share it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -102,6 +103,20 @@ class Checkpoint:
             if backfill
             else None,
         )
+
+
+class Transactions(Protocol):
+    """What exactly-once needs of a sink (the Kafka sink with --exactly-once): its transactions,
+    which the checkpoint record joins."""
+
+    def transaction_boundary(self) -> AbstractAsyncContextManager[None]:
+        """Pause publishing, flush; on leaving the block, commit what was published with what
+        the block wrote."""
+        ...
+
+    async def write_in_transaction(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Write one record into the open transaction and wait until the broker has it."""
+        ...
 
 
 class CheckpointError(Exception):

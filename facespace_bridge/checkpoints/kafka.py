@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, CheckpointStore
+from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, CheckpointStore, Transactions
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class KafkaCheckpointStore(CheckpointStore):
         topic: str = OFFSETS_TOPIC,
         replication_factor: int = 1,
         client_options: Mapping[str, Any] | None = None,
-        transactions: Any = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.key = instance_id.encode()
@@ -43,13 +43,15 @@ class KafkaCheckpointStore(CheckpointStore):
         self.replication_factor = replication_factor
         self.client_options = dict(client_options or {})  # TLS / SASL, shared with the Kafka sink
         self._producer: Any = None
-        self._transactions = transactions  # a transactional KafkaSink: its producer writes our records
+        self._transactions = transactions  # a transactional sink: it writes our records
 
     def describe(self) -> str:
         return f"kafka topic {self.topic} key {self.key.decode()}"
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], transactions: Any = None) -> KafkaCheckpointStore:
+    def from_config(
+        cls, config: Mapping[str, Any], transactions: Transactions | None = None
+    ) -> KafkaCheckpointStore:
         from facespace_bridge.sinks.kafka import connection_options
 
         bootstrap = config.get("bootstrap_servers")
@@ -169,11 +171,11 @@ class KafkaCheckpointStore(CheckpointStore):
     async def save(self, checkpoint: Checkpoint) -> None:
         from aiokafka.errors import KafkaError
 
-        producer = self._producer
-        if self._transactions is not None and self._transactions.producer is not None:
-            producer = self._transactions.producer  # inside the sink's open transaction
+        if self._transactions is not None:  # inside the sink's open transaction
+            await self._transactions.write_in_transaction(self.topic, self.key, checkpoint.to_bytes())
+            return
         try:
-            await producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
+            await self._producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
         except KafkaError as exc:
             raise CheckpointError(f"cannot write the checkpoint to {self.topic}: {exc}") from None
 

@@ -13,6 +13,7 @@ from facespace_bridge.client.errors import (
     InvalidUsageError,
     StopLogsSignal,
 )
+from facespace_bridge.client.redaction import redactor
 from facespace_bridge.client.webhook import WebhookPoster
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "format_entry",
     "parse_entry",
     "parse_user_time",
+    "redactor",
 ]

@@ -41,8 +41,8 @@ from facespace_bridge.client._timefmt import (
     parse_user_time,
     wire_params,
 )
-from facespace_bridge.client._windows import Window, WindowPlanner
-from facespace_bridge.client.entries import BadEntry, LogEntry, parse_entry
+from facespace_bridge.client._windows import Window, WindowPlanner, entries_in
+from facespace_bridge.client.entries import BadEntry, LogEntry, newest_in
 from facespace_bridge.client.errors import (
     APIKeyError,
     HTTPRequestError,
@@ -129,27 +129,6 @@ def _check_logs(data: Any) -> dict[str, Any]:
 
 def _count(data: dict[str, Any]) -> int:
     return sum(len(v) if isinstance(v, list) else 1 for v in data.values())
-
-
-def _in_range(entry: LogEntry | BadEntry, start: datetime | None, end: datetime | None) -> bool:
-    """Bad entries are always kept: their time is unknown, and they must reach the caller."""
-    if isinstance(entry, BadEntry):
-        return True
-    return (start is None or entry.seen_at >= start) and (end is None or entry.seen_at < end)
-
-
-def _entries(data: dict[str, Any], start: datetime | None, end: datetime | None) -> list[LogEntry | BadEntry]:
-    """A `/logs` reply as typed entries in `[start, end)`, per camera in the API's order."""
-    out: list[LogEntry | BadEntry] = []
-    for camera_id, raws in data.items():
-        if not isinstance(raws, list):
-            out.append(BadEntry(camera_id, raws, f"camera's entries are a {type(raws).__name__}, not a list"))
-            continue
-        for raw in raws:
-            entry = parse_entry(camera_id, raw)
-            if _in_range(entry, start, end):
-                out.append(entry)
-    return out
 
 
 class _StopSwitch:
@@ -421,7 +400,7 @@ class AsyncLogsAPI:
             trimmed: Logs = {}
             for camera, raws in data.items():
                 if isinstance(raws, list):
-                    raws = [r for r in raws if _in_range(parse_entry(camera, r), start, end)]
+                    raws = [r for r in raws if entries_in({camera: [r]}, start, end)]
                     if not raws and camera_id is None:
                         continue  # like the API: a named camera keeps its key, others appear when seen
                 trimmed[camera] = raws
@@ -485,17 +464,6 @@ class AsyncLogsAPI:
 
     # -- the typed layer for the bridge ------------------------------------------------------------
 
-    async def fetch_entries(
-        self, start: datetime, end: datetime, camera_id: str | None = None
-    ) -> list[LogEntry | BadEntry]:
-        """Entries in exactly `[start, end)` (one request: the enclosing minutes, filtered)."""
-        lo, hi = _as_utc(start, "start"), _as_utc(end, "end")
-        camera_id = _check_camera(camera_id)
-        if lo >= hi:
-            return []
-        data, _, _ = await self._logs(lo, hi, camera_id)
-        return _entries(data, lo, hi)
-
     def iter_windows(
         self,
         start: datetime,
@@ -546,9 +514,8 @@ class AsyncLogsAPI:
                         "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
                     )
                     continue
-                entries = _entries(data, cursor, None)
-                newest = max((e.seen_at for e in entries if isinstance(e, LogEntry)), default=None)
-                yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, entries)
+                newest = newest_in(data)
+                yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, data)
                 return
             wire_start = floor_minute(cursor)
             window_end = min(wire_start + planner.span, WIRE_MAX)
@@ -563,8 +530,8 @@ class AsyncLogsAPI:
                 planner.refused(asked, refused.body_bytes, wire_start)
                 continue
             planner.observed(asked, _count(data), size, wire_start + asked)
-            window = Window(cursor, window_end, _entries(data, cursor, window_end))
-            del data  # one window in memory: the raw reply goes before the caller gets the entries
+            window = Window(cursor, window_end, data)
+            del data
             yield window
             del window
             cursor = window_end

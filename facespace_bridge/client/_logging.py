@@ -9,61 +9,13 @@ handler (ours or the application's) finally writes the line.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from facespace_bridge.client.redaction import redactor
+
 LOGGER_NAME = "facespace_bridge.client"
-REDACTED = "***"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class SecretRedactor(logging.Filter):
-    """Replaces registered secrets in log records. Secrets are reference-counted, so two
-    clients with the same key can come and go independently."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-        self._secrets: Counter[str] = Counter()
-
-    def add(self, secret: str) -> None:
-        if secret:
-            with self._lock:
-                self._secrets[secret] += 1
-
-    def discard(self, secret: str) -> None:
-        with self._lock:
-            if self._secrets[secret] > 1:
-                self._secrets[secret] -= 1
-            else:
-                self._secrets.pop(secret, None)
-
-    def redact(self, text: str) -> str:
-        with self._lock:
-            secrets = sorted(self._secrets, key=len, reverse=True)  # longest first: no partial leftovers
-        for secret in secrets:
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = record.getMessage()
-        clean = self.redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        return True
-
-
-redactor = SecretRedactor()
 
 
 def client_logger(name: str = LOGGER_NAME) -> logging.Logger:

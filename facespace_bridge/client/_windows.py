@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from facespace_bridge.client._timefmt import MINUTE
-from facespace_bridge.client.entries import BadEntry, LogEntry
+from facespace_bridge.client.entries import BadEntry, LogEntry, parse_entry
 
 CAP_FACTOR = 2  # a reply of more than about this × target entries is refused (bounds a window's memory)
 GROWTH = 4  # how much faster the span may grow per window when sparse or empty
@@ -21,12 +22,38 @@ BYTES_PER_ENTRY_GUESS = 48  # JSON bytes of one entry before any were seen ("Ali
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One slice `[start, end)` of a range and its entries, per camera in the API's order.
-    Entries that do not parse are included as `BadEntry` in the window that returned them."""
+    """One slice `[start, end)` of a range: the API's reply for it (camera id -> raw entries, in
+    the API's order; it may hold entries outside the slice, since the wire asks whole minutes).
+    Entries that do not parse are kept, as `BadEntry`, in the window whose reply held them."""
 
     start: datetime
     end: datetime
-    entries: list[LogEntry | BadEntry] = field(repr=False)
+    reply: dict[str, Any] = field(repr=False)
+
+    @property
+    def entries(self) -> list[LogEntry | BadEntry]:
+        """The window's entries, one typed object each (with its raw text), per camera in the
+        API's order."""
+        return entries_in(self.reply, self.start, self.end)
+
+
+def entries_in(
+    reply: dict[str, Any], start: datetime | None, end: datetime | None
+) -> list[LogEntry | BadEntry]:
+    """A `/logs` reply as typed entries in `[start, end)`, per camera in the API's order; bad
+    entries are always kept (their time is unknown, and they must reach the caller)."""
+    out: list[LogEntry | BadEntry] = []
+    for camera_id, raws in reply.items():
+        if not isinstance(raws, list):
+            out.append(BadEntry(camera_id, raws, f"camera's entries are a {type(raws).__name__}, not a list"))
+            continue
+        for raw in raws:
+            entry = parse_entry(camera_id, raw)
+            if type(entry) is BadEntry or (
+                (start is None or entry.seen_at >= start) and (end is None or entry.seen_at < end)
+            ):
+                out.append(entry)
+    return out
 
 
 def _whole_minutes(span: timedelta) -> timedelta:

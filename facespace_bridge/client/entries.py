@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 # The name is greedy so that a name containing " @ " keeps everything up to the
 # *last* "@" that is followed by a well-formed timestamp.
@@ -95,3 +96,43 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
 def format_entry(person: str, seen_at: datetime) -> str:
     """The wire form of an entry (used by the simulator)."""
     return f"{person} @ {seen_at:%H:%M:%S %d/%m/%y}"
+
+
+# The canonical form's layout, from the end: "<name> @ HH:MM:SS DD/MM/YY". Readers on a hot
+# path split it by slicing (`raw[-STAMP_CHARS:]`, `raw[:-NAME_END]`) and fall back to
+# `parse_entry` for anything else.
+STAMP_CHARS = 17
+NAME_END = 20
+SEPARATOR = " @ "
+
+
+def canonical_stamp(text: str) -> tuple[datetime, str] | None:
+    """A canonical `HH:MM:SS DD/MM/YY` as its datetime and its RFC 3339 text (the same second,
+    UTC, `Z`); None when it is not one. Not cached: the caller caches what it needs."""
+    match = _STAMP.fullmatch(text)
+    if match is None:
+        return None
+    h, m, s, d, mo, y = map(int, match.groups())
+    try:
+        seen_at = datetime(2000 + y, mo, d, h, m, s, tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return seen_at, f"20{text[15:17]}-{text[12:14]}-{text[9:11]}T{text[:8]}Z"
+
+
+def newest_in(reply: dict[str, Any]) -> datetime | None:
+    """The latest timestamp of any entry in a `/logs` reply."""
+    newest: datetime | None = None
+    for camera_id, raws in reply.items():
+        for raw in raws if isinstance(raws, list) else ():
+            seen_at = (
+                _stamp(raw[-STAMP_CHARS:])
+                if type(raw) is str and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
+                else None
+            )
+            if seen_at is None:
+                entry = parse_entry(camera_id, raw)
+                seen_at = entry.seen_at if type(entry) is LogEntry else None
+            if seen_at is not None and (newest is None or seen_at > newest):
+                newest = seen_at
+    return newest

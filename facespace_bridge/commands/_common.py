@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from facespace_bridge.client._logging import redactor
+from facespace_bridge.client import redactor
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,6 +14,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -49,20 +50,25 @@ class ViewSink(Sink):
         self.cameras: dict[str, CameraRow] = {}
         self.kinds: Counter[str] = Counter()
 
-    async def publish(self, event: Event) -> Ack:
+    async def publish(self, events: Sequence[Event]) -> Ack:
+        for event in events:
+            self._show(event)
+        done: Ack = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    def _show(self, event: Event) -> None:
         self.kinds[event.kind] += 1
         if event.camera_id:
             row = self.cameras.setdefault(event.camera_id, CameraRow())
             if event.kind == "sighting":
+                fields = event.fields
                 row.sightings += 1
-                row.last = f"{event.fields['person']} @ {event.fields['seen_at'][11:19]}"
+                row.last = f"{fields['person']} @ {fields['seen_at'][11:19]}"
                 row.times.append(time.monotonic())
                 del row.times[:-200]
             elif event.kind == "presence":
                 row.people = tuple(event.fields["people"])
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
 
 def _acked(bridge: Bridge) -> dict[str, int]:

@@ -1,10 +1,11 @@
 """`facespace-bridge replay`: publish a date range of history into the sinks, then exit.
 
-The range streams through the client's windows (one or two in memory, never the whole
-range); every entry becomes the same event a tail or backfill would publish (same id,
-same bytes: k counts identical (camera, person, second) entries per window, and windows
-never split a second). Entries that do not parse and payloads that fail their schema go
-to the dead-letter destination. The summary is printed once every event is acknowledged.
+A replay is the logs source reading a fixed range (as a backfill does, with nothing to
+resume from) through the bridge's publisher, without a checkpoint: every entry becomes the
+same event a tail or backfill would publish (same id, same bytes), one or two windows in
+memory, never the whole range. Entries that do not parse and payloads that fail their
+schema go to the dead-letter destination. The summary is printed once every event is
+acknowledged.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,13 +29,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from facespace_bridge.client import (
-    APIKeyError,
-    AsyncLogsAPI,
-    FaceSpaceError,
-    Window,
-    parse_user_time,
-)
+from facespace_bridge.checkpoints import Checkpoint
+from facespace_bridge.checkpoints.acks import AckTracker
+from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, parse_user_time
 from facespace_bridge.commands._common import (
     api_key_from,
     api_options,
@@ -45,56 +41,15 @@ from facespace_bridge.commands._common import (
     tune_gc,
     with_env,
 )
-from facespace_bridge.events import DEADLETTER_SCHEMA, listing_events
+from facespace_bridge.events import DEADLETTER_SCHEMA
+from facespace_bridge.metrics import Metrics
+from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, build_sinks, sink_options
+from facespace_bridge.sources.base import Barrier, Batch
+from facespace_bridge.sources.logs import LogsSource
 
 log = logging.getLogger("facespace_bridge.replay")
-
-SOURCE = "logs"  # sightings carry the same bytes however they were read (DESIGN §3)
-
-
-class AckTracker:
-    """Collects one sink's acknowledgements without keeping them all: settled ones are dropped
-    from the left, and past `limit` unsettled ones `make_room` waits for the oldest, so memory
-    stays flat however long the range. No callback per ack (they cost more than a send)."""
-
-    def __init__(self, sink: str, limit: int = 8192) -> None:
-        self.sink = sink
-        self.limit = limit
-        self.failed = 0
-        self.first_error: BaseException | None = None
-        self._acks: deque[asyncio.Future[Any]] = deque()
-
-    def add(self, ack: Awaitable[Any]) -> bool:
-        """Track an ack; True when over the limit (then await `make_room()`)."""
-        acks = self._acks
-        if acks and acks[-1] is ack:  # a batching sink hands out one ack per batch
-            return False
-        acks.append(ack if asyncio.isfuture(ack) else asyncio.ensure_future(ack))
-        return len(acks) > self.limit
-
-    async def make_room(self) -> None:
-        acks = self._acks
-        self._reap()
-        while len(acks) > self.limit:
-            await asyncio.wait((acks[0],))
-            self._reap()
-
-    def _reap(self) -> None:
-        acks = self._acks
-        while acks and acks[0].done():
-            future = acks.popleft()
-            error = asyncio.CancelledError() if future.cancelled() else future.exception()
-            if error is not None:
-                self.failed += 1
-                self.first_error = self.first_error or error
-
-    async def settled(self) -> None:
-        """Until every tracked acknowledgement has arrived or failed."""
-        if self._acks:
-            await asyncio.wait(list(self._acks))
-        self._reap()
 
 
 @dataclass
@@ -140,63 +95,44 @@ class _Progress:
             self.bar.stop()
 
 
-async def replay(
-    client: AsyncLogsAPI,
-    sinks: list[Sink],
-    start: datetime,
-    end: datetime | None,
-    camera_id: str | None = None,
-    *,
-    progress: bool = False,
-) -> Tally:
-    """Publish `[start, end)` (end None: up to the latest entry) to every started sink and wait
-    for every acknowledgement. With no sinks, only counts (a dry run). Raises SinkError when a
-    sink failed to acknowledge some events, the client's errors when the API fails."""
-    windows = client.iter_windows(start, end, camera_id, read_ahead=True)
-    return await publish_windows(windows, sinks, _Progress(progress, start, end))
-
-
-async def publish_windows(
-    windows: AsyncIterator[Window], sinks: list[Sink], bar: _Progress | None = None
-) -> Tally:
+async def publish_range(chunks: AsyncIterator[Batch | Barrier], sinks: list[Sink], bar: _Progress) -> Tally:
+    """Publish what the logs source reads; a dry run (no sinks) only counts."""
+    tracker = AckTracker(Checkpoint())
+    publisher = Publisher(sinks, tracker, Metrics(), redeliver=False) if sinks else None
     tally = Tally()
-    trackers = [AckTracker(sink.name) for sink in sinks]
-    pairs = list(zip(sinks, trackers, strict=True))
     try:
-        async for window in windows:
-            # One numbering for tail, backfill and replay (k per camera, person, second);
-            # `sighting_event` validates each payload, a failing one becomes a dead letter.
-            for event in listing_events(window.entries, SOURCE):
+        async for chunk in chunks:
+            if isinstance(chunk, Barrier):
+                bar.update(chunk.through, tally.entries)
+                continue
+            for event in chunk.events:  # (the publisher counts the same; a dry run has none)
                 if event.schema == DEADLETTER_SCHEMA:
                     tally.deadlettered += 1
-                else:
-                    tally.published += 1
-                for sink, tracker in pairs:
-                    if tracker.add(await sink.publish(event)):
-                        await tracker.make_room()
-            if bar is not None:
-                bar.update(window.end, tally.entries)
-        for sink, tracker in pairs:
+            tally.published += len(chunk.events)
+            if publisher is not None:
+                await publisher.publish(chunk)
+        for sink in sinks:
             await sink.flush()
-            await tracker.settled()
+        await tracker.idle()
     finally:
-        if bar is not None:
-            bar.stop()
-    for tracker in trackers:
-        if tracker.failed:
+        bar.stop()
+    tally.published -= tally.deadlettered
+    for name, stats in (publisher.stats if publisher is not None else {}).items():
+        if stats.failed:
             raise SinkError(
-                f"{tracker.failed} events were not acknowledged by the {tracker.sink} sink: "
-                f"{tracker.first_error}"
+                f"{stats.failed} events were not acknowledged by the {name} sink: {stats.first_error}"
             )
     return tally
 
 
-async def _then(first: Window | None, rest: AsyncIterator[Window]) -> AsyncIterator[Window]:
+async def _then(
+    first: Batch | Barrier | None, rest: AsyncIterator[Batch | Barrier]
+) -> AsyncIterator[Batch | Barrier]:
     if first is None:
         return
     yield first
-    async for window in rest:
-        yield window
+    async for chunk in rest:
+        yield chunk
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -282,21 +218,21 @@ async def _main(
     progress: bool,
 ) -> Tally:
     started: list[Sink] = []
-    windows = client.iter_windows(start, end, camera_id, read_ahead=True)
+    chunks = LogsSource(client, camera_id=camera_id).read_range(start, end, Checkpoint())
     try:
         # The first window before the first sink: a refused key or an unreachable API
         # ends the run before any topic is created.
-        first = await anext(windows, None)
+        first = await anext(chunks, None)
         for sink in sinks:
             await sink.start()
             started.append(sink)
-        return await publish_windows(_then(first, windows), started, _Progress(progress, start, end))
+        return await publish_range(_then(first, chunks), started, _Progress(progress, start, end))
     except SinkError as exc:
         raise click.ClickException(str(exc)) from None
     except APIKeyError as exc:
         raise click.UsageError(str(exc)) from None  # "the FaceSpace API refused the key (HTTP 401): ..."
     finally:
-        await windows.aclose()
+        await chunks.aclose()
         for sink in reversed(started):
             try:
                 await sink.close()

@@ -1,23 +1,30 @@
 """The one interface every destination implements.
 
-`publish` hands an event over and returns an acknowledgement: an awaitable that
-completes when the destination has durably accepted the event (Kafka acks=all,
-MQTT PUBACK at QoS 1, a 2xx webhook reply, an fsync'd file line) and raises if it
-never will. Checkpoints advance only on those acks (DESIGN §4), so a sink must
-never resolve an ack early. `publish` itself waits while the sink has too much in
-flight: that wait is the back-pressure that keeps a slow broker from growing memory.
+`publish` hands a batch of events over and returns an acknowledgement: a future that
+completes when the destination has durably accepted every event of the batch (Kafka
+acks=all, MQTT PUBACK at QoS 1, a 2xx webhook reply, an fsync'd file line) and raises if
+any of them never will be. Checkpoints advance only on those acks (docs/delivery.md), so a
+sink must never resolve an ack early. `publish` itself waits while the sink has too much
+in flight: that wait is the back-pressure that keeps a slow broker from growing memory.
+Batches, as in Kafka Connect's `SinkTask.put`, because a backfill hands over hundreds of
+thousands of events a second: per-event awaits and acknowledgements would cost more than
+the sending.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import Any
 
 from facespace_bridge.events import Event
 
-Ack = Awaitable[None]
+# A future, not any awaitable: the bridge and a caller may both wait on it.
+Ack = asyncio.Future[Any]
 
 
 class SinkError(Exception):
@@ -30,24 +37,42 @@ class Sink(ABC):
     #: short name used in logs, metrics labels and `--broker`
     name: str = "sink"
 
+    #: the last problem the sink had with its destination, and when (`time.time()`); for /status
+    last_error: tuple[float, str] | None = None
+
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; raise `SinkError` with one clear line if the destination is unusable."""
 
     @abstractmethod
-    async def publish(self, event: Event) -> Ack:
-        """Hand one event over; returns its acknowledgement (see module docstring)."""
+    async def publish(self, events: Sequence[Event]) -> Ack:
+        """Hand a batch of events over, in order; returns its acknowledgement (see module docstring)."""
 
     async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:  # noqa: B027
         """Optional: learn, at start, every camera and person known from the API, so that
         entities (Home Assistant discovery) exist before their first event."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether the sink can deliver right now (a sink with a connection says so)."""
+        return True
+
+    def failed(self, error: BaseException | str) -> None:
+        """Record a problem with the destination (shown by /status)."""
+        self.last_error = (time.time(), str(error))
+
     #: True for a sink that delivers in transactions the bridge commits together with the
-    #: checkpoint (Kafka with --exactly-once); such a sink implements `transaction_boundary`.
+    #: checkpoint (Kafka with --exactly-once); such a sink implements `transaction_boundary`
+    #: and `write_in_transaction`.
     transactional: bool = False
 
-    def transaction_boundary(self) -> AbstractAsyncContextManager[object]:
+    def transaction_boundary(self) -> AbstractAsyncContextManager[None]:
         """Transactional sinks: pause publishers, flush, and on leaving the block commit what
         was published together with what the block wrote (the checkpoint)."""
+        raise NotImplementedError(f"the {self.name} sink has no transactions")
+
+    async def write_in_transaction(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Transactional sinks: write one record into the open transaction (the checkpoint store
+        writes its record this way) and wait until the broker has it."""
         raise NotImplementedError(f"the {self.name} sink has no transactions")
 
     async def flush(self) -> None:  # noqa: B027 - optional hook

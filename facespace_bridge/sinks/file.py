@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,7 +27,7 @@ OPTIONS = [
     ),
 ]
 
-_BATCH = 1000  # lines waiting for a write at most: the in-flight bound
+_BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight bound
 
 
 class FileSink(Sink):
@@ -55,7 +55,7 @@ class FileSink(Sink):
                 raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
         self._writer = asyncio.create_task(self._write_batches(), name="file-sink")
 
-    async def publish(self, event: Event) -> Ack:
+    async def publish(self, events: Sequence[Event]) -> Ack:
         if self._writer is None or self._writer.done():
             raise SinkError("file sink is not running")
         while len(self._lines) >= _BATCH:  # the writer is behind: wait for it
@@ -63,7 +63,7 @@ class FileSink(Sink):
             await self._room.wait()
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()
-        self._lines.append(event.payload)
+        self._lines.extend(event.payload for event in events)
         self._wake.set()
         return self._batch
 

@@ -18,7 +18,7 @@ import os
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -238,9 +238,9 @@ class KafkaSink(Sink):
         self._acks: deque[asyncio.Future[None]] = deque()  # one per batch, in the order opened
         self._send_pending = False  # a task to send the open batches is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
-        # Transactions (--exactly-once): while the bridge commits, publishers wait here, so
-        # nothing joins a transaction after its checkpoint was taken.
-        self._paused: asyncio.Event | None = None
+        # Transactions (--exactly-once): a batch is published whole between two commits, so the
+        # checkpoint of a transaction covers exactly its batches: publish and the commit take turns.
+        self._turns = asyncio.Lock()
         self._in_transaction = False
         self._begin_lock = asyncio.Lock()
 
@@ -400,7 +400,7 @@ class KafkaSink(Sink):
         producer = self._producer
         if producer is None or not self.transactional:
             raise SinkError("the Kafka sink is not transactional")
-        self._paused = paused = asyncio.Event()
+        await self._turns.acquire()
         try:
             await self.flush()
             await self._begin_transaction()  # (the checkpoint record needs one, events or not)
@@ -410,8 +410,16 @@ class KafkaSink(Sink):
         except kafka_errors.KafkaError as exc:
             raise self._transaction_error(exc) from None
         finally:
-            self._paused = None
-            paused.set()
+            self._turns.release()
+
+    async def write_in_transaction(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """One record into the open transaction (the checkpoint store's), acknowledged."""
+        if self._producer is None or not self.transactional:
+            raise SinkError("the Kafka sink is not transactional")
+        try:
+            await self._producer.send_and_wait(topic, value, key=key)
+        except kafka_errors.KafkaError as exc:
+            raise self._transaction_error(exc) from None
 
     # -- topics ------------------------------------------------------------------------------------
 
@@ -484,8 +492,19 @@ class KafkaSink(Sink):
         placements[camera_id] = placed = (key, batches)
         return placed
 
-    async def publish(self, event: Event) -> Ack:
-        """Append the record to its partition's open batch; the ack is that batch's.
+    async def publish(self, events: Sequence[Event]) -> Ack:
+        """Append each record to its partition's open batch; the ack is that of every batch
+        the records went into."""
+        acks: list[asyncio.Future[None]] = []
+        async with self._turns if self.transactional else contextlib.nullcontext():
+            for event in events:
+                ack = await self._append(event)
+                if not acks or acks[-1] is not ack:
+                    acks.append(ack)
+        return asyncio.gather(*acks)
+
+    async def _append(self, event: Event) -> asyncio.Future[None]:
+        """Append the record to its partition's open batch; returns that batch's ack.
 
         Records go into aiokafka batches built here (`create_batch` / `send_batch`) rather
         than one `send()` each: per record that is an append to a C buffer instead of a
@@ -502,24 +521,18 @@ class KafkaSink(Sink):
             placed = await self._place(topic, event.camera_id, placements)
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
-        # A transaction is being committed: wait, so that nothing joins it after its checkpoint
-        # was taken. Checked after the last wait above, and again after any wait below.
-        while self._paused is not None:
-            await self._paused.wait()
         key, batches = placed
         record_headers = [*headers, ("event-id", event.event_id.encode())]
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:
             await self._send(batches)  # full: waits while the partition's previous batch is queued
-            while self._paused is not None:
-                await self._paused.wait()
             builder = batches.builder or self._open(batches)
             # An empty batch takes any record, however large.
             builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers)
         batches.count += 1
         self._unacked += 1
-        return cast(Ack, batches.ack)
+        return cast("asyncio.Future[None]", batches.ack)
 
     def _open(self, batches: _Batches) -> BatchBuilder:
         assert self._producer is not None

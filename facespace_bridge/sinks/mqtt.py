@@ -32,7 +32,7 @@ import random
 import ssl
 import threading
 from collections import deque
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -340,7 +340,13 @@ class MqttSink(Sink):
 
     # -- publishing -------------------------------------------------------------------------------
 
-    async def publish(self, event: Event) -> Ack:
+    async def publish(self, events: Sequence[Event]) -> Ack:
+        futures: list[asyncio.Future[None]] = []
+        for event in events:
+            futures += await self._publish_one(event)
+        return asyncio.gather(*futures)
+
+    async def _publish_one(self, event: Event) -> list[asyncio.Future[None]]:
         if self._client is None:
             raise SinkError("MQTT sink is not started")
         kind = event.kind
@@ -382,7 +388,7 @@ class MqttSink(Sink):
             self._states[person_state] = event.payload
             self._enqueue_state(person_state)
         self._drain()
-        return futures[0] if len(futures) == 1 else _all(futures)
+        return futures
 
     async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:
         """Publish discovery for every known camera and person now (not on their first
@@ -702,14 +708,6 @@ class MqttSink(Sink):
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         if self.ha is not None and self.ha.wants_reannounce(message.topic, message.payload):
             self._schedule_reannounce()
-
-
-def _all(futures: list[asyncio.Future[None]]) -> Awaitable[None]:
-    async def wait() -> None:
-        for future in futures:
-            await future
-
-    return wait()
 
 
 # -- CLI --------------------------------------------------------------------------------------------

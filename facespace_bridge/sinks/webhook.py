@@ -10,7 +10,7 @@ receiver that cares about order sorts by `seen_at`, and deduplicates by `event_i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -54,12 +54,15 @@ class WebhookSink(Sink):
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def publish(self, event: Event) -> Ack:
-        await self._slots.acquire()  # back-pressure: at most `concurrency` POSTs in flight
-        task = asyncio.create_task(self._post(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    async def publish(self, events: Sequence[Event]) -> Ack:
+        posts = []
+        for event in events:
+            await self._slots.acquire()  # back-pressure: at most `concurrency` POSTs in flight
+            task = asyncio.create_task(self._post(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            posts.append(task)
+        return asyncio.gather(*posts)
 
     async def _post(self, event: Event) -> None:
         try:

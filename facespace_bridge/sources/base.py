@@ -1,26 +1,29 @@
-"""What sources hand the bridge: events, each tied to the camera position it completes."""
+"""What sources hand the bridge: batches of events with the camera positions they complete,
+and barriers that move the checkpoint's heartbeat."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeAlias
 
-from facespace_bridge.checkpoints import Position
 from facespace_bridge.events import Event
 
-# One event to publish, and the camera position that is done once it is acked (None for
-# events that are not checkpointed, such as realtime presence): `(event, position)`. A plain
-# tuple, as is the position `(seen_at, count)` on this path: one of each is made per
-# sighting, and plain tuples cost a fraction of named ones (they compare the same).
-Item: TypeAlias = "tuple[Event, Position | tuple[datetime, int] | None]"
+
+@dataclass(slots=True)
+class Batch:
+    """Events handed to the sinks together, and the camera positions that are done once every
+    sink has acknowledged all of them (none for presence, which is not checkpointed)."""
+
+    events: list[Event] = field(default_factory=list)
+    # camera -> (seen_at, n): a plain tuple, made once per batch and camera (compares as a Position)
+    positions: dict[str, tuple[datetime, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class Barrier:
-    """Marks that everything before `through` has been handed over (all cameras): once every item
-    before the barrier is acked, the checkpoint's heartbeat time may move to `through`."""
+    """Marks that everything before `through` has been handed over (all cameras): once every
+    batch before the barrier is acked, the checkpoint's heartbeat time may move to `through`."""
 
     through: datetime
 

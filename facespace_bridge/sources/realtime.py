@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
 from facespace_bridge.events import presence_event
-from facespace_bridge.sources.base import Item, sleep_or_stop
+from facespace_bridge.sources.base import Batch, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,6 @@ class PresenceTracker:
                 self.present[camera] = people
         return changes
 
-    def cameras(self) -> list[str]:
-        return sorted(self.present)
-
 
 class RealtimeSource:
     """Yields presence events until `stop` is set."""
@@ -63,16 +60,21 @@ class RealtimeSource:
         refresh: float = 1.0,
         presence_timeout: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
+        on_arrival: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.client = client
         self.refresh = refresh
         self.tracker = PresenceTracker(presence_timeout)
         self.monotonic = monotonic
-        self.status = "starting"  # polling | stopped by the API | error: ...
+        self.on_arrival = on_arrival  # called with the cameras someone arrived at
+        self.status = "starting"  # polling | stopped | error
         self.polls = 0
+        self.last_poll: float | None = None  # monotonic time of the last answered poll
+        self.last_error: tuple[float, str] | None = None  # (time.time(), why) of the last failed poll
+        self.stop_reason: str | None = None  # the API's stop reply, while it is in force
 
-    async def run(self, stop: asyncio.Event) -> AsyncIterator[list[Item]]:
-        """One list of presence events per poll (empty when nothing changed)."""
+    async def run(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
+        """One batch of presence events per poll (empty when nothing changed)."""
         delay = self.refresh
         while not stop.is_set():
             started = self.monotonic()
@@ -83,13 +85,15 @@ class RealtimeSource:
                 if self.status != "stopped":
                     log.info("the API reports no active cameras (%s); polling on with back-off", exc)
                 self.status = "stopped"
+                self.stop_reason = str(exc)
                 snapshot = {}
                 delay = min(max(delay * 2, self.refresh), 30.0)
             except APIKeyError:
                 raise
             except HTTPRequestError as exc:
                 log.warning("recognition poll failed: %s", exc)
-                self.status = f"error: {exc}"
+                self.status = "error"
+                self.last_error = (time.time(), str(exc))
                 delay = min(max(delay * 2, self.refresh), 30.0)
                 await sleep_or_stop(stop, delay)
                 continue
@@ -97,13 +101,21 @@ class RealtimeSource:
                 if self.status != "polling":
                     log.info("polling recognition every %.2g s", self.refresh)
                 self.status = "polling"
+                self.stop_reason = None
                 delay = self.refresh
             self.polls += 1
+            self.last_poll = self.monotonic()
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
+            changes = self.tracker.update(snapshot, self.monotonic())
+            arrivals = [camera for camera, _, arrived, _ in changes if arrived]
+            if arrivals and self.on_arrival is not None:
+                self.on_arrival(arrivals)
             # The builder validates; a payload that fails comes back as a dead letter.
-            yield [
-                (presence_event(camera, people, arrived, departed, observed_at), None)
-                for camera, people, arrived, departed in self.tracker.update(snapshot, self.monotonic())
-            ]
+            yield Batch(
+                [
+                    presence_event(camera, people, arrived, departed, observed_at)
+                    for camera, people, arrived, departed in changes
+                ]
+            )
             # Keep the cadence: sleep what is left of the interval after the request took its time.
             await sleep_or_stop(stop, max(0.0, delay - (self.monotonic() - started)))

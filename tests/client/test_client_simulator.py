@@ -98,7 +98,7 @@ def test_seconds_are_honoured_at_both_ends(simulator: SimulatorServer) -> None:
 async def test_typed_layer_matches_the_truth(simulator: SimulatorServer) -> None:
     start, last = _second_inside_a_busy_minute(simulator, "Camera2")
     async with async_client(simulator) as api:
-        exact = await api.fetch_entries(start, last + timedelta(seconds=1))
+        exact = [e async for e in api.iter_entries(start, last + timedelta(seconds=1))]
         streamed = [e async for e in api.iter_entries(start, last + timedelta(seconds=1), target_entries=50)]
         tail = [e async for e in api.iter_entries(start, None, target_entries=50)]
     want = sorted(simulator.world.entries(start, last))

@@ -188,11 +188,11 @@ async def test_date_only_start_and_end_is_the_whole_day(fake: FakeFaceSpace) -> 
     assert fake.requests[0].url.params["camera_id"] == "C"
 
 
-async def test_fetch_entries_is_exactly_half_open(fake: FakeFaceSpace) -> None:
+async def test_iter_entries_is_exactly_half_open(fake: FakeFaceSpace) -> None:
     fake.logs = {"C": [(T0 + timedelta(seconds=s), "P") for s in range(0, 180, 5)]}
     fake.extra_raw = {"C": ["garbage"]}
     async with client(fake) as api:
-        entries = await api.fetch_entries(T0 + timedelta(seconds=12), T0 + timedelta(seconds=100))
+        entries = [e async for e in api.iter_entries(T0 + timedelta(seconds=12), T0 + timedelta(seconds=100))]
     good = [e for e in entries if isinstance(e, LogEntry)]
     assert [int((e.seen_at - T0).total_seconds()) for e in good] == list(range(15, 100, 5))
     assert [e.raw for e in entries if isinstance(e, BadEntry)] == ["garbage"]

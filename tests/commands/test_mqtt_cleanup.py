@@ -36,7 +36,7 @@ async def bridge_once(broker: MqttBroker) -> None:
             sighting_event(LogEntry("Camera1", "Alice", T0, "raw"), 0),
             sighting_event(LogEntry("Old", "Ghost / 1", T0, "raw"), 0),
         ]:
-            await (await sink.publish(event))
+            await (await sink.publish([event]))
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="someone-else")
     client.connect(broker.host, broker.port)
     client.loop_start()

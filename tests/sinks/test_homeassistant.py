@@ -65,9 +65,9 @@ async def test_configs_are_complete_and_point_at_published_topics(mqtt_broker: M
     with MqttCollector(mqtt_broker, ["homeassistant/#", "facespace/#"]) as collector:
         async with sink_for(mqtt_broker) as sink:
             await sink.announce(["Camera1", "Garden"], NAMES)
-            acks = [await sink.publish(sighting("Camera1", name, i)) for i, name in enumerate(NAMES)]
-            acks.append(await sink.publish(presence_event("Camera1", NAMES[:2], NAMES[:2], [], T0)))
-            acks.append(await sink.publish(presence_event("Garden", [], [], [], T0)))
+            acks = [await sink.publish([sighting("Camera1", name, i)]) for i, name in enumerate(NAMES)]
+            acks.append(await sink.publish([presence_event("Camera1", NAMES[:2], NAMES[:2], [], T0)]))
+            acks.append(await sink.publish([presence_event("Garden", [], [], [], T0)]))
             await asyncio.gather(*acks)
         messages = await collector.wait_for(
             lambda ms: bool(ms) and ms[-1].payload == b"offline", what="offline"
@@ -133,8 +133,8 @@ async def test_ha_online_triggers_a_reannounce(mqtt_broker: MqttBroker) -> None:
     with MqttCollector(mqtt_broker, ["homeassistant/+/facespace/#", "facespace/#"]) as collector:
         async with sink_for(mqtt_broker) as sink:
             await sink.announce(["Camera1"], ["Alice"])
-            await (await sink.publish(presence_event("Camera1", ["Alice"], ["Alice"], [], T0)))
-            await (await sink.publish(sighting("Camera1", "Alice")))
+            await (await sink.publish([presence_event("Camera1", ["Alice"], ["Alice"], [], T0)]))
+            await (await sink.publish([sighting("Camera1", "Alice")]))
 
             def count(ms: list[Received], topic: str) -> int:
                 return sum(m.topic == topic for m in ms)
@@ -168,7 +168,7 @@ async def test_reconnect_resends_configs_and_state(mqtt_broker: MqttBroker) -> N
     async with sink_for(mqtt_broker) as sink:
         await sink.announce(["Camera1"], ["Alice"])
         presence = presence_event("Camera1", ["Alice"], ["Alice"], [], T0)
-        await (await sink.publish(presence))
+        await (await sink.publish([presence]))
         # A broker that lost everything (no persistence file) must be refilled by the bridge.
         await asyncio.to_thread(mqtt_broker.stop)
         for leftover in mqtt_broker.workdir.glob("*.db"):

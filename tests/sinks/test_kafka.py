@@ -36,12 +36,12 @@ def sighting(camera: str, n: int) -> Event:
         "seen_at": f"2023-10-23T00:{n // 60 % 60:02d}:{n % 60:02d}Z",
         "source": "logs",
     }
-    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields)
+    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields.get("seen_at"))
 
 
 def of_kind(kind: str, camera: str = "Camera1") -> Event:
     fields = {"schema": f"facespace.{kind}/v1", "event_id": f"{kind}-1", "camera_id": camera}
-    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields)
+    return Event(fields["schema"], fields["event_id"], camera, orjson.dumps(fields), fields.get("seen_at"))
 
 
 def sink_for(kafka: KafkaBroker, topic: str, **options: object) -> KafkaSink:
@@ -60,7 +60,7 @@ async def test_records_carry_key_headers_ingest_time_and_exact_payload(kafka, ka
     events = [sighting("Camera1", 0), sighting("Cam é/2", 1)]
     before = int(time.time() * 1000)
     async with sink_for(kafka, kafka_topic) as sink:
-        acks = [await sink.publish(event) for event in events]
+        acks = [await sink.publish([event]) for event in events]
         await asyncio.gather(*acks)
     after = int(time.time() * 1000)
 
@@ -81,7 +81,7 @@ async def test_records_carry_key_headers_ingest_time_and_exact_payload(kafka, ka
 async def test_each_kind_goes_to_its_topic(kafka, kafka_topic, read_topic):
     async with sink_for(kafka, kafka_topic) as sink:
         for kind in ("sighting", "presence", "deadletter"):
-            await (await sink.publish(of_kind(kind)))
+            await (await sink.publish([of_kind(kind)]))
     for topic, schema in [
         (kafka_topic, b"facespace.sighting/v1"),
         (f"{kafka_topic}.presence", b"facespace.presence/v1"),
@@ -98,9 +98,9 @@ async def test_missing_topic_is_created_and_existing_topic_used_as_it_is(kafka, 
     try:
         await admin.create_topics([NewTopic(existing, 1, 1)])
         async with sink_for(kafka, kafka_topic, partitions=5) as sink:
-            await (await sink.publish(sighting("Camera1", 0)))
+            await (await sink.publish([sighting("Camera1", 0)]))
         async with sink_for(kafka, existing, partitions=5) as sink:
-            await (await sink.publish(sighting("Camera1", 0)))
+            await (await sink.publish([sighting("Camera1", 0)]))
         described = {
             t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([kafka_topic, existing])
         }
@@ -112,7 +112,7 @@ async def test_missing_topic_is_created_and_existing_topic_used_as_it_is(kafka, 
 async def test_each_camera_stays_in_order_in_one_partition(kafka, kafka_topic, read_topic):
     cameras = [f"Camera{i}" for i in range(6)]
     async with sink_for(kafka, kafka_topic, kafka_max_in_flight=50, kafka_linger_ms=0, partitions=3) as sink:
-        acks = [await sink.publish(sighting(camera, n)) for n in range(300) for camera in cameras]
+        acks = [await sink.publish([sighting(camera, n)]) for n in range(300) for camera in cameras]
         await asyncio.gather(*acks)
 
     partitions: dict[str, set[int]] = defaultdict(set)
@@ -129,7 +129,7 @@ async def test_each_camera_stays_in_order_in_one_partition(kafka, kafka_topic, r
 async def test_idempotence_follows_the_broker_with_one_warning(kafka, kafka_topic, caplog):
     caplog.set_level(logging.WARNING, logger="facespace_bridge.sinks.kafka")
     async with sink_for(kafka, kafka_topic) as sink:
-        await (await sink.publish(sighting("Camera1", 0)))
+        await (await sink.publish([sighting("Camera1", 0)]))
         assert sink.idempotent is kafka.supports_idempotence
         assert await sink.supports_transactions() is kafka.supports_transactions
     warnings = [r for r in caplog.records if "idempotent" in r.getMessage()]
@@ -143,10 +143,10 @@ async def test_publish_waits_for_a_slot_while_the_broker_does_not_ack(kafka, kaf
         pytest.skip("needs a broker the tests can interrupt")
     events = [sighting("Camera1", n) for n in range(3)]
     async with sink_for(kafka, kafka_topic, kafka_max_in_flight=2, kafka_linger_ms=0) as sink:
-        await (await sink.publish(sighting("Camera1", 99)))  # topic created, metadata known
+        await (await sink.publish([sighting("Camera1", 99)]))  # topic created, metadata known
         with kafka.unavailable():
-            first = [await sink.publish(events[0]), await sink.publish(events[1])]
-            third = asyncio.ensure_future(sink.publish(events[2]))
+            first = [await sink.publish([events[0]]), await sink.publish([events[1]])]
+            third = asyncio.ensure_future(sink.publish([events[2]]))
             await asyncio.sleep(0.5)
             # Nothing can be acknowledged while the broker is down, so no slot is free.
             assert not third.done()
@@ -164,7 +164,7 @@ async def test_start_retries_until_the_broker_comes_back(kafka, kafka_topic, rea
     await asyncio.sleep(0)  # the outage begins before the sink connects
     try:
         await sink.start()
-        await (await sink.publish(sighting("Camera1", 0)))
+        await (await sink.publish([sighting("Camera1", 0)]))
     finally:
         await outage
         await sink.close()
@@ -249,15 +249,15 @@ def test_only_installed_codecs_are_offered():
 async def test_publish_before_start_is_a_sink_error():
     sink = from_config({"bootstrap_servers": "b:9092"})
     with pytest.raises(SinkError, match="not started"):
-        await sink.publish(sighting("Camera1", 0))
+        await sink.publish([sighting("Camera1", 0)])
 
 
 async def test_a_record_larger_than_a_batch_is_sent_whole(kafka, kafka_topic, read_topic):
     big = sighting("Camera1", 1)
-    big = Event(big.schema, big.event_id, big.camera_id, big.payload + b" " * 50_000, big.fields)
+    big = Event(big.schema, big.event_id, big.camera_id, big.payload + b" " * 50_000, big.time)
     small = [sighting("Camera1", n) for n in range(2, 40)]
     async with sink_for(kafka, kafka_topic, kafka_batch_size=1024) as sink:
-        acks = [await sink.publish(e) for e in [sighting("Camera1", 0), big, *small]]
+        acks = [await sink.publish([e]) for e in [sighting("Camera1", 0), big, *small]]
         await asyncio.gather(*acks)
     values = [r.value for r in await read_topic(kafka_topic)]
     assert values == [sighting("Camera1", 0).payload, big.payload, *(e.payload for e in small)]
@@ -270,9 +270,9 @@ async def test_records_the_broker_never_takes_fail_their_acks_and_the_flush(kafk
     sink.settings = replace(sink.settings, request_timeout_ms=1500)
     await sink.start()
     try:
-        await (await sink.publish(sighting("Camera1", 0)))
+        await (await sink.publish([sighting("Camera1", 0)]))
         with kafka.unavailable():
-            acks = [await sink.publish(sighting("Camera1", n)) for n in range(1, 4)]
+            acks = [await sink.publish([sighting("Camera1", n)]) for n in range(1, 4)]
             results = await asyncio.wait_for(asyncio.gather(*acks, return_exceptions=True), 60)
             assert all(isinstance(r, Exception) for r in results)
             assert sink.failed == 3

@@ -52,7 +52,7 @@ async def test_every_payload_validates_and_lands_on_its_topic(mqtt_broker: MqttB
                 presence_event("Camera1", ["Alice", "Bob"], ["Alice", "Bob"], [], T0),
                 deadletter_event("Camera1", "garbage", "unparseable entry", "logs"),
             ]
-            acks = [await sink.publish(e) for e in events]
+            acks = [await sink.publish([e]) for e in events]
             await asyncio.gather(*acks)
         messages = await collector.wait_for(
             lambda ms: (
@@ -78,11 +78,11 @@ async def test_retained_presence_reaches_a_late_subscriber(mqtt_broker: MqttBrok
     async with sink_for(mqtt_broker, ha_discovery=False) as sink:
         first = presence_event("Camera1", ["Alice"], ["Alice"], [], T0)
         second = presence_event("Camera1", [], [], ["Alice"], T0 + timedelta(seconds=40))
-        await (await sink.publish(first))
-        await (await sink.publish(second))
-        await (await sink.publish(sighting("Camera1", "Alice", second=3)))
+        await (await sink.publish([first]))
+        await (await sink.publish([second]))
+        await (await sink.publish([sighting("Camera1", "Alice", second=3)]))
         # An older sighting (a replay, a late entry) must not move "last seen" backwards.
-        await (await sink.publish(sighting("Camera1", "Alice", second=1)))
+        await (await sink.publish([sighting("Camera1", "Alice", second=1)]))
         await sink.flush()
         held = await retained_async(mqtt_broker, "facespace/#")
     assert held["facespace/Camera1/presence"] == second.payload
@@ -149,7 +149,7 @@ async def test_broker_restart_mid_stream_loses_nothing(mqtt_broker: MqttBroker) 
             acks = []
             restart: asyncio.Future[None] | None = None
             for i, event in enumerate(events):
-                acks.append(await sink.publish(event))
+                acks.append(await sink.publish([event]))
                 if i == n // 3:
                     restart = asyncio.ensure_future(asyncio.to_thread(mqtt_broker.restart, 0.3))
             assert restart is not None
@@ -168,14 +168,14 @@ async def test_back_pressure_while_the_broker_is_down(mqtt_broker: MqttBroker) -
             await asyncio.to_thread(mqtt_broker.stop)
             await eventually(lambda: not sink.connected, what="the sink to notice")
             events = [sighting("Camera1", "Alice", second=i) for i in range(12)]
-            acks = [await sink.publish(e) for e in events[:10]]  # the queue takes ten
-            blocked = asyncio.ensure_future(sink.publish(events[10]))
+            acks = [await sink.publish([e]) for e in events[:10]]  # the queue takes ten
+            blocked = asyncio.ensure_future(sink.publish([events[10]]))
             await asyncio.sleep(0.3)
             assert not blocked.done(), "publish must wait while the queue is full"
             assert not any(asyncio.ensure_future(a).done() for a in acks)  # nothing acked early
             await asyncio.to_thread(mqtt_broker.start)
             acks.append(await blocked)
-            acks.append(await sink.publish(events[11]))
+            acks.append(await sink.publish([events[11]]))
             await asyncio.wait_for(asyncio.gather(*acks), 30)
         got = await col.wait_for(lambda ms: len({m.payload for m in ms}) >= 12, what="all twelve")
     assert {m.payload for m in got} == {e.payload for e in events}
@@ -190,7 +190,7 @@ async def test_hostile_names_never_break_the_topic_tree(mqtt_broker: MqttBroker)
             for i, name in enumerate(HOSTILE):
                 events += [sighting(name, name, second=i), presence_event(name, [name], [name], [], T0)]
             for event in events:
-                acks.append(await sink.publish(event))
+                acks.append(await sink.publish([event]))
             await asyncio.gather(*acks)
         # The sink's last word (in order on its one connection) is its retained `offline`.
         messages = await collector.wait_for(
@@ -227,7 +227,7 @@ async def test_unreachable_broker_fails_start_with_one_line() -> None:
 
 async def test_publish_before_start_is_an_error() -> None:
     with pytest.raises(SinkError, match="not started"):
-        await MqttSink().publish(sighting("Camera1", "Alice"))
+        await MqttSink().publish([sighting("Camera1", "Alice")])
 
 
 async def test_a_refused_message_fails_its_ack_under_mqtt5(tmp_path: Path) -> None:
@@ -237,8 +237,8 @@ async def test_a_refused_message_fails_its_ack_under_mqtt5(tmp_path: Path) -> No
     broker.start()
     try:
         async with sink_for(broker, protocol="5", ha_discovery=False) as sink:
-            allowed = await sink.publish(presence_event("Camera1", [], [], [], T0))
-            denied = await sink.publish(sighting("Camera1", "Alice"))
+            allowed = await sink.publish([presence_event("Camera1", [], [], [], T0)])
+            denied = await sink.publish([sighting("Camera1", "Alice")])
             await allowed
             with pytest.raises(SinkError, match="refused a message to facespace/Camera1/sighting"):
                 await denied

@@ -1,0 +1,35 @@
+"""Talking to Kafka, for the Kafka sink and the Kafka checkpoint store alike: the connection
+(bootstrap, TLS, SASL) from flags and environment, what the broker can do, and topics."""
+
+from facespace_bridge.kafka.capabilities import (
+    PROBE_TOPIC,
+    BrokerCapabilities,
+    broker_capabilities,
+    probe_idempotence,
+    transactions_work,
+)
+from facespace_bridge.kafka.connection import (
+    CONNECTION_OPTIONS,
+    SASL_MECHANISMS,
+    SECRET_VARIABLES,
+    SECURITY_PROTOCOLS,
+    KafkaConnection,
+    connection_from_config,
+)
+from facespace_bridge.kafka.topics import TopicError, ensure_topic
+
+__all__ = [
+    "CONNECTION_OPTIONS",
+    "PROBE_TOPIC",
+    "SASL_MECHANISMS",
+    "SECRET_VARIABLES",
+    "SECURITY_PROTOCOLS",
+    "BrokerCapabilities",
+    "KafkaConnection",
+    "TopicError",
+    "broker_capabilities",
+    "connection_from_config",
+    "ensure_topic",
+    "probe_idempotence",
+    "transactions_work",
+]
