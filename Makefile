@@ -1,6 +1,6 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3, make and apt:
 #   make demo   -- the whole pipeline on an embedded default
-#   make test   -- install everything into .venv and run the whole suite
+#   make test   -- install everything into .venv (and Home Assistant's venv, cached) and run the whole suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -1,6 +1,8 @@
 """The bridge against a real Home Assistant (tests/fixtures/homeassistant.py): every discovery
 config it publishes becomes an entity, the states follow what the simulator shows, Home
-Assistant logs no complaint, and the Last Will makes the entities unavailable."""
+Assistant logs no complaint, and the Last Will makes the entities unavailable. Also what
+the fixture itself promises: automations it counts, services, a restart that keeps the
+registry."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.simulator import SimulatorServer
 from facespace_bridge.sinks._topics import TopicLayout
@@ -51,6 +55,18 @@ async def until_states(ha: HomeAssistant, wanted: dict[str, str], what: str, tim
         raise AssertionError(f"{what}: (shown, wanted) {wrong(await ha.states())}") from None
 
 
+def publish(broker: MqttBroker, messages: list[tuple[str, bytes, bool]]) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        for topic, payload, retain in messages:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -59,8 +75,11 @@ async def test_home_assistant_shows_what_the_simulator_sees(
     simulator_factory, home_assistant: HomeAssistant, mqtt_broker: MqttBroker, tmp_path: Path
 ) -> None:
     ha = home_assistant
-    # The real time, frozen: who is in view changes only when the test moves the clock.
-    sim = simulator_factory(now=None, speed=0.0, people=8, history_hours=6, visits_per_hour=60)
+    # The real time, frozen: who is in view changes only when the test moves the clock. Odd
+    # names too: cameras and people with `/`, `#`, `+`, `@`, quotes, accents, CJK.
+    sim = simulator_factory(
+        now=None, speed=0.0, people=8, history_hours=6, visits_per_hour=60, odd_names=True
+    )
     cameras = sim.world.cameras()
     present = sim.world.present()
     # The bridge announces everyone in view and in the last day of history.
@@ -92,7 +111,7 @@ async def test_home_assistant_shows_what_the_simulator_sees(
 
     bridge = start_bridge(sim, mqtt_broker, tmp_path)
     try:
-        # Every config the bridge publishes is an entity of Home Assistant's, with the id it asked for.
+        # Every config the bridge publishes is an entity in Home Assistant's registry, and nothing else.
         async def registered() -> bool:
             assert bridge.poll() is None, (tmp_path / "bridge.log").read_text()
             return {e["unique_id"] for e in await ha.entity_registry("mqtt")} == set(configs)
@@ -164,4 +183,42 @@ async def test_home_assistant_shows_what_the_simulator_sees(
     # The Last Will: the bridge's connection shows off, everything else unavailable.
     gone = {entity: "unavailable" for entity in entity_of.values()} | {entity_of[connection_id]: "off"}
     await until_states(ha, gone, "unavailable after the bridge was killed", timeout=20)
+    assert ha.problems() == [], "\n".join(map(str, ha.problems()))
+
+
+async def test_the_fixture_counts_automation_runs_and_keeps_its_registry_across_a_restart(
+    home_assistant: HomeAssistant, mqtt_broker: MqttBroker
+) -> None:
+    ha = home_assistant
+    await ha.counting_automation("ping", [{"trigger": "mqtt", "topic": "tests/ping"}])
+    # A hand-written config: this is about the fixture, not about the bridge's payloads.
+    probe = {"name": "Probe", "unique_id": "tests_probe", "state_topic": "tests/probe"}
+    await asyncio.to_thread(
+        publish,
+        mqtt_broker,
+        [("tests/ping", b"1", False)] * 3
+        + [
+            ("homeassistant/sensor/tests/probe/config", orjson.dumps(probe), True),
+            ("tests/probe", b"42", True),
+        ],
+    )
+
+    async def fired(times: int) -> bool:
+        return await ha.times_fired("ping") == times
+
+    await ha.wait_until(lambda: fired(3), what="three runs of the automation")
+    # A service call: Home Assistant publishes, its own automation counts it.
+    await ha.call_service("mqtt", "publish", {"topic": "tests/ping", "payload": "from home assistant"})
+    await ha.wait_until(lambda: fired(4), what="the run the service call caused")
+    (entry,) = await ha.entity_registry("mqtt")
+    await ha.wait_for(lambda states: states[entry["entity_id"]].state == "42", what="the probe's state")
+
+    await ha.restart()
+    assert await ha.entity_registry("mqtt") == [entry]
+    await ha.wait_for(
+        lambda states: states[entry["entity_id"]].state == "42", what="the state after a restart"
+    )
+    assert await ha.times_fired("ping") == 4
+    await asyncio.to_thread(publish, mqtt_broker, [("tests/ping", b"1", False)])
+    await ha.wait_until(lambda: fired(5), what="a run after the restart")
     assert ha.problems() == [], "\n".join(map(str, ha.problems()))
