@@ -1,13 +1,13 @@
 # Two commands on a fresh Debian/Ubuntu machine with Python 3, make and apt:
 #   make demo   -- the whole pipeline on an embedded default
-#   make test   -- install everything into .venv and run the whole suite
+#   make test   -- install everything into .venv (and Home Assistant's venv, cached) and run the whole suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # apt needs root; use sudo when we are not root and sudo exists.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo)
 
-.PHONY: demo test lint venv system-deps bench clean docs
+.PHONY: demo test lint venv ha-venv system-deps bench clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install it with 'apt-get install python3-venv'"; exit 1; }
@@ -38,7 +38,12 @@ lint: venv
 	$(BIN)/ruff check facespace_bridge tests bench
 	$(BIN)/ruff format --check facespace_bridge tests bench
 
-test: venv system-deps lint
+# Home Assistant's own venv (Python 3.13), the oracle of the MQTT discovery tests: built once
+# into ~/.cache/facespace-bridge and reused (tests/fixtures/homeassistant.py says how).
+ha-venv: venv
+	$(BIN)/python -m tests.fixtures.homeassistant build
+
+test: venv system-deps lint ha-venv
 	$(BIN)/pytest
 
 bench: venv system-deps

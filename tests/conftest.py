@@ -1,8 +1,9 @@
 """Shared fixtures. Real parts only: each fixture module starts a real server
-(the simulator over HTTP, a Kafka-protocol broker, Mosquitto) and stops it."""
+(the simulator over HTTP, a Kafka-protocol broker, Mosquitto, Home Assistant) and stops it."""
 
 pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.kafka",
     "tests.fixtures.mqtt",
+    "tests.fixtures.homeassistant",
 ]
