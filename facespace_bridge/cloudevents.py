@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -49,6 +49,7 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 # The HTTP binding leaves printable ASCII (U+0021-U+007E) as it is, except `"` and `%`.
 _HTTP_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+_HTTP_AS_IS = re.compile("[" + re.escape(_HTTP_SAFE) + "]*")
 # What the CloudEvents String type forbids: control characters, surrogates, noncharacters.
 _NOT_A_CE_STRING = re.compile(
     "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
@@ -127,6 +128,8 @@ def subject(camera_id: str) -> str | None:
 
 def percent_encoded(value: str) -> str:
     """A header value as the HTTP binding writes it: `Euro € 😀` -> `Euro%20%E2%82%AC%20%F0%9F%98%80`."""
+    if _HTTP_AS_IS.fullmatch(value):  # ids and times: nothing to escape, and a match is cheaper
+        return value
     return quote(value, safe=_HTTP_SAFE)
 
 
@@ -211,14 +214,16 @@ class CloudEvents:
         self._schemas[schema] = headers
         return headers
 
-    def kafka_headers(self, event: Event) -> KafkaHeaders:
-        """The `ce_` headers of a Kafka record (the sink adds `content-type` and its own)."""
+    def kafka_headers(self, event: Event, head: Iterable[tuple[str, bytes]] = ()) -> KafkaHeaders:
+        """The `ce_` headers of a Kafka record, after `head` (the sink's own headers, such as
+        `content-type`: one list instead of two, on the hot path)."""
         schema = self._schemas.get(event.schema) or self._schema(event.schema)
         fixed = schema.kafka_by_camera.get(event.camera_id) or schema.kafka_for(event.camera_id)
-        time = _event_time(event, schema.time_field)
-        if time is None:
-            return [*fixed, ("ce_id", event.event_id.encode())]
-        return [*fixed, ("ce_id", event.event_id.encode()), ("ce_time", time.encode())]
+        # (_event_time inlined: a call is a quarter of this method's cost)
+        time = event.fields.get(schema.time_field) if schema.time_field is not None else None
+        if isinstance(time, str) and time:
+            return [*head, *fixed, ("ce_id", event.event_id.encode()), ("ce_time", time.encode())]
+        return [*head, *fixed, ("ce_id", event.event_id.encode())]
 
     def http_headers(self, event: Event) -> dict[str, str]:
         """The `ce-` headers of a webhook POST (the poster adds `content-type`)."""

@@ -514,9 +514,11 @@ class KafkaSink(Sink):
         while self._paused is not None:
             await self._paused.wait()
         key, batches = placed
-        record_headers = [*headers, ("event-id", event.event_id.encode())]
-        if self._cloudevents is not None:
-            record_headers += self._cloudevents.kafka_headers(event)
+        if self._cloudevents is None:
+            record_headers = [*headers, ("event-id", event.event_id.encode())]
+        else:
+            record_headers = self._cloudevents.kafka_headers(event, headers)
+            record_headers.append(("event-id", event.event_id.encode()))
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:
