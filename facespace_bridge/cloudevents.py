@@ -88,6 +88,8 @@ def source_uri(api_url: str) -> str:
     scheme = url.scheme.lower()
     if scheme not in _DEFAULT_PORTS or not url.raw_host:
         raise ValueError("not an http(s) URL with a host")
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"port {url.port} is out of range")
     host = url.raw_host.decode("ascii").lower()
     if ":" in host:  # IPv6
         host = f"[{host}]"
