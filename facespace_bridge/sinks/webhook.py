@@ -56,6 +56,7 @@ class WebhookSink(Sink):
         cloudevents_source: str | None = None,  # None: no ce- headers (--no-cloudevents)
     ) -> None:
         self.poster = WebhookPoster(url, headers=headers, transport=transport)
+        self.cloudevents_source = cloudevents_source
         self._cloudevents = CloudEvents(cloudevents_source) if cloudevents_source is not None else None
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
