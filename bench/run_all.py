@@ -24,6 +24,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("simulator_rate.py", [], ["--entries", "200000"]),
     ("client_stream_memory.py", [], ["--entries", "200000"]),
     ("kafka_replay.py", [], ["--sightings", "200000", "--small", "100000"]),
+    ("cloudevents_headers.py", ["--kafka"], ["--events", "50000", "--repeat", "2"]),
     ("bridge_overhead.py", [], ["--count", "100000", "--rounds", "1"]),
     ("bridge_backfill.py", ["--rounds", "2"], ["--count", "200000"]),
     ("bridge_backfill.py", ["--exactly-once"], ["--count", "200000", "--exactly-once"]),

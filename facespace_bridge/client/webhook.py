@@ -2,8 +2,8 @@
 
 Used by the client (`webhook_url`) and by the bridge's webhook sink. It never sends the
 FaceSpace API key: headers named `x-api-key`, and any header whose value contains one of
-the given secrets, are dropped before the first request; failures are logged (through
-the redacting logger) and reported as `False`.
+the given secrets, are dropped, from the poster's headers and from those of a single POST
+alike; failures are logged (through the redacting logger) and reported as `False`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ class WebhookPoster:
         logger: logging.Logger | None = None,
     ) -> None:
         self.url = url
-        self.headers = {**safe_headers(headers, secrets), "content-type": "application/json"}
+        self._secrets = [s for s in secrets if s]
+        self.headers = {**safe_headers(headers, self._secrets), "content-type": "application/json"}
         self.timeout = timeout
         self.attempts = max(1, attempts)
         self.backoff_initial = backoff_initial
@@ -77,17 +78,24 @@ class WebhookPoster:
             self._http = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
         return self._http
 
-    async def _post_once(self, body: bytes) -> None:
-        response = await self._client().post(self.url, content=body, headers=self.headers)
+    async def _post_once(self, body: bytes, headers: Mapping[str, str]) -> None:
+        response = await self._client().post(self.url, content=body, headers=headers)
         if response.status_code in _RETRY_STATUSES:
             raise _RetryableStatus(response.status_code)
         response.raise_for_status()
 
-    async def post(self, payload: object) -> bool:
-        """POST `payload` as JSON; True when the webhook accepted it. Never raises
-        (except cancellation): a failing webhook must not break the caller's stream."""
+    async def post(self, payload: object, headers: Mapping[str, str] | None = None) -> bool:
+        """POST `payload` as JSON, with `headers` added to the poster's for this request only
+        (they replace a poster header of the same name, whatever its case); True when the
+        webhook accepted it. Never raises (except cancellation): a failing webhook must not
+        break the caller's stream."""
         try:
             body = orjson.dumps(payload)
+            sent: Mapping[str, str] = self.headers
+            if headers:
+                merged = httpx.Headers(self.headers)  # case-insensitive: a header replaces its namesake
+                merged.update(safe_headers(headers, self._secrets))
+                sent = merged
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((_RetryableStatus, httpx.TransportError)),
                 wait=wait_exponential(multiplier=self.backoff_initial, max=self.backoff_max)
@@ -97,7 +105,7 @@ class WebhookPoster:
             )
             async for attempt in retrying:
                 with attempt:
-                    await self._post_once(body)
+                    await self._post_once(body, sent)
         except Exception as exc:
             self.failed += 1
             self.log.warning("webhook POST to %s failed: %s: %s", self.url, type(exc).__name__, exc)

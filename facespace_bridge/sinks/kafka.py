@@ -2,7 +2,8 @@
 
 Key = camera id, so one camera's events stay ordered in one partition (aiokafka sends
 at most one batch per partition at a time, so a retry cannot reorder a partition even
-without idempotence). Headers `content-type`, `schema`, `event-id`; the record
+without idempotence). Headers `content-type`, `schema`, `event-id`, and the CloudEvents
+`ce_` attributes (facespace_bridge/cloudevents.py) unless `--no-cloudevents`; the record
 timestamp is the ingest time, never part of the payload (DESIGN §3, §5).
 
 aiokafka has no producer memory bound, so `publish` holds one of `max_in_flight`
@@ -35,6 +36,7 @@ from aiokafka.protocol.coordination import FindCoordinatorRequest
 from aiokafka.protocol.transaction import InitProducerIdRequest
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
+from facespace_bridge.cloudevents import CloudEvents, source_from_config
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, Sink, SinkError
 
@@ -102,6 +104,9 @@ class KafkaSettings:
     # --exactly-once: events go out in transactions that the bridge commits together with
     # the checkpoint (`transaction_boundary`). A second producer with the same id fences this one.
     transactional_id: str | None = None
+    # The CloudEvents `source` of the records' ce_ headers (the FaceSpace API, see
+    # cloudevents.source_uri); None: no ce_ headers (--no-cloudevents).
+    cloudevents_source: str | None = None
 
     def connection_kwargs(self) -> dict[str, Any]:
         """The arguments every aiokafka client of this sink shares (bootstrap, TLS, SASL)."""
@@ -243,6 +248,8 @@ class KafkaSink(Sink):
         self._turns = asyncio.Lock()
         self._in_transaction = False
         self._begin_lock = asyncio.Lock()
+        source = settings.cloudevents_source
+        self._cloudevents = CloudEvents(source) if source is not None else None
 
     @property  # type: ignore[override]
     def transactional(self) -> bool:
@@ -522,7 +529,11 @@ class KafkaSink(Sink):
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
         key, batches = placed
-        record_headers = [*headers, ("event-id", event.event_id.encode())]
+        if self._cloudevents is None:
+            record_headers = [*headers, ("event-id", event.event_id.encode())]
+        else:
+            record_headers = self._cloudevents.kafka_headers(event, headers)
+            record_headers.append(("event-id", event.event_id.encode()))
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:
@@ -847,6 +858,7 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink
         sasl_mechanism=security.sasl_mechanism,
         sasl_username=security.sasl_username,
         sasl_password=security.sasl_password,
+        cloudevents_source=source_from_config(config),
     )
     return KafkaSink(settings)
 

@@ -11,6 +11,10 @@ Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
         again, not happening now (a sink that triggers actions, such as Home Assistant
         event entities, must not act on them).
 
+Options that several sinks read are defined once, beside the code that reads them, and
+listed in SHARED_OPTIONS: `--no-cloudevents` (facespace_bridge/cloudevents.py) turns off
+the CloudEvents headers of the Kafka and the webhook sink alike.
+
 Adding a sink is one new file plus one line in SINK_MODULES.
 """
 
@@ -21,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
+from facespace_bridge import cloudevents
 from facespace_bridge.sinks.base import Sink
 
 SINK_MODULES: dict[str, str] = {
@@ -29,6 +34,9 @@ SINK_MODULES: dict[str, str] = {
     "webhook": "facespace_bridge.sinks.webhook",
     "file": "facespace_bridge.sinks.file",
 }
+
+# Added once to each command, after every sink's own options.
+SHARED_OPTIONS: list[Callable[[Any], Any]] = [*cloudevents.OPTIONS]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,7 +51,9 @@ def _module(name: str) -> ModuleType | None:
 
 
 def sink_options(command: F) -> F:
-    """Decorate a click command with every sink's options."""
+    """Decorate a click command with every sink's options, then the shared ones."""
+    for option in reversed(SHARED_OPTIONS):
+        command = option(command)
     for name in reversed(list(SINK_MODULES)):
         module = _module(name)
         for option in reversed(getattr(module, "OPTIONS", []) if module else []):

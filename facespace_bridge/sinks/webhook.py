@@ -5,6 +5,9 @@ Carries the original client's webhook feature over to events, through the same
 on a 2xx reply; one the webhook keeps refusing is not, so the bridge retries it and
 the checkpoint waits. Several POSTs may be in flight (`--webhook-concurrency`), so a
 receiver that cares about order sorts by `seen_at`, and deduplicates by `event_id`.
+
+Each POST is a CloudEvent in the HTTP binding's binary mode: the `ce-` headers of
+facespace_bridge/cloudevents.py beside the unchanged JSON body, unless `--no-cloudevents`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import httpx
 import orjson
 
 from facespace_bridge.client.webhook import WebhookPoster
+from facespace_bridge.cloudevents import CloudEvents, source_from_config
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, Sink, SinkError
 
@@ -49,8 +53,11 @@ class WebhookSink(Sink):
         headers: Mapping[str, str] | None = None,
         concurrency: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
+        cloudevents_source: str | None = None,  # None: no ce- headers (--no-cloudevents)
     ) -> None:
         self.poster = WebhookPoster(url, headers=headers, transport=transport)
+        self.cloudevents_source = cloudevents_source
+        self._cloudevents = CloudEvents(cloudevents_source) if cloudevents_source is not None else None
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -67,7 +74,8 @@ class WebhookSink(Sink):
     async def _post(self, event: Event) -> None:
         try:
             # The payload is already canonical JSON: a Fragment sends those bytes unchanged.
-            if not await self.poster.post(orjson.Fragment(event.payload)):
+            headers = self._cloudevents.http_headers(event) if self._cloudevents is not None else None
+            if not await self.poster.post(orjson.Fragment(event.payload), headers):
                 raise SinkError(f"webhook {self.poster.url} did not accept event {event.event_id}")
         finally:
             self._slots.release()
@@ -101,5 +109,8 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> WebhookSi
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--webhook-url")
     return WebhookSink(
-        url, _headers(tuple(config.get("webhook_headers") or ())), config.get("webhook_concurrency") or 4
+        url,
+        _headers(tuple(config.get("webhook_headers") or ())),
+        config.get("webhook_concurrency") or 4,
+        cloudevents_source=source_from_config(config),
     )

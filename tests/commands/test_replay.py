@@ -175,6 +175,15 @@ async def test_replay_publishes_exactly_the_ground_truth(kafka, kafka_topic, rea
             "content-type": b"application/json",
             "schema": payload["schema"].encode(),
             "event-id": payload["event_id"].encode(),
+            # CloudEvents (facespace_bridge/cloudevents.py); the source is the --api-url
+            # (http://127.0.0.1:<port>/facespace: already in its normal form)
+            "ce_specversion": b"1.0",
+            "ce_id": payload["event_id"].encode(),
+            "ce_source": simulator.base_url.encode(),
+            "ce_type": b"one.automa.facespace.sighting.v1",
+            "ce_dataschema": b"urn:facespace-bridge:schema:sighting/v1",
+            "ce_subject": payload["camera_id"].encode(),
+            "ce_time": payload["seen_at"].encode(),
         }
         assert payload["schema"] == "facespace.sighting/v1"
         at = (record.partition, payload["camera_id"])

@@ -8,14 +8,19 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import click
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
 
-from facespace_bridge.events import Event
+from facespace_bridge.client.entries import LogEntry
+from facespace_bridge.events import Event, deadletter_event, presence_event, sighting_event
 from facespace_bridge.sinks.base import SinkError
 from facespace_bridge.sinks.kafka import (
     COMPRESSIONS,
@@ -24,7 +29,7 @@ from facespace_bridge.sinks.kafka import (
     connection_options,
     from_config,
 )
-from tests.fixtures.kafka import KafkaBroker, free_port
+from tests.fixtures.kafka import KafkaBroker, Record, free_port
 
 
 def sighting(camera: str, n: int) -> Event:
@@ -281,3 +286,76 @@ async def test_records_the_broker_never_takes_fail_their_acks_and_the_flush(kafk
     finally:
         with contextlib.suppress(SinkError):  # close() flushes, and reports the failures again
             await sink.close()
+
+
+# -- CloudEvents (facespace_bridge/cloudevents.py), read back by the CloudEvents SDK -------------
+
+API_URL = "HTTP://bridge:pa55word@FaceSpace.Example:80/facespace/?key=k-123"
+CE_SOURCE = "http://facespace.example/facespace"  # API_URL normalised, without credentials or query
+HOSTILE_CAMERA = 'Door #2 "east" 100% 李小龍 😀'
+
+
+def cloudevent_of(record: Record) -> BaseCloudEvent:
+    message = ce_kafka.KafkaMessage(headers=record.headers, key=record.key, value=record.value or b"")
+    return ce_kafka.from_binary(message, JSONFormat())
+
+
+async def test_records_are_cloudevents_the_sdk_reads_back(kafka, kafka_topic, read_topic):
+    seen_at = datetime(2023, 10, 23, 0, 5, 22, tzinfo=timezone.utc)
+    events = {
+        "sighting": sighting_event(LogEntry(HOSTILE_CAMERA, "Mary Ann", seen_at, ""), 0),
+        "presence": presence_event("Camera2", ["Bob"], ["Bob"], [], seen_at),
+        "deadletter": deadletter_event(None, "Alice @ 25:61:00 23/10/23", "bad time", "logs"),
+    }
+    async with sink_for(kafka, kafka_topic, api_url=API_URL) as sink:
+        await asyncio.gather(*[await sink.publish(event) for event in events.values()])
+
+    topics = {"sighting": kafka_topic, "presence": f"{kafka_topic}.presence"}
+    topics["deadletter"] = f"{kafka_topic}.deadletter"
+    for kind, event in events.items():
+        (record,) = await read_topic(topics[kind])
+        assert record.value == event.payload  # the value bytes do not change
+        # The bridge's own headers are still there, beside the ce_ ones.
+        assert record.headers["content-type"] == b"application/json"
+        assert record.headers["schema"] == event.schema.encode()
+        assert record.headers["event-id"] == event.event_id.encode()
+        assert b"pa55word" not in b"".join(record.headers.values())
+        assert b"k-123" not in b"".join(record.headers.values())
+
+        parsed = cloudevent_of(record)
+        assert parsed.get_specversion() == "1.0"
+        assert parsed.get_id() == event.event_id
+        assert parsed.get_source() == CE_SOURCE
+        assert parsed.get_type() == f"one.automa.facespace.{kind}.v1"
+        assert parsed.get_dataschema() == f"urn:facespace-bridge:schema:{kind}/v1"
+        assert parsed.get_datacontenttype() == "application/json"
+        assert parsed.get_data() == orjson.loads(event.payload)
+        if kind == "deadletter":  # no time, no camera: neither header is sent
+            assert "ce_time" not in record.headers and "ce_subject" not in record.headers
+        else:
+            assert parsed.get_time() == seen_at
+            assert parsed.get_subject() == event.camera_id
+    assert cloudevent_of((await read_topic(kafka_topic))[0]).get_subject() == HOSTILE_CAMERA
+
+
+async def test_no_cloudevents_sends_no_ce_headers(kafka, kafka_topic, read_topic):
+    event = sighting("Camera1", 0)
+    async with sink_for(kafka, kafka_topic, api_url=API_URL, no_cloudevents=True) as sink:
+        await (await sink.publish(event))
+    (record,) = await read_topic(kafka_topic)
+    assert record.headers == {
+        "content-type": b"application/json",
+        "schema": b"facespace.sighting/v1",
+        "event-id": event.event_id.encode(),
+    }
+    assert record.value == event.payload
+
+
+def test_cloudevents_source_from_options():
+    assert (
+        from_config({"bootstrap_servers": "b:1", "api_url": API_URL}).settings.cloudevents_source == CE_SOURCE
+    )
+    off = from_config({"bootstrap_servers": "b:1", "api_url": API_URL, "no_cloudevents": True})
+    assert off.settings.cloudevents_source is None
+    with pytest.raises(click.BadParameter, match="http"):
+        from_config({"bootstrap_servers": "b:1", "api_url": "ftp://example.com"})

@@ -1,0 +1,48 @@
+"""The sink registry: every sink's options and the shared ones, once on `run` and on `replay`."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from facespace_bridge.commands import replay, run
+from facespace_bridge.sinks.kafka import KafkaSink
+from facespace_bridge.sinks.registry import build_sinks
+from facespace_bridge.sinks.webhook import WebhookSink
+
+COMMANDS = {"run": run.command, "replay": replay.command}
+API_URL = "https://user:pw@VisionAPI.Automa.One/facespace/"
+SINK_ARGS = [
+    "--broker", "kafka", "--broker", "webhook", "--webhook-url", "http://127.0.0.1:9/hook",
+    "--api-url", API_URL,
+]  # fmt: skip
+
+
+def parsed(name: str, *args: str) -> dict[str, object]:
+    extra = ["--start-time", "23/10/23"] if name == "replay" else []
+    with COMMANDS[name].make_context(name, [*extra, *args]) as ctx:
+        return dict(ctx.params)
+
+
+def cloudevents_sources(config: dict[str, object], *, replay: bool) -> list[str | None]:
+    sinks = build_sinks(config["broker"], config, replay=replay)  # type: ignore[arg-type]
+    assert [type(s) for s in sinks] == [KafkaSink, WebhookSink]
+    kafka, webhook = sinks
+    assert isinstance(kafka, KafkaSink) and isinstance(webhook, WebhookSink)
+    return [kafka.settings.cloudevents_source, webhook.cloudevents_source]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_no_cloudevents_is_one_flag_for_every_sink(name: str) -> None:
+    flags = [p for p in COMMANDS[name].params if isinstance(p, click.Option) and "--no-cloudevents" in p.opts]
+    assert len(flags) == 1 and flags[0].is_flag
+    on = cloudevents_sources(parsed(name, *SINK_ARGS), replay=name == "replay")
+    assert on == ["https://visionapi.automa.one/facespace"] * 2
+    off = cloudevents_sources(parsed(name, *SINK_ARGS, "--no-cloudevents"), replay=name == "replay")
+    assert off == [None, None]
+
+
+def test_run_and_replay_give_events_of_one_api_one_source() -> None:
+    live = cloudevents_sources(parsed("run", *SINK_ARGS), replay=False)
+    history = cloudevents_sources(parsed("replay", *SINK_ARGS), replay=True)
+    assert live == history
