@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from facespace_bridge.client._logging import client_logger
+from facespace_bridge.client.redaction import redactor
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _KEY_HEADER = "x-api-key"
@@ -34,12 +35,15 @@ class _RetryableStatus(Exception):
 
 
 def safe_headers(headers: Mapping[str, str] | None, secrets: Iterable[str]) -> dict[str, str]:
-    """`headers` without the API key header and without any header carrying a secret."""
+    """`headers` without the API key header and without any header carrying a secret: one of
+    `secrets`, or any the process registered with the redactor (the API key, broker passwords)."""
     secrets = [s for s in secrets if s]
     return {
         name: value
         for name, value in (headers or {}).items()
-        if name.lower() != _KEY_HEADER and not any(secret in str(value) for secret in secrets)
+        if name.lower() != _KEY_HEADER
+        and not any(secret in str(value) for secret in secrets)
+        and redactor.redact(str(value)) == str(value)
     }
 
 

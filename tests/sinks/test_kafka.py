@@ -308,7 +308,7 @@ async def test_records_are_cloudevents_the_sdk_reads_back(kafka, kafka_topic, re
         "deadletter": deadletter_event(None, "Alice @ 25:61:00 23/10/23", "bad time", "logs"),
     }
     async with sink_for(kafka, kafka_topic, api_url=API_URL) as sink:
-        await asyncio.gather(*[await sink.publish(event) for event in events.values()])
+        await asyncio.gather(*[await sink.publish([event]) for event in events.values()])
 
     topics = {"sighting": kafka_topic, "presence": f"{kafka_topic}.presence"}
     topics["deadletter"] = f"{kafka_topic}.deadletter"
@@ -341,7 +341,7 @@ async def test_records_are_cloudevents_the_sdk_reads_back(kafka, kafka_topic, re
 async def test_no_cloudevents_sends_no_ce_headers(kafka, kafka_topic, read_topic):
     event = sighting("Camera1", 0)
     async with sink_for(kafka, kafka_topic, api_url=API_URL, no_cloudevents=True) as sink:
-        await (await sink.publish(event))
+        await (await sink.publish([event]))
     (record,) = await read_topic(kafka_topic)
     assert record.headers == {
         "content-type": b"application/json",

@@ -71,7 +71,7 @@ def sighting(camera: str) -> Event:
 
 async def deliver(sink: WebhookSink, events: list[Event]) -> None:
     async with sink:
-        await asyncio.gather(*[await sink.publish(event) for event in events])
+        await asyncio.gather(*[await sink.publish([event]) for event in events])
 
 
 def cloudevent_of(post: Post) -> BaseCloudEvent:
