@@ -99,6 +99,7 @@ class AckTracker:
         self._positions: dict[str, tuple[datetime, int]] = dict(checkpoint.cameras)
         self._through = checkpoint.through
         self._backfill = checkpoint.backfill
+        self._rewound = checkpoint.rewound
         self._on_change = on_change
         self._seq = 0
         self._open: AckGroup | None = None  # the newest group, still taking items
@@ -119,7 +120,9 @@ class AckTracker:
     def checkpoint(self) -> Checkpoint:
         """The durable resume point as of now (a snapshot)."""
         cameras = {camera: Position._make(position) for camera, position in self._positions.items()}
-        return Checkpoint(cameras=cameras, through=self._through, backfill=self._backfill)
+        return Checkpoint(
+            cameras=cameras, through=self._through, backfill=self._backfill, rewound=self._rewound
+        )
 
     def open(self, acks: tuple[object, ...]) -> AckGroup:
         if self._open is not None:
@@ -189,7 +192,9 @@ class AckTracker:
 
     def set_backfill(self, backfill: Backfill | None, through: datetime | None = None) -> None:
         self._backfill = backfill
-        self._through = through or self._through
+        if through is not None:  # the backfill read every camera, rewound ones too, up to there
+            self._through = through
+            self._rewound = frozenset()
         self._on_change()
 
     async def idle(self) -> None:
@@ -202,8 +207,13 @@ class AckTracker:
         moved = None
         while self._barriers and (oldest is None or self._barriers[0][0] < oldest):
             moved = self._barriers.popleft()[1]
-        if moved is not None and (self._through is None or moved > self._through):
+        # A rewound camera was read from its own position up to `moved` too: once that reaches
+        # the heartbeat, the heartbeat holds for it again.
+        if moved is not None and (
+            self._through is None or moved > self._through or (self._rewound and moved >= self._through)
+        ):
             self._through = moved
+            self._rewound = frozenset()
             self._on_change()
 
 
