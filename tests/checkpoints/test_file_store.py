@@ -79,7 +79,9 @@ async def test_a_second_store_on_the_same_file_is_refused_while_the_first_is_ope
     await first.open()
     try:
         assert first.holder() == f"pid {os.getpid()}"
-        with pytest.raises(CheckpointInUse, match=rf"in use by pid {os.getpid()}, which holds .*\.x\.json\.lock"):
+        with pytest.raises(
+            CheckpointInUse, match=rf"in use by pid {os.getpid()}, which holds .*\.x\.json\.lock"
+        ):
             await second.open()
         await first.save(Checkpoint(through=T))  # the holder still writes
     finally:

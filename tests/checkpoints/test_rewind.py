@@ -18,7 +18,10 @@ START = T - timedelta(hours=12)
 def running_checkpoint() -> Checkpoint:
     """After a backfill and some tail: A and B have positions of their own, A's past the heartbeat."""
     return Checkpoint(
-        cameras={"A": Position(HEARTBEAT + timedelta(seconds=30), 2), "B": Position(T + timedelta(hours=1), 1)},
+        cameras={
+            "A": Position(HEARTBEAT + timedelta(seconds=30), 2),
+            "B": Position(T + timedelta(hours=1), 1),
+        },
         through=HEARTBEAT,
         backfill=Backfill(START, HEARTBEAT - timedelta(minutes=5), complete=True),
     )
