@@ -384,6 +384,14 @@ def test_set_and_reset_are_refused_while_the_bridge_runs_and_so_is_a_second_brid
     )
     assert not (tmp_path / "second.jsonl").exists()  # it stopped before its sinks started
 
+    # `check` with the bridge's settings reads the checkpoint without taking the lock.
+    api = {"FACESPACE_API_KEY": simulator.api_key, "FACESPACE_API_URL": simulator.base_url}
+    checked = ok(cli("check", "--broker", "file", "--output", str(tmp_path / "check.jsonl"), *where, env=api))
+    assert f"ok   checkpoint: file {path}: resumes at " in checked
+    assert checked.rstrip().endswith(
+        f"; in use by pid {bridge.proc.pid} (a bridge with this checkpoint is running)"
+    )
+
     bridge.stop()
     assert "running     no: nobody holds" in ok(cli("checkpoint", "show", *where))
     ok(cli("checkpoint", "set", "--to", "12:00 24/10/23", "--camera-id", "Camera2", *where))
