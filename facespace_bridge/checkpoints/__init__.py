@@ -4,8 +4,10 @@ from facespace_bridge.checkpoints.base import (
     Backfill,
     Checkpoint,
     CheckpointError,
+    CheckpointInUse,
     CheckpointStore,
     Position,
+    rfc3339,
 )
 from facespace_bridge.checkpoints.file import FileCheckpointStore, default_path
 
@@ -13,8 +15,10 @@ __all__ = [
     "Backfill",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointInUse",
     "CheckpointStore",
     "FileCheckpointStore",
     "Position",
     "default_path",
+    "rfc3339",
 ]

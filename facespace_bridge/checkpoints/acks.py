@@ -39,6 +39,7 @@ class AckTracker:
         self._positions: dict[str, tuple[datetime, int]] = dict(checkpoint.cameras)
         self._through = checkpoint.through
         self._backfill = checkpoint.backfill
+        self._rewound = checkpoint.rewound  # cameras moved back by `checkpoint set` (see Checkpoint)
         self.changed = asyncio.Event()  # set whenever the checkpoint moved (the writer waits on it)
         self.max_unsaved = max_unsaved
         self._seq = 0
@@ -56,7 +57,9 @@ class AckTracker:
     def checkpoint(self) -> Checkpoint:
         """The durable resume point as of now (a snapshot)."""
         cameras = {camera: Position._make(position) for camera, position in self._positions.items()}
-        return Checkpoint(cameras=cameras, through=self._through, backfill=self._backfill)
+        return Checkpoint(
+            cameras=cameras, through=self._through, backfill=self._backfill, rewound=self._rewound
+        )
 
     @property
     def full(self) -> bool:
@@ -105,7 +108,9 @@ class AckTracker:
 
     def set_backfill(self, backfill: Backfill | None, through: datetime | None = None) -> None:
         self._backfill = backfill
-        self._through = through or self._through
+        if through is not None:  # the backfill read every camera, rewound ones too, up to there
+            self._through = through
+            self._rewound = frozenset()
         self.changed.set()
 
     def saved(self, covered: int) -> None:
@@ -130,6 +135,11 @@ class AckTracker:
         moved = None
         while self._barriers and (oldest is None or self._barriers[0][0] < oldest):
             moved = self._barriers.popleft()[1]
-        if moved is not None and (self._through is None or moved > self._through):
+        # A rewound camera was read from its own position up to `moved` too: once that reaches
+        # the heartbeat, the heartbeat holds for it again.
+        if moved is not None and (
+            self._through is None or moved > self._through or (self._rewound and moved >= self._through)
+        ):
             self._through = moved
+            self._rewound = frozenset()
             self.changed.set()

@@ -4,13 +4,18 @@ A camera's position is (seen_at, count): the timestamp of the last published
 entry and how many of that camera's entries at exactly that second were already
 published. A bare timestamp is not enough: entries share seconds, and resuming
 at a bare timestamp would either repeat or lose the ones that share it.
+
+A camera resumes at its own position or at the heartbeat `through`, whichever is later,
+unless an operator set it back behind the heartbeat (`facespace-bridge checkpoint set`):
+such a camera is `rewound` and resumes at its own position until the bridge has read
+every camera again up to the heartbeat.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Protocol
 
@@ -30,7 +35,7 @@ class Position(NamedTuple):
     count: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"seen_at": _iso(self.seen_at), "count": self.count}
+        return {"seen_at": rfc3339(self.seen_at), "count": self.count}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Position:
@@ -51,13 +56,25 @@ class Checkpoint:
     """Everything a restart needs. Immutable: the bridge swaps in a new one as acks arrive."""
 
     cameras: dict[str, Position] = field(default_factory=dict)
-    # Every camera is complete before `through` (the heartbeat), even one with no entries yet.
+    # Every camera is complete before `through` (the heartbeat), even one with no entries yet,
+    # except the `rewound` ones.
     through: datetime | None = None
     backfill: Backfill | None = None
+    # Cameras set back behind `through` (`checkpoint set`): their own position is their resume
+    # point. The bridge empties the set once a heartbeat at or past `through` is reached, which
+    # means it has read every camera, these too, up to there.
+    rewound: frozenset[str] = frozenset()
+    # When the store wrote it (read back from the stored bytes; `to_bytes` writes the time of
+    # writing), and what wrote it: the bridge, or a command such as "checkpoint set".
+    written_at: datetime | None = field(default=None, compare=False)
+    written_by: str = field(default="bridge", compare=False)
 
     def position(self, camera_id: str) -> Position | None:
-        """The resume point of one camera: its own position or the heartbeat, whichever is later."""
+        """The resume point of one camera: its own position or the heartbeat, whichever is later
+        (a rewound camera: its own position)."""
         own = self.cameras.get(camera_id)
+        if own is not None and camera_id in self.rewound:
+            return own
         floor = Position(self.through, 0) if self.through else None
         if own is None or (floor is not None and floor > own):
             return floor
@@ -66,24 +83,47 @@ class Checkpoint:
     def earliest(self) -> datetime | None:
         """The earliest resume time over all cameras: where a restarted reader must ask from.
 
-        A camera not seen yet resumes at `through`, so with a heartbeat that is the answer.
+        A camera not seen yet resumes at `through`, so with a heartbeat that is the answer,
+        unless a rewound camera resumes before it.
         """
         if self.through is not None:
-            return self.through
+            behind = [self.cameras[c].seen_at for c in self.rewound if c in self.cameras]
+            return min([self.through, *behind])
         return min((p.seen_at for p in self.cameras.values()), default=None)
+
+    def moved(self, to: datetime, camera_id: str | None = None) -> Checkpoint:
+        """This checkpoint with the resume point moved to `to`: the next start publishes every
+        entry at or after `to` (of `camera_id` only, or of every camera) and none before it.
+
+        One camera: its position becomes (`to`, 0), rewound when that is behind the heartbeat;
+        the other cameras keep their resume points. Every camera: the heartbeat becomes `to`
+        and the cameras' own positions go. A backfill not finished by then is finished (its
+        range is all before `to`); the backfill record stays, so a camera can be reset to its start.
+        """
+        if camera_id is not None:
+            cameras = {**self.cameras, camera_id: Position(to, 0)}
+            behind = self.through is not None and to < self.through
+            rewound = self.rewound | {camera_id} if behind else self.rewound - {camera_id}
+            return replace(self, cameras=cameras, rewound=rewound)
+        backfill = self.backfill
+        if backfill is not None and not backfill.complete and to >= backfill.t0:
+            backfill = replace(backfill, complete=True)
+        return replace(self, cameras={}, through=to, backfill=backfill, rewound=frozenset())
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {
             "version": STATE_VERSION,
             "cameras": {cam: pos.to_json() for cam, pos in sorted(self.cameras.items())},
-            "through": _iso(self.through) if self.through else None,
+            "through": rfc3339(self.through) if self.through else None,
             "backfill": None,
-            "written_at": _iso(datetime.now(timezone.utc)),
+            "rewound": sorted(self.rewound),
+            "written_at": rfc3339(datetime.now(timezone.utc)),
+            "written_by": self.written_by,
         }
         if self.backfill is not None:
             data["backfill"] = {
-                "start": _iso(self.backfill.start),
-                "t0": _iso(self.backfill.t0),
+                "start": rfc3339(self.backfill.start),
+                "t0": rfc3339(self.backfill.t0),
                 "complete": self.backfill.complete,
             }
         return orjson.dumps(data)
@@ -102,6 +142,10 @@ class Checkpoint:
             )
             if backfill
             else None,
+            # Absent from checkpoints written before `checkpoint set` existed.
+            rewound=frozenset(data.get("rewound") or ()),
+            written_at=_parse_iso(data["written_at"]) if data.get("written_at") else None,
+            written_by=str(data.get("written_by") or "bridge"),
         )
 
 
@@ -123,10 +167,17 @@ class CheckpointError(Exception):
     """The checkpoint cannot be read or written; one clear line for the user."""
 
 
+class CheckpointInUse(CheckpointError):
+    """Another process has the checkpoint open (a bridge running as the same instance)."""
+
+
 class CheckpointStore(ABC):
     """Where checkpoints live. `save` returns once the checkpoint is durable."""
 
     name: str = "store"
+    # True when `open()` keeps every other process out of this checkpoint until `close()`
+    # (it raises CheckpointInUse while another one has it open).
+    exclusive: bool = False
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect / create what is needed."""
@@ -139,6 +190,15 @@ class CheckpointStore(ABC):
     async def save(self, checkpoint: Checkpoint) -> None:
         """Make `checkpoint` durable (atomic: a crash leaves the old or the new one)."""
 
+    def holder(self) -> str | None:
+        """Who has this checkpoint open (say "pid 1234"), for an `exclusive` store; None when
+        nobody does, and always for a store that cannot tell."""
+        return None
+
+    async def forget(self) -> None:
+        """Remove the checkpoint, so that the next `load` finds none (the next start is a fresh one)."""
+        raise CheckpointError(f"the checkpoint in {self.describe()} cannot be removed")
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 
@@ -146,7 +206,8 @@ class CheckpointStore(ABC):
         return self.name
 
 
-def _iso(dt: datetime) -> str:
+def rfc3339(dt: datetime) -> str:
+    """The checkpoint's time format: RFC 3339 in UTC with a Z (`2023-10-24T12:00:00Z`)."""
     return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 

@@ -2,7 +2,8 @@
 
 One record per bridge instance, key = instance id, value = the checkpoint JSON; compaction
 keeps the latest per key. `load` reads the topic from the start to its end offset and
-keeps the last value for our key, reading committed records only.
+keeps the last value for our key, reading committed records only. A record without a value
+(a tombstone, `forget`) means no checkpoint.
 
 With `--exactly-once` the store writes with the Kafka sink's transactional producer, inside
 the transaction that carries the events the checkpoint covers (the bridge saves within the
@@ -107,6 +108,10 @@ class KafkaCheckpointStore(CheckpointStore):
         latest: bytes | None = None
         try:
             await consumer.start()
+            if self.topic not in await consumer.topics():
+                # None written yet. Asking for the topic's partitions would let a broker with
+                # auto.create.topics.enable create it, not compacted (open() creates it right).
+                return None
             partitions = [
                 TopicPartition(self.topic, p) for p in consumer.partitions_for_topic(self.topic) or {0}
             ]
@@ -169,13 +174,20 @@ class KafkaCheckpointStore(CheckpointStore):
             await asyncio.sleep(0.2)
 
     async def save(self, checkpoint: Checkpoint) -> None:
+        await self._write(checkpoint.to_bytes())
+
+    async def forget(self) -> None:
+        """A tombstone for our key: `load` finds none, and compaction removes the older records."""
+        await self._write(None)
+
+    async def _write(self, value: bytes | None) -> None:
         from aiokafka.errors import KafkaError
 
         if self._transactions is not None:  # inside the sink's open transaction
-            await self._transactions.write_in_transaction(self.topic, self.key, checkpoint.to_bytes())
+            await self._transactions.write_in_transaction(self.topic, self.key, value)
             return
         try:
-            await self._producer.send_and_wait(self.topic, checkpoint.to_bytes(), key=self.key)
+            await self._producer.send_and_wait(self.topic, value, key=self.key)
         except KafkaError as exc:
             raise CheckpointError(f"cannot write the checkpoint to {self.topic}: {exc}") from None
 

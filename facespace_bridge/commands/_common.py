@@ -11,7 +11,8 @@ import gc
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,8 +32,14 @@ DEFAULT_API_URL = "https://visionapi.automa.one/facespace"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """`--config FILE`: TOML keys are option names (`bootstrap_servers` or `bootstrap-servers`)."""
+def _load_config(
+    ctx: click.Context,
+    _param: click.Parameter,
+    value: str | None,
+    also_known: Callable[[], Iterable[str]] = tuple,
+) -> str | None:
+    """`--config FILE`: TOML keys are option names (`bootstrap_servers` or `bootstrap-servers`);
+    `also_known` names settings of another command that the file may hold and this one ignores."""
     if not value:
         return value
     try:
@@ -43,9 +50,12 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{value} is not valid TOML: {exc}", param_hint="--config") from None
     known = {p.name for p in ctx.command.params if p.name}
+    ignored = set(also_known()) - known
     defaults = {}
     for key, item in data.items():
         name = key.replace("-", "_")
+        if name in ignored:
+            continue
         if name not in known:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
         defaults[name] = item
@@ -53,14 +63,24 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
-config_option = click.option(
-    "--config",
-    type=click.Path(dir_okay=False),
-    is_eager=True,
-    expose_value=False,
-    callback=_load_config,
-    help="TOML file of settings (keys are option names); flags and env vars override it.",
-)
+def _config_option(also_known: Callable[[], Iterable[str]]) -> Callable[[F], F]:
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=partial(_load_config, also_known=also_known),
+        help="TOML file of settings (keys are option names); flags and env vars override it.",
+    )
+
+
+config_option = _config_option(tuple)
+
+
+def config_option_sharing(other: click.Command) -> Callable[[F], F]:
+    """`--config FILE` for a command that acts on the state of `other`: the file written for
+    `other` works here too, the settings only `other` has are ignored."""
+    return _config_option(lambda: [p.name for p in other.params if p.name])
 
 
 def with_env(command: click.Command) -> click.Command:

@@ -57,10 +57,15 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
                 pass
     try:
         store = run.checkpoint_store(config)
-        await store.open()
+        # A running bridge holds the file store's lock: then only read, as `checkpoint show` does.
+        holder = store.holder()
+        if holder is None:
+            await store.open()
         checkpoint = await store.load()
         await store.close()
         where = "none yet" if checkpoint is None else f"resumes at {checkpoint.earliest()}"
+        if holder is not None:
+            where += f"; in use by {holder} (a bridge with this checkpoint is running)"
         line("checkpoint", True, f"{store.describe()}: {where}")
     except Exception as exc:
         line("checkpoint", False, str(exc))

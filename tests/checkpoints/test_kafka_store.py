@@ -65,3 +65,39 @@ async def test_load_waits_for_another_instances_open_transaction(transactional_k
         await ours.close()
     assert loaded is not None and loaded.cameras["Cam"] == Position(T, 2), "an older checkpoint"
     assert waited >= 1.0, "it read past the open transaction without waiting for it"
+
+
+async def test_forget_writes_a_tombstone_and_the_next_load_finds_nothing(kafka, kafka_topic, read_topic):
+    topic = f"{kafka_topic}.offsets"
+    store = KafkaCheckpointStore(kafka.bootstrap, "site-a", topic=topic)
+    other = KafkaCheckpointStore(kafka.bootstrap, "site-b", topic=topic)
+    await store.open()
+    await other.open()
+    try:
+        await store.save(Checkpoint(through=T))
+        await other.save(Checkpoint(through=T.replace(hour=11)))
+        await store.forget()
+    finally:
+        await store.close()
+        await other.close()
+    assert await KafkaCheckpointStore(kafka.bootstrap, "site-a", topic=topic).load() is None
+    assert (await KafkaCheckpointStore(kafka.bootstrap, "site-b", topic=topic).load()) == Checkpoint(
+        through=T.replace(hour=11)
+    )
+    records = await read_topic(topic)
+    assert [(r.key, r.value) for r in records][-1] == (b"site-a", None)  # what compaction removes it by
+
+
+async def test_load_from_a_topic_nobody_created_finds_nothing_and_creates_nothing(kafka, kafka_topic):
+    """`checkpoint show` before any bridge ran: a broker that creates topics on demand must not
+    get an offsets topic without compaction from a read."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topic = f"{kafka_topic}.offsets"
+    assert await KafkaCheckpointStore(kafka.bootstrap, "site-a", topic=topic).load() is None
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        assert topic not in await admin.list_topics()
+    finally:
+        await admin.close()
