@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import promql_parser
@@ -28,6 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from facespace_bridge.metrics import Metrics
+from facespace_bridge.simulator import SimulatorServer
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "facespace-bridge.json"
@@ -204,7 +205,9 @@ def test_the_check_fails_on_a_metric_the_bridge_does_not_export() -> None:
     }
 
 
-def serve_bridge(simulator: Any, tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+def serve_bridge(
+    simulator: SimulatorServer, tmp_path: Path, log: IO[bytes]
+) -> tuple[subprocess.Popen[bytes], int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -219,35 +222,42 @@ def serve_bridge(simulator: Any, tmp_path: Path) -> tuple[subprocess.Popen[str],
         [*CLI, "run", "--broker", "file", "--output", str(tmp_path / "out.jsonl"),
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
          "--tail-interval", "0.3", "--refresh", "0.3", "--backfill-from", "24/10/23"],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env, stderr=log,
     )  # fmt: skip
     return proc, port
 
 
-def scrape_when_ready(proc: subprocess.Popen[str], port: int) -> str:
-    """/metrics once the bridge is ready (sinks started, the API answered)."""
+PUBLISHED = 'facespace_bridge_events_published_total{sink="file",type="sighting"}'
+
+
+def scrape_when_publishing(proc: subprocess.Popen[bytes], port: int) -> str:
+    """/metrics once the bridge is ready (sinks started, the API answered) and has published
+    sightings, so the scrape is a working bridge's."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return httpx.get(f"http://127.0.0.1:{port}/metrics").text
+                exposition = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+                if PUBLISHED in exposition:
+                    return exposition
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"the bridge never became ready (exit code {proc.poll()})")
+    raise AssertionError(f"the bridge published nothing (exit code {proc.poll()})")
 
 
-def test_dashboard_and_rules_name_only_metrics_the_running_bridge_exports(simulator, tmp_path) -> None:
-    proc, port = serve_bridge(simulator, tmp_path)
-    try:
-        exposition = scrape_when_ready(proc, port)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 0, stderr
+def test_dashboard_and_rules_name_only_metrics_the_running_bridge_exports(
+    simulator: SimulatorServer, tmp_path: Path
+) -> None:
+    with (tmp_path / "bridge.log").open("wb") as log:
+        proc, port = serve_bridge(simulator, tmp_path, log)
+        try:
+            exposition = scrape_when_publishing(proc, port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    assert proc.returncode == 0, (tmp_path / "bridge.log").read_text()
     exported = exported_names(exposition)
-    # The scrape is the bridge's, not an empty page: what it published is in it.
-    assert 'facespace_bridge_events_published_total{sink="file",type="sighting"}' in exposition
 
     dashboard, rules = dashboard_expressions(load_dashboard()), rule_expressions(load_rules())
     assert len(dashboard) >= 15 and len(rules) >= 9  # the parse found the expressions
