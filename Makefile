@@ -22,7 +22,8 @@ venv: $(VENV)/.installed
 
 # Mosquitto (the MQTT broker the tests and the demo start themselves), mosquitto_sub for
 # the README's quick starts, kcat for the benchmarks. amqtt, a test dependency, stands in
-# only where the Debian package cannot be installed.
+# only where the Debian package cannot be installed. promtool (Debian package prometheus,
+# without the node exporter it recommends) checks deploy/prometheus/ in tests/test_monitoring.py.
 system-deps:
 	@{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } \
 	  && command -v mosquitto_sub >/dev/null 2>&1 && command -v kcat >/dev/null 2>&1 || { \
@@ -30,6 +31,11 @@ system-deps:
 	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq mosquitto mosquitto-clients kcat >/dev/null ) \
 	  || echo "mosquitto could not be installed; MQTT tests fall back to amqtt"; }
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing prometheus (Debian package, for promtool)"; \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null ) \
+	  || echo "prometheus could not be installed; tests/test_monitoring.py needs promtool"; }
 
 demo: venv system-deps
 	$(BIN)/facespace-bridge demo

@@ -1,11 +1,14 @@
 """deploy/ as data (no Docker engine or cluster here): the files parse, every flag, env var and
 TOML key they use exists in the CLI and resolves through click exactly as the bridge would
 read it, probe paths and ports match the metrics server, and the compose services refer to
-each other consistently."""
+each other consistently (the monitoring profile's Prometheus and Grafana included; the
+PromQL of deploy/prometheus and deploy/grafana is checked in tests/test_monitoring.py)."""
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 import re
 import shlex
 import socket
@@ -37,6 +40,9 @@ COMMANDS = {command.name: command for command in load_all()}
 RUN = COMMANDS["run"]
 # Read by Python or the base image, not by us.
 FOREIGN_ENV = {"PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+# The ports Prometheus (--web.listen-address) and Grafana (http_port) listen on by default.
+PROMETHEUS_PORT = 9090
+GRAFANA_PORT = 3000
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -93,6 +99,27 @@ def host_port(url: str, default_port: int) -> tuple[str, int]:
 
 def probe_paths(*urls: str) -> set[str]:
     return {urlsplit(url).path for url in urls}
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> file or directory of deploy/ mounted there (named volumes left out)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            found[target] = (DEPLOY / source).resolve()
+    return found
+
+
+def named_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> named volume."""
+    pairs = (volume.split(":")[:2] for volume in service.get("volumes", []))
+    return {target: source for source, target in pairs if not source.startswith(".")}
+
+
+def published_ports(service: dict[str, Any]) -> set[int]:
+    """The container ports a service publishes on the host."""
+    return {int(str(port).rsplit(":", 1)[-1]) for port in service.get("ports", [])}
 
 
 # -- Dockerfile -----------------------------------------------------------------------------------
@@ -165,16 +192,28 @@ def compose() -> dict[str, Any]:
 
 def test_compose_dependencies_wait_for_healthy_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"kafka", "mosquitto", "simulator", "bridge", "homeassistant"} <= set(services)
+    assert {"kafka", "mosquitto", "simulator", "bridge", "homeassistant", "prometheus", "grafana"} <= set(
+        services
+    )
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no healthcheck"
         for dependency, how in service.get("depends_on", {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert how == {"condition": "service_healthy"}
-            assert not services[dependency].get("profiles"), f"{name} would wait for an optional service"
+            # An optional dependency is only fine when every profile that starts `name` starts it too.
+            needed, profiles = set(services[dependency].get("profiles", [])), set(service.get("profiles", []))
+            assert not needed or (profiles and profiles <= needed), (
+                f"{name} would wait for an optional service"
+            )
     assert set(services["bridge"]["depends_on"]) == {"kafka", "mosquitto", "simulator"}
-    assert services["homeassistant"]["profiles"] == ["homeassistant"]
-    assert all("profiles" not in s for n, s in services.items() if n != "homeassistant")
+    assert {n: s["profiles"] for n, s in services.items() if "profiles" in s} == {
+        "homeassistant": ["homeassistant"],
+        "prometheus": ["monitoring"],
+        "grafana": ["monitoring"],
+    }
+    # Prometheus must see a bridge that is down, so it never waits for one.
+    assert "depends_on" not in services["prometheus"]
+    assert set(services["grafana"]["depends_on"]) == {"prometheus"}
 
 
 def test_compose_kafka_is_kraft_and_mosquitto_allows_anonymous(compose: dict[str, Any]) -> None:
@@ -190,6 +229,17 @@ def test_compose_kafka_is_kraft_and_mosquitto_allows_anonymous(compose: dict[str
     assert "allow_anonymous true" in conf
 
 
+def compose_bridge_params(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The parameters the compose file's bridge runs with: its environment and its mounted TOML."""
+    bridge = compose["services"]["bridge"]
+    env = {k: str(v) for k, v in bridge["environment"].items()}
+    assert set(env) <= envvars(RUN)
+    config_source, config_target = bridge["volumes"][0].split(":")[:2]
+    assert config_target == env["FACESPACE_BRIDGE_CONFIG"]
+    env["FACESPACE_BRIDGE_CONFIG"] = str(DEPLOY / config_source)  # the file as mounted
+    return resolve(RUN, env, monkeypatch)
+
+
 def test_compose_bridge_settings_point_at_the_other_services(
     compose: dict[str, Any], clean_env: pytest.MonkeyPatch
 ) -> None:
@@ -201,11 +251,7 @@ def test_compose_bridge_settings_point_at_the_other_services(
     assert (DEPLOY / bridge["build"]["context"] / bridge["build"]["dockerfile"]).is_file()
 
     env = {k: str(v) for k, v in bridge["environment"].items()}
-    assert set(env) <= envvars(RUN)
-    config_source, config_target = bridge["volumes"][0].split(":")[:2]
-    assert config_target == env["FACESPACE_BRIDGE_CONFIG"]
-    env["FACESPACE_BRIDGE_CONFIG"] = str(DEPLOY / config_source)  # the file as mounted
-    params = resolve(RUN, env, clean_env)
+    params = compose_bridge_params(compose, clean_env)
     assert set(params["broker"]) == {"kafka", "mqtt"}
 
     # The API: the simulator's address, port and key.
@@ -234,6 +280,89 @@ def test_compose_bridge_settings_point_at_the_other_services(
     assert health_url and host_port(health_url.group(), 80)[1] == port
     assert probe_paths(health_url.group()) == {"/healthz"}
     assert any(str(p).endswith(f":{port}") for p in bridge["ports"])
+
+
+# -- the monitoring profile -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+
+
+def flag_values(command: list[str]) -> dict[str, str]:
+    return dict(
+        arg.removeprefix("--").split("=", 1) for arg in command if arg.startswith("--") and "=" in arg
+    )
+
+
+def test_compose_prometheus_reads_the_mounted_config_and_rules(
+    compose: dict[str, Any], prometheus_config: dict[str, Any]
+) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:v")
+    mounts = bind_mounts(prometheus)
+    assert all(source.is_file() for source in mounts.values())
+    flags = flag_values(prometheus["command"])
+    assert mounts[flags["config.file"]] == DEPLOY / "prometheus/prometheus.yml"
+    assert flags["storage.tsdb.path"] in named_volumes(prometheus)  # the series outlive the container
+    # rule_files are read relative to the config file: each lands on a mounted rule file.
+    rule_files = prometheus_config["rule_files"]
+    config_dir = posixpath.dirname(flags["config.file"])
+    assert [mounts[posixpath.join(config_dir, path)] for path in rule_files] == [
+        DEPLOY / "prometheus/alerts.yml"
+    ]
+    assert "web.listen-address" not in flags
+    health = re.search(r"http://[^'\"]+", " ".join(prometheus["healthcheck"]["test"]))
+    assert health and host_port(health.group(), 80) == ("127.0.0.1", PROMETHEUS_PORT)
+    assert probe_paths(health.group()) == {"/-/ready"}
+    assert published_ports(prometheus) == {PROMETHEUS_PORT}
+
+
+def test_compose_prometheus_scrapes_the_bridge_under_the_job_the_rules_select(
+    compose: dict[str, Any], prometheus_config: dict[str, Any], clean_env: pytest.MonkeyPatch
+) -> None:
+    (job,) = prometheus_config["scrape_configs"]
+    port = compose_bridge_params(compose, clean_env)["metrics_port"]
+    assert [target for group in job["static_configs"] for target in group["targets"]] == [f"bridge:{port}"]
+    assert "bridge" in compose["services"]
+    # Every job the rules select is this one (a rule for another job would never fire).
+    rules_text = (DEPLOY / "prometheus/alerts.yml").read_text()
+    assert set(re.findall(r'\bjob="([^"]+)"', rules_text)) == {job["job_name"]}
+
+
+def test_compose_grafana_provisions_the_prometheus_datasource_and_the_dashboard(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    env = {k: str(v) for k, v in grafana["environment"].items()}
+    assert "GF_PATHS_PROVISIONING" not in env  # so the default /etc/grafana/provisioning is read
+    mounts = bind_mounts(grafana)
+    assert mounts["/etc/grafana/provisioning/datasources"] == DEPLOY / "grafana/provisioning/datasources"
+    assert mounts["/etc/grafana/provisioning/dashboards"] == DEPLOY / "grafana/provisioning/dashboards"
+    assert "/var/lib/grafana" in named_volumes(grafana)
+
+    # The data source is the compose file's Prometheus, at the port it listens on.
+    (datasource_file,) = (DEPLOY / "grafana/provisioning/datasources").glob("*.yml")
+    (datasource,) = yaml.safe_load(datasource_file.read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["isDefault"] is True
+    assert host_port(datasource["url"], 80) == ("prometheus", PROMETHEUS_PORT)
+    assert "prometheus" in compose["services"]
+
+    # The dashboard provider's folder holds the mounted dashboard.
+    (provider_file,) = (DEPLOY / "grafana/provisioning/dashboards").glob("*.yml")
+    (provider,) = yaml.safe_load(provider_file.read_text())["providers"]
+    assert provider["type"] == "file"
+    dashboard_target = next(t for t, s in mounts.items() if s == DEPLOY / "grafana/facespace-bridge.json")
+    assert posixpath.dirname(dashboard_target) == provider["options"]["path"]
+    assert env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == dashboard_target
+    assert json.loads((DEPLOY / "grafana/facespace-bridge.json").read_text())["uid"]
+
+    health = re.search(r"http://[^'\"]+", " ".join(grafana["healthcheck"]["test"]))
+    assert health and host_port(health.group(), 80) == ("127.0.0.1", GRAFANA_PORT)
+    assert probe_paths(health.group()) == {"/api/health"}
+    assert published_ports(grafana) == {GRAFANA_PORT}
 
 
 # -- Kubernetes -----------------------------------------------------------------------------------
@@ -383,6 +512,8 @@ def all_probe_paths(compose: dict[str, Any], k8s: dict[str, dict[str, Any]]) -> 
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         paths.add(container[probe]["httpGet"]["path"])
     paths.add(k8s["Service"]["metadata"]["annotations"]["prometheus.io/path"])
+    prometheus_config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    paths.update(job.get("metrics_path", "/metrics") for job in prometheus_config["scrape_configs"])
     return paths
 
 
