@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore
 from facespace_bridge.checkpoints.acks import AckTracker
@@ -25,9 +25,10 @@ from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import Sink
-from facespace_bridge.sources.base import Barrier, Batch
-from facespace_bridge.sources.logs import LogsSource, utcnow
+from facespace_bridge.sources.base import Barrier, Batch, Clock, utcnow
+from facespace_bridge.sources.logs import LogsSource
 from facespace_bridge.sources.realtime import RealtimeSource
+from facespace_bridge.status import bridge_status
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Bridge:
         store: CheckpointStore,
         options: BridgeOptions | None = None,
         metrics: Metrics | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         if not sinks:
             raise ValueError("the bridge needs at least one sink")
@@ -90,7 +91,12 @@ class Bridge:
             presence_timeout=options.presence_timeout,
             on_arrival=self.logs_source.poll_soon if options.logs and options.arrival_polls else None,
         )
+        # What /status reports (facespace_bridge/status.py).
+        client.on_retry = self._api_retry
         self.sinks_started = False
+        self.stopping = False
+        self.failure: str | None = None  # why the run ended, when it failed
+        self.saved_checkpoint: Checkpoint | None = None  # the last one made durable
         self.tracker: AckTracker | None = None
         self.writer: CheckpointWriter | None = None
         self.publisher: Publisher | None = None
@@ -116,7 +122,7 @@ class Bridge:
                 heartbeat=self.options.heartbeat,
                 save_delay=self.options.save_delay,
                 commit_interval=self.options.commit_interval,
-                on_saved=self.metrics.saved,
+                on_saved=self._saved,
             )
             self.publisher = Publisher(self.sinks, self.tracker, self.metrics)
             for sink in self.sinks:
@@ -126,11 +132,27 @@ class Bridge:
             self.sinks_started = True
             await self._announce()
             await self._serve(stop)
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+                self.failure = str(exc) or type(exc).__name__
+            raise
         finally:
+            self.stopping = True
             for sink in reversed(started):
                 with contextlib.suppress(Exception):
                     await sink.close()
             await self.store.close()
+
+    def _api_retry(self, endpoint: str, error: BaseException | None) -> None:
+        """The client is retrying a request: counted, and the source shows as failing until an
+        answer comes (the client retries for up to a minute before its caller hears of it)."""
+        self.metrics.api_retries.labels(endpoint=endpoint).inc()
+        source = self.realtime_source if endpoint == "recognition" else self.logs_source
+        source.health.failed(f"retrying: {error}")
+
+    def _saved(self, checkpoint: Checkpoint) -> None:
+        self.saved_checkpoint = checkpoint
+        self.metrics.saved(checkpoint)
 
     def _max_unsaved(self) -> float:
         # Exactly once needs no bound: a kill repeats nothing a read_committed consumer sees.
@@ -158,6 +180,7 @@ class Bridge:
                     failed = True
                     raise task.exception()  # type: ignore[misc]
         finally:
+            self.stopping = True
             stop.set()
             for task in sources:
                 task.cancel()
@@ -185,6 +208,7 @@ class Bridge:
         loaded = await self.store.load()
         if loaded is not None:
             log.info("resuming from checkpoint (%s)", self.store.describe())
+            self.saved_checkpoint = loaded
             return loaded
         now = self.clock()
         if self.options.backfill_from is not None:
@@ -203,6 +227,7 @@ class Bridge:
                 await self.store.save(checkpoint)
         else:
             await self.store.save(checkpoint)
+        self.saved_checkpoint = checkpoint
         return checkpoint
 
     async def _announce(self) -> None:
@@ -266,14 +291,9 @@ class Bridge:
 
     # -- status -----------------------------------------------------------------------------------
 
-    def ready(self) -> bool:
-        """Connected and polling: sinks started, and the sources have answered recently."""
-        if not self.sinks_started:
-            return False
-        fresh = time.monotonic() - 3 * max(self.options.tail_interval, self.options.refresh) - 30
-        logs_ok = not self.options.logs or (self.logs_source.last_poll or 0) > fresh
-        realtime_ok = not self.options.realtime or self.realtime_source.status in ("polling", "stopped")
-        return logs_ok and realtime_ok
+    def status(self) -> dict[str, Any]:
+        """The `/status` document (facespace_bridge/status.py)."""
+        return bridge_status(self)
 
 
 def _text(moment: datetime) -> str:

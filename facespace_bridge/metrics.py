@@ -1,4 +1,5 @@
-"""Prometheus metrics and the health endpoints (`/metrics`, `/healthz`, `/readyz`).
+"""Prometheus metrics, the status document and the health endpoints (`/metrics`, `/status`,
+`/healthz`, `/readyz`).
 
 Served by aiohttp (already the simulator's server) so that the probes and the metrics
 share one port; prometheus-client renders the exposition format.
@@ -7,14 +8,17 @@ share one port; prometheus-client renders the exposition format.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from facespace_bridge.checkpoints import Checkpoint
 
 PREFIX = "facespace_bridge"
+STATES = ("STARTING", "RUNNING", "DEGRADED", "FAILED", "STOPPING")  # status.State's values
 
 
 class Metrics:
@@ -89,6 +93,7 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self._held_back = 0
 
     def saved(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was made durable."""
@@ -96,6 +101,19 @@ class Metrics:
         resume = checkpoint.earliest()
         if resume is not None:
             self.checkpoint_position.set(resume.timestamp())
+
+    def observe(self, status: dict[str, Any]) -> None:
+        """Bring the gauges that mirror the status document up to date (at each scrape)."""
+        for state in STATES:
+            self.state.labels(state=state).set(1 if status["state"] == state else 0)
+        held_back = 0
+        for name, sink in status["sinks"].items():
+            self.sink_connected.labels(sink=name).set(1 if sink["connected"] else 0)
+            held_back += sink.get("ha_events_held_back", 0)
+        # A counter that follows the sinks' own count (it only ever grows).
+        if held_back > self._held_back:
+            self.ha_events_held_back.inc(held_back - self._held_back)
+            self._held_back = held_back
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -126,21 +144,32 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
 
 async def serve_metrics(
-    metrics: Metrics, port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+    metrics: Metrics, port: int, status: Callable[[], dict[str, Any]], host: str = "0.0.0.0"
 ) -> web.AppRunner:
-    """Start the metrics/health server; returns its runner (call `cleanup()` to stop it)."""
+    """Start the metrics/status/health server; returns its runner (call `cleanup()` to stop it).
+    `status` makes the bridge's status document (facespace_bridge/status.py)."""
 
     async def metrics_view(_: web.Request) -> web.Response:
+        metrics.observe(status())
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status_view(_: web.Request) -> web.Response:
+        return web.Response(
+            body=orjson.dumps(status(), option=orjson.OPT_INDENT_2), content_type="application/json"
+        )
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ready\n") if ready() else web.Response(status=503, text="not ready\n")
+        state = status()["state"]
+        if state == "RUNNING":
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"not ready: {state}\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/status", status_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     runner = web.AppRunner(app, access_log=None)

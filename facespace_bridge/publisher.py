@@ -45,6 +45,16 @@ class SinkStats:
     failed: int = 0  # events it failed to acknowledge (retried, or counted by a replay)
     last_error: tuple[float, str] | None = None  # (time.time(), why)
     first_error: BaseException | None = None
+    progress: float = 0.0  # time.monotonic() of the last acknowledgement, or of work after none waited
+
+    def handed(self, count: int) -> None:
+        if self.in_flight == 0:
+            self.progress = time.monotonic()
+        self.in_flight += count
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds the sink has had events in flight without acknowledging any (0 when idle)."""
+        return now - self.progress if self.in_flight else 0.0
 
 
 @dataclass(eq=False)
@@ -89,13 +99,18 @@ class Publisher:
                     self.metrics.dead_letters.labels(source=source).inc()
         acks = []
         for sink in self.sinks:
-            self.stats[sink.name].in_flight += len(events)
+            self.stats[sink.name].handed(len(events))
             acks.append(await sink.publish(events))
         # The ticket once every sink has the whole batch (a transactional sink commits between
         # batches, and the checkpoint of a commit must cover exactly the batches before it).
         flight = _InFlight(self.tracker.issue(batch.positions, len(events)), events, kinds, len(self.sinks))
         for index, ack in enumerate(acks):
             ack.add_done_callback(partial(self._acked, index, flight))
+
+    @property
+    def failing(self) -> frozenset[str]:
+        """The sinks that failed a batch and have not acknowledged its redelivery yet."""
+        return frozenset(self._failing)
 
     async def cancel(self) -> None:
         """Stop redelivering (at shutdown: what was not acknowledged is sent again after a restart)."""
@@ -146,6 +161,7 @@ class Publisher:
         name = self.sinks[index].name
         stats = self.stats[name]
         stats.in_flight -= len(flight.events)
+        stats.progress = time.monotonic()
         if acknowledged:
             stats.acknowledged += len(flight.events)
             for kind, count in flight.kinds.items():

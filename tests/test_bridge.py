@@ -167,7 +167,7 @@ async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_repl
     run = Run(sim, tmp_path, backfill_from=None)
     bridge = run.bridge
     await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 1)
-    assert run.bridge.realtime_source.status == "stopped"
+    assert run.bridge.realtime_source.health.state == "stopped"
     assert not run.task.done()
     await run.stop()
 

@@ -523,14 +523,14 @@ async def test_every_probe_path_is_served_by_the_metrics_server(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    ready = False
-    runner = await serve_metrics(Metrics(), port, lambda: ready, "127.0.0.1")
+    status: dict[str, Any] = {"state": "STARTING", "sinks": {}}
+    runner = await serve_metrics(Metrics(), port, lambda: status, "127.0.0.1")
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             paths = all_probe_paths(compose, k8s)
             assert paths == {"/healthz", "/readyz", "/metrics"}
             assert (await client.get("/readyz")).status_code == 503  # not ready yet: out of rotation
-            ready = True
+            status["state"] = "RUNNING"
             for path in sorted(paths):
                 assert (await client.get(path)).status_code == 200, path
     finally:

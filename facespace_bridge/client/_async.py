@@ -12,10 +12,11 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any
 
 import httpx
@@ -172,7 +173,8 @@ class AsyncLogsAPI:
     `FACESPACE_API_KEY`. A missing key raises APIKeyError here, before any request.
     Retries: 429, 5xx, connection errors and timeouts are retried with exponential backoff
     and jitter (`Retry-After` honoured), at most `max_retries` times and never starting a
-    wait that would end later than `retry_max_seconds` after the first attempt.
+    wait that would end later than `retry_max_seconds` after the first attempt;
+    `on_retry(endpoint, error)`, when set, is told of each retry before its wait.
     Closing releases connections and the log file; a closed client reopens them when used.
     """
 
@@ -193,6 +195,7 @@ class AsyncLogsAPI:
         retry_max_seconds: float = 60.0,
         retry_initial_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: Callable[[str, BaseException | None], None] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("FACESPACE_API_KEY")
         if not key or not isinstance(key, str):
@@ -216,6 +219,7 @@ class AsyncLogsAPI:
         ) + wait_random(0, retry_initial_seconds)
         self.last_stop_reason: str | None = None  # the API's stop reply text, once received
         self._transport = transport
+        self.on_retry = on_retry  # told the endpoint ("logs", "recognition") and error of each retry
         self._http: httpx.AsyncClient | None = None
         self._stops = _StopSwitch()
         self._logging = ClientLogging(log_level, file_log_level, log_to_file)
@@ -283,8 +287,10 @@ class AsyncLogsAPI:
             return failure.retry_after  # the API said when; earlier would only be refused again
         return backoff
 
-    def _before_sleep(self, state: RetryCallState) -> None:
+    def _before_sleep(self, path: str, state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
+        if self.on_retry is not None:
+            self.on_retry(path.rsplit("/", 1)[-1], failure)
         sleep = state.next_action.sleep if state.next_action else 0.0
         self.log.warning(
             "request failed (%s: %s); retry %d in %.2f s",
@@ -300,7 +306,7 @@ class AsyncLogsAPI:
             retry=retry_if_exception_type((_RetryableStatus, httpx.TransportError)),
             wait=self._wait,
             stop=stop_after_attempt(self.max_retries + 1) | stop_before_delay(self.retry_max_seconds),
-            before_sleep=self._before_sleep,
+            before_sleep=partial(self._before_sleep, path),
             reraise=True,
         )
         try:

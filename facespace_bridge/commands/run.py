@@ -221,7 +221,7 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
         bridge = Bridge(client, sinks, store, options, metrics)
         if config["metrics_port"] is not None:
             runner = await serve_metrics(
-                metrics, config["metrics_port"], bridge.ready, config["metrics_host"]
+                metrics, config["metrics_port"], bridge.status, config["metrics_host"]
             )
         log.info(
             "bridge running: %s -> %s (checkpoint: %s)",

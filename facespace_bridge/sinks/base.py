@@ -56,6 +56,10 @@ class Sink(ABC):
         """Whether the sink can deliver right now (a sink with a connection says so)."""
         return True
 
+    def details(self) -> dict[str, Any]:
+        """Optional: what else /status should show about this sink (counts of its own)."""
+        return {}
+
     def failed(self, error: BaseException | str) -> None:
         """Record a problem with the destination (shown by /status)."""
         self.last_error = (time.time(), str(error))

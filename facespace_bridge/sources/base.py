@@ -4,10 +4,19 @@ and barriers that move the checkpoint's heartbeat."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from facespace_bridge.events import Event
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The bridge's clock (tests hand the sources and the bridge a frozen one instead)."""
+    return datetime.now(timezone.utc)
 
 
 @dataclass(slots=True)
@@ -26,6 +35,25 @@ class Barrier:
     batch before the barrier is acked, the checkpoint's heartbeat time may move to `through`."""
 
     through: datetime
+
+
+@dataclass
+class PollHealth:
+    """How a source's polls have gone: /status shows it, and the bridge's state derives from it."""
+
+    state: str = "starting"  # polling | stopped (the API's stop reply) | failing
+    last_success: float | None = None  # time.time() of the last answered poll
+    last_error: tuple[float, str] | None = None  # (time.time(), why) of the last failed poll
+    stop_reason: str | None = None  # the API's stop reply, while it is in force
+
+    def answered(self, stop_reason: str | None = None) -> None:
+        self.state = "stopped" if stop_reason else "polling"
+        self.stop_reason = stop_reason
+        self.last_success = time.time()
+
+    def failed(self, error: BaseException | str) -> None:
+        self.state = "failing"
+        self.last_error = (time.time(), str(error))
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -19,24 +19,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
-from facespace_bridge.sources.base import Barrier, Batch
+from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
 from facespace_bridge.sources.listing import TailMemory, number_listing
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
-
 def minute_floor(dt: datetime) -> datetime:
     return dt.replace(second=0, microsecond=0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class LogsSource:
@@ -63,8 +56,7 @@ class LogsSource:
         self.newest_seen: dict[str, datetime] = {}  # per camera, the latest second read (lag, windows)
         self.polls = 0  # regular tail polls done
         self.quick_polls = 0  # polls triggered by arrivals
-        self.last_poll: float | None = None  # monotonic time of the last successful poll
-        self.last_error: tuple[float, str] | None = None  # (time.time(), why) of the last failed poll
+        self.health = PollHealth()
         self._arrivals: set[str] = set()  # cameras to poll at once
         self._wake = asyncio.Event()
 
@@ -132,7 +124,7 @@ class LogsSource:
                 backoff = self.tail_interval
                 first = None
                 memory.full_poll_done()
-                self._polled()
+                self.health.answered()
                 self.polls += 1
                 self._arrivals.clear()  # this poll read them
                 # Move the window: entries before (newest - lateness) are final from now on.
@@ -172,14 +164,11 @@ class LogsSource:
         finally:
             memory.quick = False
         self.quick_polls += 1
-        self._polled()
-
-    def _polled(self) -> None:
-        self.last_poll = self.monotonic()
+        self.health.answered()
 
     def _failed(self, exc: HTTPRequestError, retry_in: float) -> None:
         log.warning("logs poll failed, retrying in %.0f s: %s", retry_in, exc)
-        self.last_error = (time.time(), str(exc))
+        self.health.failed(exc)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         """Sleep up to `seconds`, waking at once for `stop` or a new arrival."""

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
 from facespace_bridge.events import presence_event
-from facespace_bridge.sources.base import Batch, sleep_or_stop
+from facespace_bridge.sources.base import Batch, PollHealth, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,8 @@ class RealtimeSource:
         self.tracker = PresenceTracker(presence_timeout)
         self.monotonic = monotonic
         self.on_arrival = on_arrival  # called with the cameras someone arrived at
-        self.status = "starting"  # polling | stopped | error
+        self.health = PollHealth()
         self.polls = 0
-        self.last_poll: float | None = None  # monotonic time of the last answered poll
-        self.last_error: tuple[float, str] | None = None  # (time.time(), why) of the last failed poll
-        self.stop_reason: str | None = None  # the API's stop reply, while it is in force
 
     async def run(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
         """One batch of presence events per poll (empty when nothing changed)."""
@@ -82,29 +79,25 @@ class RealtimeSource:
                 snapshot = await self.client.get_realtime()
             except StopLogsSignal as exc:
                 # Not an error: no camera is active. Keep asking, less often, and say so once.
-                if self.status != "stopped":
+                if self.health.state != "stopped":
                     log.info("the API reports no active cameras (%s); polling on with back-off", exc)
-                self.status = "stopped"
-                self.stop_reason = str(exc)
+                self.health.answered(stop_reason=str(exc))
                 snapshot = {}
                 delay = min(max(delay * 2, self.refresh), 30.0)
             except APIKeyError:
                 raise
             except HTTPRequestError as exc:
                 log.warning("recognition poll failed: %s", exc)
-                self.status = "error"
-                self.last_error = (time.time(), str(exc))
+                self.health.failed(exc)
                 delay = min(max(delay * 2, self.refresh), 30.0)
                 await sleep_or_stop(stop, delay)
                 continue
             else:
-                if self.status != "polling":
+                if self.health.state != "polling":
                     log.info("polling recognition every %.2g s", self.refresh)
-                self.status = "polling"
-                self.stop_reason = None
+                self.health.answered()
                 delay = self.refresh
             self.polls += 1
-            self.last_poll = self.monotonic()
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
             changes = self.tracker.update(snapshot, self.monotonic())
             arrivals = [camera for camera, _, arrived, _ in changes if arrived]
