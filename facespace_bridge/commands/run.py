@@ -96,7 +96,9 @@ log = logging.getLogger("facespace_bridge")
     help="Kafka only: events and checkpoint in one transaction (needs a broker with transactions).",
 )
 @click.option(
-    "--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics, /healthz and /readyz on this port."
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /status, /metrics, /healthz and /readyz on this port.",
 )
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
 @logging_options

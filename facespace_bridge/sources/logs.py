@@ -28,6 +28,7 @@ from facespace_bridge.sources.listing import TailMemory, number_listing
 
 log = logging.getLogger(__name__)
 
+
 def minute_floor(dt: datetime) -> datetime:
     return dt.replace(second=0, microsecond=0)
 
