@@ -1,4 +1,4 @@
-"""Crash safety of `facespace-bridge run` (DESIGN §4): the real CLI in a subprocess, a real
+"""Crash safety of `facespace-bridge run`: the real CLI in a subprocess, a real
 Kafka-protocol broker, and the simulator over real HTTP with a live clock.
 
 Signals, SIGKILL at random moments in a large backfill, a broker outage, API faults.

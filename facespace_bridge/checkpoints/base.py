@@ -1,4 +1,4 @@
-"""The durable resume point of the logs source, and the stores that keep it (DESIGN §4).
+"""The durable resume point of the logs source and the stores that keep it (docs/delivery.md).
 
 A camera's position is (seen_at, count): the timestamp of the last published
 entry and how many of that camera's entries at exactly that second were already

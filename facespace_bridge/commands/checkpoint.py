@@ -23,6 +23,7 @@ from typing import Any
 import click
 import orjson
 
+from facespace_bridge import kafka
 from facespace_bridge.bridge import BridgeOptions
 from facespace_bridge.checkpoints import (
     Checkpoint,
@@ -174,7 +175,8 @@ for _subcommand in (show, set_, reset):
 def _store(config: dict[str, Any]) -> CheckpointStore:
     """The store `run` would use with these options; bad TLS / SASL settings are bad input."""
     setup_logging(log_level="warning")  # no library chatter on stderr, secrets redacted
-    register_secret(os.environ.get("KAFKA_SASL_PASSWORD"))
+    for variable in kafka.SECRET_VARIABLES:
+        register_secret(os.environ.get(variable))
     try:
         return run.checkpoint_store(config)
     except CheckpointError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -21,14 +20,13 @@ from facespace_bridge.commands._common import (
     api_options,
     config_option,
     logging_options,
-    register_secret,
     setup_logging,
     tune_gc,
     with_env,
 )
 from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
 from facespace_bridge.sinks import Sink, SinkError
-from facespace_bridge.sinks.registry import SINK_MODULES, build_sinks, sink_options
+from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
 
 log = logging.getLogger("facespace_bridge")
 
@@ -40,7 +38,7 @@ log = logging.getLogger("facespace_bridge")
     multiple=True,
     type=click.Choice(list(SINK_MODULES)),
     required=True,
-    help="Where events go; repeat for several (kafka, mqtt, webhook, file).",
+    help=broker_help(),
 )
 @api_options
 @click.option(
@@ -115,8 +113,6 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2)."""
     api_key = api_key_from(config)
-    for secret in ("KAFKA_SASL_PASSWORD", "MQTT_PASSWORD"):
-        register_secret(os.environ.get(secret))
     backfill_from = None
     if config["backfill_from"]:
         try:
@@ -134,10 +130,7 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
-    try:
-        sinks = build_sinks(config["broker"], config)
-    except KeyError as exc:
-        raise click.UsageError(f"the {exc.args[0]} sink is not available in this build") from None
+    sinks = build_sinks(config["broker"], config)
     options = BridgeOptions(
         refresh=config["refresh"],
         tail_interval=config["tail_interval"],

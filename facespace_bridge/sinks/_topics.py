@@ -85,7 +85,7 @@ def topics_overlap(a: str, b: str) -> bool:
 
 
 class TopicLayout:
-    """Where each message goes under the base topic (DESIGN §5; docs/mqtt.md)."""
+    """Where each message goes under the base topic (docs/topics.md, docs/mqtt.md)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix

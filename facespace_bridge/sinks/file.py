@@ -19,6 +19,8 @@ import click
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, Sink, SinkError
 
+HELP = "a JSON Lines file, one event per line, fsync'd"
+
 OPTIONS = [
     click.option(
         "--output",

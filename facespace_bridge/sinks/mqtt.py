@@ -714,6 +714,9 @@ class MqttSink(Sink):
 
 _FILE = click.Path(exists=True, dir_okay=False)
 
+HELP = "an MQTT broker, with Home Assistant discovery"
+SECRET_VARIABLES = ("MQTT_PASSWORD",)
+
 OPTIONS = [
     click.option(
         "--mqtt-url",

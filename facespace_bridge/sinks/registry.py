@@ -2,7 +2,10 @@
 
 Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
 
+    HELP: one line for the `--broker` help (what the sink is)
     OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`
+    SECRET_VARIABLES: environment variables holding secrets (passwords); their values are
+        redacted from every log line once the sink is chosen
     def from_config(config: Mapping[str, Any], *, replay: bool = False) -> Sink
         builds the sink from the parsed options (all commands' options, by click
         parameter name). It validates and raises `click.BadParameter` /
@@ -21,11 +24,13 @@ Adding a sink is one new file plus one line in SINK_MODULES.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
 
 from facespace_bridge import cloudevents
+from facespace_bridge.client import redactor
 from facespace_bridge.sinks.base import Sink
 
 SINK_MODULES: dict[str, str] = {
@@ -41,13 +46,15 @@ SHARED_OPTIONS: list[Callable[[Any], Any]] = [*cloudevents.OPTIONS]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(SINK_MODULES[name])
-    except ModuleNotFoundError as exc:  # a sink not written yet
-        if exc.name == SINK_MODULES[name]:
-            return None
-        raise
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(SINK_MODULES[name])
+
+
+def broker_help() -> str:
+    """The `--broker` help text, from the sinks' own one-line descriptions."""
+    return "Where events go; repeat for several: " + "; ".join(
+        f"{name} ({getattr(_module(name), 'HELP', name)})" for name in SINK_MODULES
+    )
 
 
 def sink_options(command: F) -> F:
@@ -55,18 +62,17 @@ def sink_options(command: F) -> F:
     for option in reversed(SHARED_OPTIONS):
         command = option(command)
     for name in reversed(list(SINK_MODULES)):
-        module = _module(name)
-        for option in reversed(getattr(module, "OPTIONS", []) if module else []):
+        for option in reversed(getattr(_module(name), "OPTIONS", [])):
             command = option(command)
     return command
 
 
 def build_sinks(names: Iterable[str], config: Mapping[str, Any], *, replay: bool = False) -> list[Sink]:
-    """One sink per distinct `--broker` name, validated, not yet started (`replay`: see above)."""
-    sinks = []
-    for name in dict.fromkeys(names):
-        module = _module(name)
-        if module is None:
-            raise KeyError(name)
-        sinks.append(module.from_config(config, replay=replay))
-    return sinks
+    """One sink per distinct `--broker` name, validated, not yet started (`replay`: see above).
+    The chosen sinks' secrets are registered for redaction first, before anything can log."""
+    modules = [_module(name) for name in dict.fromkeys(names)]
+    for module in modules:
+        for variable in getattr(module, "SECRET_VARIABLES", ()):
+            if os.environ.get(variable):
+                redactor.add(os.environ[variable])
+    return [module.from_config(config, replay=replay) for module in modules]

@@ -25,6 +25,8 @@ from facespace_bridge.cloudevents import CloudEvents, source_from_config
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, Sink, SinkError
 
+HELP = "an HTTP POST per event"
+
 OPTIONS = [
     click.option("--webhook-url", help="Webhook sink: URL that receives each event as a JSON POST."),
     click.option(
