@@ -41,6 +41,7 @@ import click
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
+from facespace_bridge.client import redactor
 from facespace_bridge.events import Event
 from facespace_bridge.sinks._topics import (
     TopicLayout,
@@ -786,10 +787,8 @@ def sink_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         address = parse_mqtt_url(url, username, password)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--mqtt-url") from None
-    if address.password:
-        from facespace_bridge.commands._common import register_secret
-
-        register_secret(address.password)
+    if address.password:  # from the URL: redacted like the variables in SECRET_VARIABLES
+        redactor.add(address.password)
     prefix = config.get("topic_prefix") or "facespace"
     ha_prefix = config.get("ha_prefix") or "homeassistant"
     for hint, value in (("--topic-prefix", prefix), ("--ha-prefix", ha_prefix)):
