@@ -1,5 +1,6 @@
 """The generated references (docs/cli.md, docs/configuration.md, docs/schema-reference.md) match
-what the code renders now, and every relative link in the docs and the README resolves."""
+what the code renders now, every relative link in the docs and the README resolves, and every
+flag, command, metric and topic a page names exists in the code."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import click
 import pytest
 
 from facespace_bridge import docgen
@@ -93,3 +95,89 @@ def test_kafka_consumer_example_stores_each_event_id_once() -> None:
     assert example.store(db, [one, two, one]) == [one, two]
     assert example.store(db, [two]) == []
     assert db.execute("SELECT count(*) FROM sightings").fetchone() == (2,)
+
+
+# -- names the docs use must exist in the code --------------------------------------------------
+
+# Flags of other programs the pages show (docker, kubectl, pip, Tansu, noida, our bench scripts).
+FOREIGN_FLAGS = {
+    "--advertised-listener-url": "tansu",
+    "--listener-url": "tansu",
+    "--storage-engine": "tansu",
+    "--db": "noida",
+    "--name": "docker",
+    "--build": "docker compose",
+    "--profile": "docker compose",
+    "--from-literal": "kubectl",
+    "--wheel": "pip",
+    "--tune": "bench/kafka_replay.py",
+}
+
+
+def bridge_commands_and_flags() -> tuple[set[str], set[str]]:
+    from facespace_bridge.cli import _register, cli
+
+    _register()
+    commands, flags = set(), {"--help"}
+
+    def walk(command: click.Command) -> None:
+        for param in command.params:
+            flags.update(opt for opt in (*param.opts, *param.secondary_opts) if opt.startswith("--"))
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                commands.add(name)
+                walk(sub)
+
+    walk(cli)
+    return commands, flags
+
+
+def test_docs_name_only_flags_and_commands_the_cli_has() -> None:
+    commands, flags = bridge_commands_and_flags()
+    unknown = []
+    for page in PAGES:
+        text = page.read_text()
+        for flag in sorted(set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*[a-z0-9]", text))):
+            if flag not in flags and flag not in FOREIGN_FLAGS:
+                unknown.append(f"{page.name}: {flag}")
+        for command in sorted(set(re.findall(r"`facespace-bridge ([a-z][a-z-]+)", text))):
+            if command not in commands:
+                unknown.append(f"{page.name}: facespace-bridge {command}")
+    assert not unknown, "docs name what the CLI does not have:\n" + "\n".join(unknown)
+
+
+def test_docs_name_only_metrics_the_bridge_exports() -> None:
+    from prometheus_client import generate_latest
+
+    from facespace_bridge.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.sink_connected.labels(sink="file")  # labelled metrics show once they have a child
+    exported = set(re.findall(r"^# TYPE (\w+) (\w+)", generate_latest(metrics.registry).decode(), re.M))
+    names = {name for name, _ in exported} | {f"{name}_total" for name, kind in exported if kind == "counter"}
+    named = {
+        (page.name, m) for page in PAGES for m in re.findall(r"facespace_bridge_[a-z_]+", page.read_text())
+    }
+    unknown = sorted(f"{page}: {metric}" for page, metric in named if metric not in names)
+    assert not unknown, "docs name metrics the bridge does not export:\n" + "\n".join(unknown)
+
+
+def test_docs_name_only_topics_the_code_uses() -> None:
+    source = "\n".join(path.read_text() for path in (REPO / "facespace_bridge").rglob("*.py"))
+    unknown = []
+    for page in PAGES:
+        text = page.read_text()
+        # Kafka topics: the literal must be in the code (defaults, internal topics).
+        for topic in set(re.findall(r"`(facespace(?:-bridge)?\.[a-z-]+)`", text)):
+            if f'"{topic}' not in source:
+                unknown.append(f"{page.name}: Kafka topic {topic}")
+        # MQTT topics: every fixed segment must be one the topic layout writes.
+        for topic in set(re.findall(r"`((?:facespace|homeassistant)/[^`\s]+)`", text)):
+            for segment in topic.split("/")[1:]:
+                if (
+                    not segment.startswith("<")
+                    and f'"{segment}' not in source
+                    and f"/{segment}" not in source
+                ):
+                    unknown.append(f"{page.name}: MQTT topic {topic} ({segment})")
+    assert not unknown, "docs name topics the code does not use:\n" + "\n".join(unknown)
