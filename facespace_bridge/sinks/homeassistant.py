@@ -9,11 +9,19 @@ bridge state topic. Ids derive only from the slug of the camera id / person name
 (`_topics.id_slug`), so a restart or a host change never creates duplicates.
 
 The extension only computes topics and payloads; the sink publishes them, keeps them for
-re-announcing, and asks `wants_reannounce` about every message on the subscribed topics.
+re-announcing, and asks `wants_reannounce` about every message on the subscribed topics,
+and `fires` about every sighting before it feeds a person's `event` entity.
+
+The event gate: Home Assistant fires an `event` entity, and every automation on it ("unlock
+when Mary is at the door"), once per message on its topic. History must not do that: only
+a sighting at most `event_max_age` seconds old by the bridge's clock when it is published
+goes there, and none from a replay (`event_max_age=None`). Backfills, catch-up after
+downtime and replays still move the retained last-seen state forward (the sink's part).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,9 +43,15 @@ def jinja_literal(text: str) -> str:
 class HomeAssistantDiscovery:
     """Discovery configs for the bridge, its cameras and the people they recognise."""
 
-    def __init__(self, layout: TopicLayout, ha_prefix: str = "homeassistant") -> None:
+    def __init__(
+        self, layout: TopicLayout, ha_prefix: str = "homeassistant", event_max_age: float | None = 300.0
+    ) -> None:
         self.layout = layout
         self.ha_prefix = ha_prefix
+        self.event_max_age = event_max_age  # None: nothing fires (a replay)
+        self.held_back = 0  # sightings kept from the event entities as history
+        self._cutoff_at = -1  # the wall-clock second `_cutoff` was computed for
+        self._cutoff = ""
         self.node_id = id_slug(layout.prefix)
         self.status_topic = f"{ha_prefix}/status"
         # Every config this bridge (this base topic) ever published matches this filter.
@@ -54,6 +68,19 @@ class HomeAssistantDiscovery:
         """HA announces `online` on its status topic after (re)starting: its entities need
         their configs and then their state again."""
         return topic == self.status_topic and payload.strip().lower() == b"online"
+
+    def fires(self, seen_at: str) -> bool:
+        """Whether a sighting seen at `seen_at` (RFC 3339, UTC, seconds: the payload's own text)
+        is live enough to fire its person's event entity; counts the ones held back."""
+        if self.event_max_age is not None:
+            now = int(time.time())
+            if now != self._cutoff_at:  # the same text compares for every sighting of a second
+                self._cutoff_at = now
+                self._cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.event_max_age))
+            if seen_at >= self._cutoff:
+                return True
+        self.held_back += 1
+        return False
 
     def configs(self, cameras: Iterable[str], people: Iterable[str]) -> dict[str, bytes]:
         """Every config for the bridge, these cameras, these people and each camera-person pair."""

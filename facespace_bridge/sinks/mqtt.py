@@ -139,6 +139,7 @@ class MqttSink(Sink):
         topic_prefix: str = "facespace",
         ha_discovery: bool = True,
         ha_prefix: str = "homeassistant",
+        ha_event_max_age: float | None = 300.0,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_queued: int = DEFAULT_MAX_QUEUED,
         connect_timeout: float = 10.0,
@@ -165,7 +166,7 @@ class MqttSink(Sink):
             raise ValueError("need 1 <= max_inflight <= max_queued")
         self.cafile, self.certfile, self.keyfile = cafile, certfile, keyfile
         self.layout = TopicLayout(topic_prefix)
-        self.ha = HomeAssistantDiscovery(self.layout, ha_prefix) if ha_discovery else None
+        self.ha = HomeAssistantDiscovery(self.layout, ha_prefix, ha_event_max_age) if ha_discovery else None
         self.client_id = client_id or default_client_id(topic_prefix)
         self.keepalive = keepalive
         self.qos = qos
@@ -358,9 +359,9 @@ class MqttSink(Sink):
             if event.camera_id not in self.cameras or person not in self.people:
                 self._learn((event.camera_id,), (person,))
             messages = [(self.layout.sighting(event.camera_id), False)]
-            if self.ha is not None:  # feeds the per-person `event` entity
-                messages.append((self.layout.person_sighting(person), False))
             seen_at = str(fields["seen_at"])
+            if self.ha is not None and self.ha.fires(seen_at):  # feeds the person's `event` entity
+                messages.append((self.layout.person_sighting(person), False))
             # Replays and late entries must not move "last seen" backwards.
             if seen_at >= self._person_seen_at.get(person, ""):
                 self._person_seen_at[person] = seen_at
@@ -390,6 +391,9 @@ class MqttSink(Sink):
             self._enqueue_state(person_state)
         self._drain()
         return futures
+
+    def details(self) -> dict[str, Any]:
+        return {"ha_events_held_back": self.ha.held_back} if self.ha is not None else {}
 
     async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:
         """Publish discovery for every known camera and person now (not on their first
@@ -774,6 +778,14 @@ OPTIONS = [
         show_default=True,
         help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
     ),
+    click.option(
+        "--ha-event-max-age",
+        type=click.FloatRange(min=0),
+        default=300.0,
+        show_default=True,
+        help="Seconds: only a sighting at most this old when published fires its person's Home "
+        "Assistant event entity (history never does; replay fires none).",
+    ),
 ]
 
 
@@ -826,8 +838,14 @@ def sink_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         "ha_prefix": ha_prefix,
         "max_inflight": max_inflight,
         "max_queued": max_queued,
+        "ha_event_max_age": float(
+            300.0 if config.get("ha_event_max_age") is None else config["ha_event_max_age"]
+        ),
     }
 
 
 def from_config(config: Mapping[str, Any], *, replay: bool = False) -> MqttSink:
-    return MqttSink(**sink_kwargs(config))
+    kwargs = sink_kwargs(config)
+    if replay:  # history published again: it must not fire Home Assistant automations
+        kwargs["ha_event_max_age"] = None
+    return MqttSink(**kwargs)

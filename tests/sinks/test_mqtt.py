@@ -47,8 +47,9 @@ def sink_for(broker: MqttBroker, **kwargs: object) -> MqttSink:
 async def test_every_payload_validates_and_lands_on_its_topic(mqtt_broker: MqttBroker, protocol: str) -> None:
     with MqttCollector(mqtt_broker, "facespace/#") as collector:
         async with sink_for(mqtt_broker, protocol=protocol) as sink:
+            live = datetime.now(timezone.utc).replace(microsecond=0)  # history would not fire the HA event
             events = [
-                sighting("Camera1", "Alice"),
+                sighting_event(LogEntry("Camera1", "Alice", live, "raw"), 0),
                 presence_event("Camera1", ["Alice", "Bob"], ["Alice", "Bob"], [], T0),
                 deadletter_event("Camera1", "garbage", "unparseable entry", "logs"),
             ]
