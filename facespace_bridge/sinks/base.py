@@ -56,7 +56,7 @@ class Sink(ABC):
         """Whether the sink can deliver right now (a sink with a connection says so)."""
         return True
 
-    def failed(self, error: BaseException | str) -> None:
+    def note_error(self, error: BaseException | str) -> None:
         """Record a problem with the destination (shown by /status)."""
         self.last_error = (time.time(), str(error))
 
