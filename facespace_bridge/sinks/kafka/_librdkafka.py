@@ -198,13 +198,37 @@ class LibrdkafkaSink(KafkaSink):
     def _error_cb_on_loop(self, error: KafkaError) -> None:
         code = error.code()
         if error.fatal():
+            # A transactional producer stops for good (fenced: another instance took over). An
+            # idempotent one is replaced by a new producer at the next publish: what it had not
+            # delivered fails and is sent again (after an outage some brokers refuse the epoch
+            # bump by which librdkafka resumes a producer whose records timed out).
             self._fatal = self.fenced_error() if code in _FENCED else SinkError(f"Kafka: {_text(error)}")
-            self._unreachable(str(self._fatal))
+            if self.transactional:
+                self._unreachable(str(self._fatal))
+            else:
+                self._fatal = SinkError(f"Kafka: {_text(error)}")
+                log.warning("librdkafka's producer failed (%s); publishing with a new one", _text(error))
         elif code == KafkaError._ALL_BROKERS_DOWN:
             self._unreachable("no broker of the cluster answers; librdkafka keeps reconnecting")
         else:  # a broker connection lost and retried, say: the deliveries tell what counts
             log.debug("librdkafka: %s", _text(error))
             self.note_error(_text(error))
+
+    async def _renew(self) -> Producer:
+        """A new producer in place of one that librdkafka declared failed (not transactional)."""
+        old, poller = self._producer, self._poller
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        if old is not None:
+            old.purge()  # its undelivered records fail their batches, which are sent again
+            old.poll(0)
+        self._fatal = None
+        producer = self._producer = Producer(self._config())
+        assert self._loop is not None
+        self._poller = self._loop.create_task(self._poll(producer), name="kafka-librdkafka-poller")
+        return producer
 
     async def flush(self) -> None:
         """Wait until every record handed over so far is acknowledged (or failed)."""
@@ -300,6 +324,8 @@ class LibrdkafkaSink(KafkaSink):
         while acks and acks[0].done():  # settled batches: a long run must not pile them up
             acks.popleft()
         acks.append(ack)
+        if self._fatal is not None and not self.transactional:
+            producer = await self._renew()
         try:
             async with self._turns if self.transactional else contextlib.nullcontext():
                 if self._fatal is not None:
@@ -390,10 +416,13 @@ class LibrdkafkaSink(KafkaSink):
             return
         if self.transactional:
             failure = self._fatal or self._transaction_error(error)
-        elif self._fatal is not None:
-            failure = self._fatal
         else:
             failure = SinkError(f"Kafka did not acknowledge records: {_text(error)}")
+            if self._fatal is None and (error.fatal() or error.code() in _FENCED):
+                # An idempotent producer whose id the broker no longer takes (see _error_cb):
+                # the next publish starts a new one.
+                log.warning("librdkafka's producer failed (%s); publishing with a new one", _text(error))
+                self._fatal = failure
         self._fail(delivery, failure)
 
     def _fail(self, delivery: _Delivery, failure: SinkError) -> None:
