@@ -2,8 +2,9 @@
 a read_committed consumer sees every sighting once, whatever kills the bridge; a second
 instance with the same `--instance-id` fences the first.
 
-The real CLI in a subprocess, the simulator over real HTTP, and a Kafka-protocol broker with
-transactions (`transactional_kafka`: Tansu has none, see tests/fixtures/kafka.py).
+The real CLI in a subprocess, the simulator over real HTTP, and a Kafka-protocol broker whose
+transactions work (`transactional_kafka`: Tansu's do not, see tests/fixtures/kafka.py), on
+both client libraries (`--kafka-client`).
 """
 
 from __future__ import annotations
@@ -33,11 +34,19 @@ from tests.test_crash_safety import (  # noqa: F401  (no_bridge_left_running: an
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(params=["librdkafka", "aiokafka"])
+def client(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 class ExactlyOnceBridge(BridgeProcess):
     """A bridge with --exactly-once: its checkpoint lives in Kafka (read back committed only)."""
 
-    def __init__(self, sim, kafka, topic: str, tmp_path, instance: str, *extra: str) -> None:
-        super().__init__(sim, kafka, topic, tmp_path, "--exactly-once", "--instance-id", instance, *extra)
+    def __init__(self, sim, kafka, topic: str, tmp_path, instance: str, client: str, *extra: str) -> None:
+        super().__init__(
+            sim, kafka, topic, tmp_path,
+            "--exactly-once", "--instance-id", instance, "--kafka-client", client, *extra,
+        )  # fmt: skip
         at = self.args.index("--checkpoint")
         del self.args[at : at + 2]  # exactly once keeps it in Kafka, in the events' transaction
         self.bootstrap, self.instance = kafka.bootstrap, instance
@@ -75,7 +84,7 @@ async def committed_and_all(bootstrap: str, topic: str) -> tuple[list[dict], int
 
 
 async def test_sigkill_at_random_moments_repeats_nothing_a_read_committed_consumer_sees(
-    simulator_factory, transactional_kafka, kafka_topic, tmp_path
+    client, simulator_factory, transactional_kafka, kafka_topic, tmp_path
 ):
     hours = 4
     sim = simulator_factory(
@@ -84,7 +93,7 @@ async def test_sigkill_at_random_moments_repeats_nothing_a_read_committed_consum
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=hours)
     instance = kafka_topic.rsplit(".", 1)[-1]
     bridge = ExactlyOnceBridge(
-        sim, transactional_kafka, kafka_topic, tmp_path, instance,
+        sim, transactional_kafka, kafka_topic, tmp_path, instance, client,
         "--backfill-from", start.isoformat(), "--no-realtime",
     )  # fmt: skip
     rng = random.Random(9)
@@ -118,7 +127,7 @@ async def test_sigkill_at_random_moments_repeats_nothing_a_read_committed_consum
 
 
 async def test_a_second_instance_with_the_same_id_fences_the_first(
-    simulator_factory, transactional_kafka, kafka_topic, tmp_path
+    client, simulator_factory, transactional_kafka, kafka_topic, tmp_path
 ):
     sim = simulator_factory(**live_world(cameras=4, visits_per_hour=3600, history_hours=1, seed=4))
     start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
@@ -129,10 +138,11 @@ async def test_a_second_instance_with_the_same_id_fences_the_first(
         kafka_topic,
         tmp_path / "first",
         instance,
+        client,
         "--backfill-from",
         start.isoformat(),
     )
-    second = ExactlyOnceBridge(sim, transactional_kafka, kafka_topic, tmp_path / "second", instance)
+    second = ExactlyOnceBridge(sim, transactional_kafka, kafka_topic, tmp_path / "second", instance, client)
     for bridge in (first, second):
         bridge.log.parent.mkdir()
     first.start()
@@ -158,11 +168,11 @@ async def test_a_second_instance_with_the_same_id_fences_the_first(
 
 
 async def test_check_reports_transactions_without_fencing_a_running_bridge(
-    simulator_factory, transactional_kafka, kafka_topic, tmp_path
+    client, simulator_factory, transactional_kafka, kafka_topic, tmp_path
 ):
     sim = simulator_factory(**live_world(cameras=3, visits_per_hour=3600, history_hours=1, seed=6))
     instance = kafka_topic.rsplit(".", 1)[-1]
-    bridge = ExactlyOnceBridge(sim, transactional_kafka, kafka_topic, tmp_path, instance).start()
+    bridge = ExactlyOnceBridge(sim, transactional_kafka, kafka_topic, tmp_path, instance, client).start()
     first = await bridge.wait_stored(lambda s: bool(s.get("cameras")))
     check = await asyncio.to_thread(
         subprocess.run,
@@ -170,7 +180,10 @@ async def test_check_reports_transactions_without_fencing_a_running_bridge(
         env=bridge.env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "ok   exactly-once: the Kafka broker supports transactions" in check.stdout
+    assert (
+        "ok   exactly-once: the Kafka broker's transactions work: an aborted transaction stays "
+        "invisible to read_committed readers"
+    ) in check.stdout
     # The bridge was not fenced: it goes on committing.
     await bridge.wait_stored(lambda s: s.get("written_at", "") > first["written_at"], timeout=30)
     code, _ = bridge.signal(signal.SIGTERM)

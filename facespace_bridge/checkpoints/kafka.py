@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from facespace_bridge.checkpoints.base import Checkpoint, CheckpointError, CheckpointStore, Transactions
+from facespace_bridge.kafka import KafkaConnection, TopicError, connection_from_config, ensure_topic
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,16 @@ class KafkaCheckpointStore(CheckpointStore):
         instance_id: str,
         topic: str = OFFSETS_TOPIC,
         replication_factor: int = 1,
-        client_options: Mapping[str, Any] | None = None,
+        connection: KafkaConnection | None = None,
         transactions: Transactions | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        """`connection` (TLS, SASL; the Kafka sink's) None: plaintext to `bootstrap_servers`."""
+        self.connection = connection or KafkaConnection(bootstrap_servers=bootstrap_servers)
+        self.bootstrap_servers = self.connection.bootstrap_servers
         self.key = instance_id.encode()
         self.topic = topic
         self.replication_factor = replication_factor
-        self.client_options = dict(client_options or {})  # TLS / SASL, shared with the Kafka sink
+        self.client_options = self.connection.aiokafka_kwargs()
         self._producer: Any = None
         self._transactions = transactions  # a transactional sink: it writes our records
 
@@ -53,54 +56,42 @@ class KafkaCheckpointStore(CheckpointStore):
     def from_config(
         cls, config: Mapping[str, Any], transactions: Transactions | None = None
     ) -> KafkaCheckpointStore:
-        from facespace_bridge.sinks.kafka import connection_options
-
         bootstrap = config.get("bootstrap_servers")
         if not bootstrap:
             raise CheckpointError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+        connection = connection_from_config(config)
         return cls(
-            bootstrap,
+            connection.bootstrap_servers,
             config.get("instance_id") or "default",
             replication_factor=config.get("replication_factor") or 1,
-            client_options=connection_options(config),
+            connection=connection,
             transactions=transactions,
         )
 
     async def open(self) -> None:
         from aiokafka import AIOKafkaProducer
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+        from aiokafka.errors import KafkaError
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.client_options)
         try:
-            await admin.start()
-            existing = await admin.list_topics()
-            if self.topic not in existing:
-                topic = NewTopic(
-                    self.topic,
-                    num_partitions=1,
-                    replication_factor=self.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"},
-                )
-                try:
-                    await admin.create_topics([topic])
-                except TopicAlreadyExistsError:
-                    pass
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers, acks="all", linger_ms=0, **self.client_options
+            await ensure_topic(
+                self.connection,
+                self.topic,
+                partitions=1,
+                replication_factor=self.replication_factor,
+                config={"cleanup.policy": "compact"},
             )
+            self._producer = AIOKafkaProducer(**self.client_options, acks="all", linger_ms=0)
             await self._producer.start()
+        except TopicError as exc:
+            raise CheckpointError(f"cannot open the checkpoint topic {self.topic}: {exc}") from None
         except KafkaError as exc:
             raise CheckpointError(f"cannot open the checkpoint topic {self.topic}: {exc}") from None
-        finally:
-            await admin.close()
 
     async def load(self) -> Checkpoint | None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
         from aiokafka.errors import KafkaError
 
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",  # an aborted transaction's checkpoint never counts
             **self.client_options,
@@ -153,7 +144,6 @@ class KafkaCheckpointStore(CheckpointStore):
         from aiokafka import AIOKafkaConsumer
 
         ends_now = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
             isolation_level="read_uncommitted",
             **self.client_options,
         )

@@ -40,8 +40,8 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
         line("api", False, exc.format_message())
     if config["exactly_once"]:
         try:
-            await run.require_transactions(sinks)
-            line("exactly-once", True, "the Kafka broker supports transactions")
+            why = await run.require_transactions(sinks)
+            line("exactly-once", True, f"the Kafka broker's transactions work: {why}")
         except click.UsageError as exc:
             line("exactly-once", False, exc.format_message())
     for sink in sinks:

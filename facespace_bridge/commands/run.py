@@ -172,21 +172,26 @@ async def preflight(config: dict[str, Any], api_key: str) -> dict[str, list[str]
         await client.aclose()
 
 
-async def require_transactions(sinks: list[Sink]) -> None:
-    """`--exactly-once` needs a broker with transactions; say so at start rather than pretend."""
-    from facespace_bridge.sinks.kafka import KafkaSink, broker_capabilities
+async def require_transactions(sinks: list[Sink]) -> str:
+    """`--exactly-once` needs a broker whose transactions work: an aborted write that a
+    read_committed reader must not see (the Kafka sink's probe). Say so at start rather than
+    pretend; returns the probe's words when they work."""
+    from facespace_bridge.sinks.kafka import KafkaSink
 
     for sink in sinks:
         if isinstance(sink, KafkaSink):
             try:
-                capabilities = await broker_capabilities(sink.settings)
+                works, why = await sink.transactions_work()
             except Exception as exc:
                 raise click.UsageError(f"--exactly-once: cannot ask the Kafka broker: {exc}") from None
-            if not capabilities.transactions:
+            if not works:
                 raise click.UsageError(
-                    f"--exactly-once: the Kafka broker at {sink.settings.bootstrap_servers} does not support "
-                    "transactions; run without it (at-least-once: duplicates carry the same event_id)"
+                    f"--exactly-once: the Kafka broker at {sink.settings.bootstrap_servers} has no working "
+                    f"transactions ({why}); run without it (at-least-once: duplicates carry the same "
+                    "event_id)"
                 )
+            return why
+    return "no Kafka sink"
 
 
 def checkpoint_store(config: dict[str, Any], sinks: Sequence[Sink] = ()) -> CheckpointStore:

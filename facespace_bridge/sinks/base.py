@@ -60,7 +60,7 @@ class Sink(ABC):
         """Optional: what else /status should show about this sink (counts of its own)."""
         return {}
 
-    def failed(self, error: BaseException | str) -> None:
+    def note_error(self, error: BaseException | str) -> None:
         """Record a problem with the destination (shown by /status)."""
         self.last_error = (time.time(), str(error))
 

@@ -213,9 +213,12 @@ def test_run_serves_metrics_health_and_keeps_secrets_out_of_logs(simulator, tmp_
     assert simulator.api_key.encode() not in out.read_bytes()
 
 
-def test_exactly_once_without_broker_transactions_fails_at_start(simulator, kafka, kafka_topic, tmp_path):
+@pytest.mark.parametrize("client", ["librdkafka", "aiokafka"])
+def test_exactly_once_on_a_broker_whose_transactions_do_not_work_is_refused(
+    client, simulator, kafka, kafka_topic, tmp_path
+):
     if kafka.supports_transactions:
-        pytest.skip("this broker has transactions")  # never the case with Tansu (the machines here)
+        pytest.skip("this broker's transactions work")  # never the case with Tansu (the machines here)
     env = {
         "FACESPACE_API_KEY": simulator.api_key,
         "FACESPACE_API_URL": simulator.base_url,
@@ -223,7 +226,12 @@ def test_exactly_once_without_broker_transactions_fails_at_start(simulator, kafk
     }
     result = cli(
         "--broker", "kafka", "--bootstrap-servers", kafka.bootstrap, "--topic", kafka_topic, "--exactly-once",
+        "--kafka-client", client,
         env=env,
     )  # fmt: skip
-    assert "does not support transactions" in one_line_error(result)
+    line = one_line_error(result)  # exit 2, no traceback
+    assert [text for text in result.stderr.splitlines() if text.strip()] == [line], result.stderr
+    assert "--exactly-once: the Kafka broker at" in line and "has no working transactions" in line
+    if kafka.kind == "tansu" and client == "librdkafka":
+        assert "a read_committed reader sees the records of an aborted transaction" in line
     assert not (tmp_path / "state").exists()

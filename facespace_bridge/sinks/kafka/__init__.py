@@ -1,0 +1,525 @@
+"""Kafka sink: sightings, presence and dead letters as keyed records, acks=all.
+
+Two client libraries behind one `Sink` contract, chosen by `--kafka-client`:
+
+- `librdkafka` (the default): confluent-kafka's `Producer`, librdkafka's C producer in
+  threads of its own (`_librdkafka.py`);
+- `aiokafka`: the pure-Python asyncio client (`_aiokafka.py`).
+
+What both do alike lives here: the options and settings, topic routing (one topic per
+event kind), keys (the camera id, so that one camera's events stay ordered in one partition:
+both choose it as the Java client does, murmur2 of the key), the headers (`content-type`,
+`schema`, `event-id`, and the CloudEvents `ce_` attributes of facespace_bridge/cloudevents.py
+unless `--no-cloudevents`), topic creation, connecting with retries at start, and the
+record timestamp: the ingest time, never part of the payload. The connection (bootstrap,
+TLS, SASL) and what the broker can do come from facespace_bridge.kafka, shared with the
+Kafka checkpoint store.
+
+An acknowledgement resolves only from the broker's delivery report of every record of the
+batch; a record the broker never takes fails its batch (the publisher sends it again). At
+most `max_in_flight` records are unacknowledged: `publish` waits beyond that, so a slow
+broker pushes back on the sources instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import click
+from aiokafka import codec as _aiokafka_codec
+from aiokafka import errors as aiokafka_errors
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
+
+from facespace_bridge import kafka as kafka_connection
+from facespace_bridge.cloudevents import CloudEvents, source_from_config
+from facespace_bridge.events import Event
+from facespace_bridge.kafka import (
+    CLIENTS,
+    CONNECTION_OPTIONS,
+    BrokerCapabilities,
+    Client,
+    KafkaConnection,
+    TopicError,
+    broker_capabilities,
+    connection_from_config,
+    ensure_topic,
+    transactions_work,
+)
+from facespace_bridge.sinks.base import Sink, SinkError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIENT: Client = "librdkafka"
+DEFAULT_TOPICS = {
+    "sighting": "facespace.sightings",
+    "presence": "facespace.presence",
+    "deadletter": "facespace.deadletter",
+}
+DEFAULT_PARTITIONS = 3
+DEFAULT_MAX_IN_FLIGHT = 16_000
+DEFAULT_CONNECT_TIMEOUT = 30.0
+# How long a record may wait for the broker's acknowledgement before its batch fails (and
+# the publisher sends it again); the Java client's delivery.timeout.ms.
+DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
+
+
+@dataclass(frozen=True)
+class ClientDefaults:
+    """Batching defaults of one client library (chosen by measurement, bench/README.md)."""
+
+    linger_ms: int
+    batch_size: int
+
+
+CLIENT_DEFAULTS: dict[Client, ClientDefaults] = {
+    # librdkafka sends from its own threads: a few ms of linger fill its batches (its defaults).
+    "librdkafka": ClientDefaults(linger_ms=5, batch_size=1_000_000),
+    # aiokafka's batches are built by the sink and sent when the publisher yields.
+    "aiokafka": ClientDefaults(linger_ms=0, batch_size=256 * 1024),
+}
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+# librdkafka's wheels carry every codec; aiokafka writes snappy/lz4/zstd only with cramjam.
+_AIOKAFKA_COMPRESSIONS = (
+    "none",
+    *(name for name in COMPRESSIONS[1:] if getattr(_aiokafka_codec, f"has_{name}")()),
+)
+# Kafka's own rule for topic names.
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_CONTENT_TYPE = ("content-type", b"application/json")
+
+
+def compressions(client: Client) -> tuple[str, ...]:
+    """The codecs `client` can write here."""
+    return COMPRESSIONS if client == "librdkafka" else _AIOKAFKA_COMPRESSIONS
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """Everything the Kafka sink needs; `from_config` builds it from the CLI options.
+
+    `bootstrap_servers` alone (no `connection`) is a plaintext connection to those brokers.
+    `linger_ms` and `batch_size` None: the client library's default (CLIENT_DEFAULTS).
+    """
+
+    connection: KafkaConnection | None = None
+    bootstrap_servers: str | None = None
+    client: Client = DEFAULT_CLIENT
+    topics: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    partitions: int = DEFAULT_PARTITIONS
+    replication_factor: int | None = None  # None: min(3, brokers in the cluster)
+    linger_ms: int | None = None
+    batch_size: int | None = None
+    compression: str = "none"
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS
+    idempotence: bool = True  # asked for; used only where the broker grants it
+    # --exactly-once: events go out in transactions that the bridge commits together with
+    # the checkpoint (`transaction_boundary`). A second producer with the same id fences this one.
+    transactional_id: str | None = None
+    # The CloudEvents `source` of the records' ce_ headers (the FaceSpace API, see
+    # cloudevents.source_uri); None: no ce_ headers (--no-cloudevents).
+    cloudevents_source: str | None = None
+
+    def __post_init__(self) -> None:
+        connection = self.connection
+        if connection is None:
+            connection = KafkaConnection(bootstrap_servers=self.bootstrap_servers or "localhost:9092")
+        elif self.bootstrap_servers not in (None, connection.bootstrap_servers):
+            connection = replace(connection, bootstrap_servers=self.bootstrap_servers)
+        defaults = CLIENT_DEFAULTS[self.client]
+        object.__setattr__(self, "connection", connection)
+        object.__setattr__(self, "bootstrap_servers", connection.bootstrap_servers)
+        if self.linger_ms is None:
+            object.__setattr__(self, "linger_ms", defaults.linger_ms)
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", defaults.batch_size)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The connection (never None once built)."""
+        assert self.connection is not None
+        return self.connection
+
+
+# -- what both clients share ---------------------------------------------------------------------
+
+_backoff = wait_exponential(multiplier=0.5, max=5.0)
+
+
+def _wait_until(deadline: float) -> Callable[[RetryCallState], float]:
+    """Exponential backoff, cut short so that the last attempt happens at the deadline."""
+
+    def wait(state: RetryCallState) -> float:
+        return max(0.0, min(_backoff(state), deadline - time.monotonic()))
+
+    return wait
+
+
+class KafkaSink(Sink):
+    """Publishes events to Kafka. `KafkaSink(settings)` is the sink of `settings.client`.
+
+    `start()` connects (with retries for `connect_timeout`), asks the broker whether it
+    grants the client an idempotent producer, and starts the producer it can support.
+    """
+
+    name = "kafka"
+
+    def __new__(cls, settings: KafkaSettings) -> KafkaSink:
+        if cls is KafkaSink:
+            cls = _implementation(settings.client)
+        return super().__new__(cls)
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self.capabilities: BrokerCapabilities | None = None
+        self.idempotent = False  # what the running producer really is
+        self.failed = 0  # records the broker never acknowledged
+        self._connected = False
+        self._lost = False  # connected once, then not: say so when it comes back
+        self._ready_topics: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        # schema -> (topic, the headers before the per-event ones)
+        self._routes: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+        # Transactions (--exactly-once): a batch is published whole between two commits, so the
+        # checkpoint of a transaction covers exactly its batches: publish and the commit take turns.
+        self._turns = asyncio.Lock()
+        self._in_transaction = False
+        source = settings.cloudevents_source
+        self._cloudevents = CloudEvents(source) if source is not None else None
+
+    @property  # type: ignore[override]
+    def transactional(self) -> bool:
+        return self.settings.transactional_id is not None
+
+    @property
+    def connected(self) -> bool:
+        """False from a failed delivery or a lost cluster until the next acknowledged record."""
+        return self._connected
+
+    # -- connecting --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        timeout = settings.connect_timeout
+        deadline = time.monotonic() + timeout
+        attempts = 0
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning(
+                "Kafka broker %s not reachable (attempt %d: %s); retrying in %.1f s",
+                settings.bootstrap_servers,
+                state.attempt_number,
+                self._reason(exc) if exc else "?",
+                wait,
+            )
+
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(timeout),
+                wait=_wait_until(deadline),
+                retry=retry_if_exception(self._retriable),
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    attempts += 1
+                    remaining = max(0.1, deadline - time.monotonic())
+                    await asyncio.wait_for(self._connect(remaining), remaining)
+        except SinkError:
+            await self._discard_producer()
+            raise
+        except Exception as exc:
+            await self._discard_producer()
+            if self._retriable(exc):
+                raise SinkError(
+                    f"Kafka broker {settings.bootstrap_servers} unreachable after {timeout:g} s "
+                    f"({attempts} attempts): {self._reason(exc)}"
+                ) from None
+            raise SinkError(
+                f"Kafka broker {settings.bootstrap_servers} refused us: {self._reason(exc)}"
+            ) from None
+        self._reachable()
+
+    async def _probe(self) -> BrokerCapabilities:
+        """What the broker grants this sink's client library (one connection, no retries)."""
+        caps = await broker_capabilities(self.settings.kafka, self.settings.client)
+        if self.capabilities is None and self.settings.idempotence and not caps.idempotence:
+            log.warning(
+                "Kafka broker %s does not grant %s an idempotent producer (InitProducerId fails); "
+                "continuing with acks=all without idempotence: a retried send may be duplicated "
+                "(duplicates carry the same event-id)",
+                self.settings.bootstrap_servers,
+                self.settings.client,
+            )
+        self.capabilities = caps
+        self.idempotent = (self.settings.idempotence and caps.idempotence) or self.transactional
+        return caps
+
+    @abstractmethod
+    async def _connect(self, timeout: float) -> None:
+        """One attempt: probe the broker, then start the producer it can support."""
+
+    @abstractmethod
+    async def _discard_producer(self) -> None:
+        """Drop a producer that a failed start left behind."""
+
+    def _retriable(self, exc: BaseException) -> bool:
+        """Whether a failed start attempt is worth another (the broker may come up)."""
+        return isinstance(exc, (asyncio.TimeoutError, OSError)) or (
+            isinstance(exc, aiokafka_errors.KafkaError) and exc.retriable
+        )
+
+    def _reason(self, exc: BaseException) -> str:
+        """One short line for a user; the libraries' texts repeat class names and list sockets."""
+        if isinstance(exc, aiokafka_errors.KafkaConnectionError):
+            return "no broker answered"
+        if isinstance(exc, asyncio.TimeoutError):
+            return "timed out"
+        name = type(exc).__name__
+        text = str(exc).strip()
+        if text.startswith(name):
+            return text
+        return f"{name}: {text}" if text else name
+
+    def _reachable(self) -> None:
+        """A record was acknowledged (or the start succeeded)."""
+        if not self._connected:
+            self._connected = True
+            if self._lost:
+                self._lost = False
+                log.info("Kafka broker %s reachable again", self.settings.bootstrap_servers)
+
+    def _unreachable(self, why: str) -> None:
+        """The client lost the cluster, or a delivery failed: logged once per outage."""
+        self.note_error(why)
+        if self._connected:
+            self._connected = False
+            self._lost = True
+            log.warning("Kafka broker %s: %s", self.settings.bootstrap_servers, why)
+
+    def fenced_error(self) -> SinkError:
+        return SinkError(
+            f"another bridge with transactional id {self.settings.transactional_id} took over "
+            "(same --instance-id); this one stops"
+        )
+
+    # -- exactly once --------------------------------------------------------------------------------
+
+    async def transactions_work(self) -> tuple[bool, str]:
+        """Whether `--exactly-once` can work with this broker and client library, and why not
+        (an aborted write that a read_committed reader must not see: facespace_bridge.kafka)."""
+        return await transactions_work(self.settings.kafka, self.settings.client)
+
+    # -- topics and records ----------------------------------------------------------------------
+
+    async def ensure_topic(self, topic: str, config: Mapping[str, str] | None = None) -> None:
+        """Create `topic` when it is missing (`partitions`, `replication_factor`); an existing
+        topic is used as it is."""
+        if topic in self._ready_topics:
+            return
+        async with self._topic_lock:
+            if topic in self._ready_topics:
+                return
+            try:
+                await ensure_topic(
+                    self.settings.kafka,
+                    topic,
+                    partitions=self.settings.partitions,
+                    replication_factor=self.settings.replication_factor,
+                    config=config,
+                )
+            except TopicError as exc:
+                raise SinkError(str(exc)) from None
+            self._ready_topics.add(topic)
+
+    def _route(self, event: Event) -> tuple[str, list[tuple[str, bytes]]]:
+        """(topic, headers before the per-event ones) of a schema; made once per schema."""
+        route = self._routes.get(event.schema)
+        if route is None:
+            topic = self.settings.topics.get(event.kind)
+            if topic is None:
+                raise SinkError(f"the Kafka sink has no topic for {event.schema!r} events")
+            route = (topic, [_CONTENT_TYPE, ("schema", event.schema.encode())])
+            self._routes[event.schema] = route
+        return route
+
+    def _headers(self, event: Event, head: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        """A record's headers: `head` (the route's), the CloudEvents ones, then `event-id`."""
+        cloudevents = self._cloudevents
+        if cloudevents is None:
+            return [*head, ("event-id", event.event_id.encode())]
+        headers = cloudevents.kafka_headers(event, head)
+        headers.append(("event-id", event.event_id.encode()))
+        return headers
+
+
+def _implementation(client: Client) -> type[KafkaSink]:
+    if client == "librdkafka":
+        from facespace_bridge.sinks.kafka._librdkafka import LibrdkafkaSink
+
+        return LibrdkafkaSink
+    if client == "aiokafka":
+        from facespace_bridge.sinks.kafka._aiokafka import AiokafkaSink
+
+        return AiokafkaSink
+    raise ValueError(f"no Kafka client {client!r}")
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+HELP = "Kafka topics, keyed by camera id"
+SECRET_VARIABLES = kafka_connection.SECRET_VARIABLES
+
+OPTIONS: list[Callable[[Any], Any]] = [
+    CONNECTION_OPTIONS[0],  # --bootstrap-servers first, as before
+    click.option(
+        "--kafka-client",
+        type=click.Choice(CLIENTS),
+        default=DEFAULT_CLIENT,
+        show_default=True,
+        help="Kafka client library: librdkafka (confluent-kafka) or aiokafka (docs/kafka.md).",
+    ),
+    click.option(
+        "--topic", default=DEFAULT_TOPICS["sighting"], show_default=True, help="Kafka topic for sightings."
+    ),
+    click.option(
+        "--presence-topic",
+        default=DEFAULT_TOPICS["presence"],
+        show_default=True,
+        help="Kafka topic for presence changes.",
+    ),
+    click.option(
+        "--deadletter-topic",
+        default=DEFAULT_TOPICS["deadletter"],
+        show_default=True,
+        help="Kafka topic for entries that could not be published as events.",
+    ),
+    click.option(
+        "--partitions",
+        type=click.IntRange(min=1),
+        default=DEFAULT_PARTITIONS,
+        show_default=True,
+        help="Partitions of a topic the bridge creates (existing topics are used as they are).",
+    ),
+    click.option(
+        "--replication-factor",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Replication factor of a Kafka topic the bridge creates [default: min(3, brokers)].",
+    ),
+    click.option(
+        "--kafka-linger-ms",
+        type=click.IntRange(min=0),
+        default=None,
+        help="How long the producer waits to fill a batch "
+        f"[default: {CLIENT_DEFAULTS['librdkafka'].linger_ms} with librdkafka, "
+        f"{CLIENT_DEFAULTS['aiokafka'].linger_ms} with aiokafka].",
+    ),
+    click.option(
+        "--kafka-batch-size",
+        type=click.IntRange(min=1024),
+        default=None,
+        help="Maximum bytes of one producer batch (per partition) "
+        f"[default: {CLIENT_DEFAULTS['librdkafka'].batch_size} with librdkafka, "
+        f"{CLIENT_DEFAULTS['aiokafka'].batch_size} with aiokafka].",
+    ),
+    click.option(
+        "--kafka-compression",
+        type=click.Choice(COMPRESSIONS),
+        default="none",
+        show_default=True,
+        help="Compression of producer batches (aiokafka writes snappy, lz4 and zstd only with cramjam).",
+    ),
+    click.option(
+        "--kafka-max-in-flight",
+        type=click.IntRange(min=1),
+        default=DEFAULT_MAX_IN_FLIGHT,
+        show_default=True,
+        help="Unacknowledged records before publishing waits (bounds memory).",
+    ),
+    click.option(
+        "--kafka-connect-timeout",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_CONNECT_TIMEOUT,
+        show_default=True,
+        help="Seconds to keep retrying an unreachable broker at start.",
+    ),
+    *CONNECTION_OPTIONS[1:],
+]
+
+
+def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink:
+    """The sink from parsed CLI options (click parameter names). Validates; connects nothing."""
+    connection = connection_from_config(config)
+    client = config.get("kafka_client") or DEFAULT_CLIENT
+    if client not in CLIENTS:
+        raise click.BadParameter(
+            f"{client!r} is not one of {', '.join(CLIENTS)}", param_hint="--kafka-client"
+        )
+    compression = config.get("kafka_compression") or "none"
+    if compression not in compressions(client):
+        raise click.BadParameter(
+            f"{compression!r} is not one of {', '.join(compressions(client))} (with {client})",
+            param_hint="--kafka-compression",
+        )
+    topics = {
+        "sighting": config.get("topic") or DEFAULT_TOPICS["sighting"],
+        "presence": config.get("presence_topic") or DEFAULT_TOPICS["presence"],
+        "deadletter": config.get("deadletter_topic") or DEFAULT_TOPICS["deadletter"],
+    }
+    for kind, topic in topics.items():
+        if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+            flag = "--topic" if kind == "sighting" else f"--{kind}-topic"
+            raise click.BadParameter(
+                f"{topic!r} is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)", param_hint=flag
+            )
+    settings = KafkaSettings(
+        connection=connection,
+        client=client,
+        topics=topics,
+        partitions=int(config.get("partitions") or DEFAULT_PARTITIONS),
+        replication_factor=config.get("replication_factor"),
+        linger_ms=config.get("kafka_linger_ms"),
+        batch_size=config.get("kafka_batch_size"),
+        compression=compression,
+        max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
+        connect_timeout=float(_or(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
+        transactional_id=transactional_id(config) if config.get("exactly_once") else None,
+        cloudevents_source=source_from_config(config),
+    )
+    return KafkaSink(settings)
+
+
+def transactional_id(config: Mapping[str, Any]) -> str:
+    """One per bridge instance: a restarted instance fences its predecessor's open transaction."""
+    return f"facespace-bridge.{config.get('instance_id') or 'default'}"
+
+
+def _or(value: Any, default: Any) -> Any:
+    """`value` unless it is None (0 is a real value for timeouts)."""
+    return default if value is None else value
+
+
+__all__ = [
+    "CLIENTS",
+    "CLIENT_DEFAULTS",
+    "COMPRESSIONS",
+    "DEFAULT_CLIENT",
+    "DEFAULT_TOPICS",
+    "OPTIONS",
+    "KafkaSettings",
+    "KafkaSink",
+    "compressions",
+    "from_config",
+    "transactional_id",
+]
