@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from facespace_bridge.client import redactor
+from facespace_bridge.client import DEFAULT_BASE_URL, redactor
+from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +28,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FACESPACE_BRIDGE"
-DEFAULT_API_URL = "https://visionapi.automa.one/facespace"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,7 +106,7 @@ def api_options(command: F) -> F:
             click.option(
                 "--api-url",
                 envvar="FACESPACE_API_URL",
-                default=DEFAULT_API_URL,
+                default=DEFAULT_BASE_URL,
                 show_default=True,
                 help="Base URL of the FaceSpace API (the simulator prints its own).",
             ),
@@ -144,6 +144,12 @@ def api_key_from(config: dict[str, Any]) -> str:
     if not key:
         raise click.UsageError("no API key: set FACESPACE_API_KEY or pass --api-key-file")
     redactor.add(key)
+    if redactor.too_short(key):
+        logging.getLogger("facespace_bridge").warning(
+            "the API key has fewer than %d characters: it is masked in logs only where it stands "
+            "alone, and a key that short is easy to guess",
+            MIN_SAFE_LENGTH,
+        )
     return key
 
 

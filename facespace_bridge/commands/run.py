@@ -13,8 +13,13 @@ import click
 
 from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import CheckpointError, CheckpointStore, FileCheckpointStore, default_path
-from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, HTTPRequestError
-from facespace_bridge.client._timefmt import parse_user_time
+from facespace_bridge.client import (
+    APIKeyError,
+    AsyncLogsAPI,
+    FaceSpaceError,
+    HTTPRequestError,
+    parse_user_time,
+)
 from facespace_bridge.commands._common import (
     api_key_from,
     api_options,

@@ -282,9 +282,6 @@ class World:
     def freeze(self) -> None:
         self.clock.set(speed=0.0)
 
-    def set_now(self, moment: datetime) -> None:
-        self.clock.set(now=to_epoch(moment))
-
     # -- ground truth ---------------------------------------------------------------------
 
     def entries(

@@ -225,11 +225,6 @@ class MqttSink(Sink):
         """Whether the sink has a live broker connection right now."""
         return self._connected
 
-    @property
-    def pending(self) -> int:
-        """Messages queued or awaiting their PUBACK."""
-        return len(self._queue) + len(self._inflight)
-
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -235,3 +235,15 @@ def test_exactly_once_on_a_broker_whose_transactions_do_not_work_is_refused(
     if kafka.kind == "tansu" and client == "librdkafka":
         assert "a read_committed reader sees the records of an aborted transaction" in line
     assert not (tmp_path / "state").exists()
+
+
+def test_a_short_api_key_is_warned_about_and_masked_only_where_it_stands_alone(simulator_factory, tmp_path):
+    sim = simulator_factory(api_key="heck")  # letters that occur inside ordinary words ("checkpoint")
+    out = tmp_path / "out.jsonl"
+    result = cli(
+        "check", "--broker", "file", "--output", str(out), "--checkpoint", str(tmp_path / "checkpoint.json"),
+        env={"FACESPACE_API_KEY": "heck", "FACESPACE_API_URL": sim.base_url},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "the API key has fewer than 8 characters" in result.stderr
+    assert "checkpoint" in result.stdout  # the key inside a word is not garbled
