@@ -144,13 +144,17 @@ def api_key_from(config: dict[str, Any]) -> str:
     if not key:
         raise click.UsageError("no API key: set FACESPACE_API_KEY or pass --api-key-file")
     redactor.add(key)
-    if redactor.too_short(key):
+    return key
+
+
+def warn_if_short(api_key: str) -> None:
+    """Once the input is known good (bad input is one line only): a key too short to redact safely."""
+    if redactor.too_short(api_key):
         logging.getLogger("facespace_bridge").warning(
             "the API key has fewer than %d characters: it is masked in logs only where it stands "
             "alone, and a key that short is easy to guess",
             MIN_SAFE_LENGTH,
         )
-    return key
 
 
 def logging_options(command: F) -> F:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from facespace_bridge.commands import run
+from facespace_bridge.commands._common import warn_if_short
 from facespace_bridge.sinks import Sink
 
 
@@ -21,6 +22,7 @@ def _check(**config: Any) -> int:
     api_key, sinks, _ = run.prepare({**config, "exactly_once": False})
     if config["exactly_once"]:
         run.prepare(config)  # the --exactly-once usage rules (exit 2)
+    warn_if_short(api_key)
     return asyncio.run(_reach(config, api_key, sinks))
 
 

@@ -39,6 +39,7 @@ from facespace_bridge.commands._common import (
     logging_options,
     setup_logging,
     tune_gc,
+    warn_if_short,
     with_env,
 )
 from facespace_bridge.events import DEADLETTER_SCHEMA
@@ -194,6 +195,7 @@ def command(**config: Any) -> None:
     progress = config["progress"]
     if progress is None:
         progress = sys.stderr.isatty()
+    warn_if_short(api_key)
     client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"])
     began = time.monotonic()
     tally = asyncio.run(_main(client, [] if dry_run else sinks, start, end, config["camera_id"], progress))

@@ -27,6 +27,7 @@ from facespace_bridge.commands._common import (
     logging_options,
     setup_logging,
     tune_gc,
+    warn_if_short,
     with_env,
 )
 from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
@@ -111,6 +112,7 @@ def command(**config: Any) -> int:
     setup_logging(config["log_format"], config["log_level"])
     tune_gc()
     api_key, sinks, options = prepare(config)
+    warn_if_short(api_key)
     return asyncio.run(_run(config, api_key, sinks, options))
 
 
