@@ -98,6 +98,7 @@ class LibrdkafkaSink(KafkaSink):
         self._reported = 0  # ... and their delivery reports so far
         self._acks: deque[asyncio.Future[None]] = deque()  # one per batch, for flush
         self._fatal: SinkError | None = None  # librdkafka's producer can no longer send
+        self._diagnosis: asyncio.Future[SinkError] | None = None  # why a transaction failed
         self._log = LibrdkafkaLog(log)
 
     @property
@@ -176,6 +177,10 @@ class LibrdkafkaSink(KafkaSink):
         while True:
             try:
                 served = producer.poll(0)
+            except KafkaException as exc:  # a fatal error raised by poll itself (fenced, say)
+                self._error_cb_on_loop(exc.args[0])
+                await asyncio.sleep(_BUSY_POLL_SECONDS)
+                continue
             except Exception:  # a callback's bug must not stop every later acknowledgement
                 log.exception("a librdkafka callback failed")
                 served = 1
@@ -415,6 +420,9 @@ class LibrdkafkaSink(KafkaSink):
             ack.set_result(None)
             return
         if self.transactional:
+            if self._fatal is None and error.code() not in _FENCED:
+                self._diagnose(delivery, error)
+                return
             failure = self._fatal or self._transaction_error(error)
         else:
             failure = SinkError(f"Kafka did not acknowledge records: {_text(error)}")
@@ -424,6 +432,27 @@ class LibrdkafkaSink(KafkaSink):
                 log.warning("librdkafka's producer failed (%s); publishing with a new one", _text(error))
                 self._fatal = failure
         self._fail(delivery, failure)
+
+    def _diagnose(self, delivery: _Delivery, error: KafkaError) -> None:
+        """A transactional record failed for a reason its report may not tell: librdkafka
+        purges the records of a transaction it can no longer commit ("Purged in queue") and
+        reports why (fenced by another instance, say) only to a later call. Aborting asks."""
+        if self._diagnosis is None:
+            self._diagnosis = asyncio.ensure_future(self._abort_for_cause(error))
+        self._diagnosis.add_done_callback(lambda done: self._fail(delivery, done.result()))
+
+    async def _abort_for_cause(self, error: KafkaError) -> SinkError:
+        producer = self._producer
+        failure = SinkError(f"Kafka transaction failed: {_text(error)}")
+        if producer is not None and self._fatal is None:
+            try:
+                await asyncio.to_thread(producer.abort_transaction, _CLOSE_SECONDS)
+                self._in_transaction = False
+            except KafkaException as exc:
+                failure = self._transaction_error(exc)
+        failure = self._fatal or failure
+        self._fatal = failure  # nothing more commits: the bridge stops and resumes from the last commit
+        return failure
 
     def _fail(self, delivery: _Delivery, failure: SinkError) -> None:
         ack = delivery.ack
