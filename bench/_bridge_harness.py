@@ -1,5 +1,6 @@
 """Shared by the bridge benchmarks: child processes (simulator, bridge), their CPU and memory,
-the simulator's admin API, the bridge's metrics and a topic's true size.
+the simulator's admin API, the bridge's metrics, a topic's true size, which Kafka clients this
+build of the bridge offers, and py-spy profiles.
 
 Every child is started by the caller inside try/finally with `stop()`, so Ctrl-C or an error
 never leaves one behind.
@@ -10,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +197,149 @@ def wait_with_usage(
             status_text = Path(f"/proc/{process.pid}/status").read_text()
             hwm = int(re.search(r"VmHWM:\s+(\d+)", status_text).group(1)) / 1024  # type: ignore[union-attr]
         time.sleep(every)
+
+
+# -- Kafka clients ------------------------------------------------------------------------------
+
+KAFKA_CLIENTS = ("librdkafka", "aiokafka")  # the bridge's default first
+
+
+@cache
+def _has_kafka_client_flag() -> bool:
+    """Whether this build's `run` has `--kafka-client`; a build without it has aiokafka only."""
+    shown = subprocess.run([*CLI, "run", "--help"], capture_output=True, text=True, timeout=120, check=True)
+    return "--kafka-client" in shown.stdout
+
+
+def kafka_clients(requested: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the requested clients this build can run, in the order asked; those it cannot)."""
+    offered = set(KAFKA_CLIENTS) if _has_kafka_client_flag() else {"aiokafka"}
+    unknown = [c for c in requested if c not in KAFKA_CLIENTS]
+    if unknown:
+        choices = ", ".join(KAFKA_CLIENTS)
+        raise SystemExit(f"unknown Kafka client(s) {', '.join(unknown)}: choose from {choices}")
+    return [c for c in requested if c in offered], [c for c in requested if c not in offered]
+
+
+def kafka_client_flags(client: str) -> list[str]:
+    """`--kafka-client CLIENT` where the flag exists (else the build's only client is aiokafka)."""
+    return ["--kafka-client", client] if _has_kafka_client_flag() else []
+
+
+def clients_option(value: str) -> list[str]:
+    """argparse type of `--clients librdkafka,aiokafka`."""
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def usable_clients(requested: Sequence[str]) -> list[str]:
+    """The requested clients this build has; says on stderr which it skips, exits if none is left."""
+    clients, missing = kafka_clients(requested)
+    if missing:
+        skipped = ", ".join(missing)
+        print(f"skipping {skipped}: this build of the bridge has no --kafka-client", file=sys.stderr)
+    if not clients:
+        raise SystemExit("none of the requested Kafka clients is available in this build")
+    return clients
+
+
+# -- profiles -----------------------------------------------------------------------------------
+
+
+class Profiler:
+    """py-spy attached to one process for its whole life; its stacks summarised afterwards.
+    Does nothing without a directory. The sampler takes CPU from the same cores, so rates
+    measured with it attached are lower."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.output: Path | None = None
+        if directory is not None:
+            if not Path(self.spy).exists():
+                raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def attach(self, pid: int, name: str) -> None:
+        if self.directory is None:
+            return
+        self.output = self.directory / f"{name}.txt"
+        self.process = subprocess.Popen(
+            [self.spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(self.output),
+             "--rate", "200", "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def finish(self, title: str) -> None:
+        """Waits for py-spy (it stops with its target) and prints the top functions."""
+        if self.process is None or self.output is None:
+            return
+        try:
+            self.process.wait(60)
+        finally:
+            stop(self.process)
+            self.process = None
+        if self.output.exists():
+            print(f"\nprofile of {title} ({self.output}):")
+            print(summarise(self.output))
+
+
+def summarise(collapsed: Path, top: int = 15) -> str:
+    """Top functions of py-spy's collapsed stacks: own samples and inclusive samples."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = [
+            f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in stack.split(";")
+        ]
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    if not total:
+        return "  no samples"
+    rows = [f"  {total:,} samples; own % | inclusive % | function (file:line)"]
+    for frame, samples in own.most_common(top):
+        rows.append(f"  {100 * samples / total:5.1f} | {100 * inclusive[frame] / total:5.1f} | {frame}")
+    rows.append("  top inclusive (not the entry points):")
+    for frame, samples in inclusive.most_common(top + 10)[10:]:
+        rows.append(f"        {100 * samples / total:5.1f} | {frame}")
+    return "\n".join(rows)
+
+
+# -- one measured child -------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    finished: Finished
+    stdout: str
+    stderr: str
+
+
+def run_measured(
+    command: Sequence[str],
+    env: dict[str, str],
+    timeout: float,
+    profiler: Profiler | None = None,
+    name: str = "run",
+) -> Measured:
+    """Runs `command` to its exit: wall seconds from spawn, CPU (wait4) and peak RSS (VmHWM);
+    its output goes through files, so a chatty child never blocks on a full pipe."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        began = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        if profiler is not None:
+            profiler.attach(process.pid, name)
+        try:
+            finished = wait_with_usage(process, began, timeout)
+        finally:
+            stop(process)
+        out.seek(0)
+        err.seek(0)
+        return Measured(finished, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
