@@ -1,4 +1,4 @@
-"""`--exactly-once` (DESIGN §4): events and the checkpoint commit in one Kafka transaction, so
+"""`--exactly-once`: events and the checkpoint commit in one Kafka transaction, so
 a read_committed consumer sees every sighting once, whatever kills the bridge; a second
 instance with the same `--instance-id` fences the first.
 

@@ -8,7 +8,7 @@ second thread contending for the GIL (bench/README.md, MQTT). Only the blocking 
 (re)connect — TCP connect, TLS handshake — runs in a worker thread; the reconnect backoff
 is ours, since paho's lives in `loop_forever`/`loop_start`.
 
-Delivery (DESIGN §4): an event's ack completes on the PUBACK (QoS 1) of its message(s).
+Delivery (docs/delivery.md): an event's ack completes on the PUBACK (QoS 1) of its message(s).
 Messages wait in a FIFO outbox and are handed to paho only while connected and only
 `max_inflight` at a time, so paho never holds a second queue whose order could differ
 from ours. Paho keeps what it was handed until PUBACKed and resends it (DUP) on every
