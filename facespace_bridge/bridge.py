@@ -24,7 +24,7 @@ from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
-from facespace_bridge.sinks import Sink
+from facespace_bridge.sinks import LastSeen, Sink
 from facespace_bridge.sources.base import Barrier, Batch, Clock, utcnow
 from facespace_bridge.sources.logs import LogsSource
 from facespace_bridge.sources.realtime import RealtimeSource
@@ -231,12 +231,14 @@ class Bridge:
         return checkpoint
 
     async def _announce(self) -> None:
-        """Tell sinks that care (Home Assistant discovery) which cameras and people exist."""
+        """Tell sinks that care (Home Assistant discovery) which cameras and people exist, and
+        when each person was last seen in the recent history."""
         announcers = [s for s in self.sinks if type(s).announce is not Sink.announce]
         if not announcers:
             return
         cameras: set[str] = set()
         people: set[str] = set()
+        last_seen: dict[str, LastSeen] = {}
         # Best effort: what cannot be read now is announced on its first event instead.
         try:
             for camera, names in (await self.client.get_realtime()).items():
@@ -252,10 +254,13 @@ class Bridge:
                 if isinstance(entry, LogEntry):
                     cameras.add(entry.camera_id)
                     people.add(entry.person)
+                    seen = last_seen.get(entry.person)
+                    if seen is None or entry.seen_at >= seen.at:
+                        last_seen[entry.person] = LastSeen(entry.seen_at, entry.camera_id)
         except FaceSpaceError as exc:
             log.warning("could not read the history to announce everyone known: %s", exc)
         for sink in announcers:
-            await sink.announce(sorted(cameras), sorted(people))
+            await sink.announce(sorted(cameras), sorted(people), last_seen)
 
     # -- the logs source: backfill, then tail ------------------------------------------------------
 

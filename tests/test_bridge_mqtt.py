@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 
 from facespace_bridge.schemas import validate
-from facespace_bridge.sinks._topics import TopicLayout
-from facespace_bridge.sinks.homeassistant import HomeAssistantDiscovery
+from facespace_bridge.sinks.mqtt.topics import TopicLayout
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
 from tests.fixtures.mqtt import MqttCollector, retained_async
 
 
@@ -60,7 +60,7 @@ async def test_run_to_mqtt_announces_publishes_and_leaves_its_will(simulator_fac
             # Discovery for everyone the history of the last 24 h knows, announced at start.
             known_people = {person for _, person, _ in sim.world.entries(datetime.now(timezone.utc)
                                                                           - timedelta(hours=24))}  # fmt: skip
-            discovery = HomeAssistantDiscovery(TopicLayout("facespace"))
+            discovery = HomeAssistant(TopicLayout("facespace"))
             wanted = set(discovery.configs(sim.world.cameras(), sorted(known_people)))
             held = await retained_async(mqtt_broker, "homeassistant/#")
             assert wanted <= set(held), sorted(wanted - set(held))[:5]

@@ -63,11 +63,11 @@ def test_home_assistant_example_uses_entities_the_bridge_announces() -> None:
     import yaml
 
     from facespace_bridge.simulator._world import World, WorldConfig
-    from facespace_bridge.sinks._topics import TopicLayout
-    from facespace_bridge.sinks.homeassistant import HomeAssistantDiscovery
+    from facespace_bridge.sinks.mqtt.topics import TopicLayout
+    from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
 
     world = World(WorldConfig())
-    discovery = HomeAssistantDiscovery(TopicLayout("facespace"))
+    discovery = HomeAssistant(TopicLayout("facespace"))
     announced = {
         orjson.loads(config)["default_entity_id"]
         for config in discovery.configs(world.cameras(), world.people()).values()

@@ -1,21 +1,19 @@
 """`facespace-bridge mqtt-cleanup`: remove ghost Home Assistant entities and stale retained state.
 
-What exists is learnt from the broker: the retained discovery configs under this
-bridge's node (`<ha-prefix>/+/<node_id>/+/config`, origin facespace-bridge) and the
-retained `<prefix>/<camera>/presence` and `<prefix>/person/<person>` topics. What should
-exist is computed from the known cameras and people, taken from the FaceSpace API
-(`/recognition` now, plus `/logs` over the last `--history-days`) or, with `--keep FILE`,
-from a JSON file `{"cameras": [...], "people": [...]}` ("-" for stdin) without the API.
-Everything found and not expected is removed by publishing an empty retained payload.
+What exists is learnt from the broker: the retained topics the bridge publishes — its
+presence and person topics (`TopicLayout.retained_filters`) and, with discovery on, the
+Home Assistant extension's configs in either discovery form (origin facespace-bridge) and
+device tracker states (`HomeAssistant.retained_filters`). What should exist is computed
+from the known cameras and people, taken from the FaceSpace API (`/recognition` now, plus
+`/logs` over the last `--history-days`) or, with `--keep FILE`, from a JSON file
+`{"cameras": [...], "people": [...]}` ("-" for stdin) without the API. Everything found
+and not expected is removed by publishing an empty retained payload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-import threading
-import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,8 +21,6 @@ from typing import Any
 
 import click
 import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.client import AsyncLogsAPI, LogEntry, StopLogsSignal
 from facespace_bridge.commands._common import (
@@ -35,10 +31,18 @@ from facespace_bridge.commands._common import (
     setup_logging,
     with_env,
 )
-from facespace_bridge.sinks._topics import TopicLayout
-from facespace_bridge.sinks.homeassistant import ORIGIN_NAME, HomeAssistantDiscovery
-from facespace_bridge.sinks.mqtt import OPTIONS as MQTT_OPTIONS
-from facespace_bridge.sinks.mqtt import BrokerAddress, parse_mqtt_url, sink_kwargs
+from facespace_bridge.sinks import SinkError
+from facespace_bridge.sinks.mqtt import (
+    OPTIONS as MQTT_OPTIONS,
+)
+from facespace_bridge.sinks.mqtt import (
+    MqttConnection,
+    TopicLayout,
+    connection_kwargs,
+    default_client_id,
+    homeassistant,
+    parse_mqtt_url,
+)
 
 
 @dataclass(frozen=True)
@@ -47,105 +51,43 @@ class Known:
     people: frozenset[str]
 
 
-def expected_topics(known: Known, layout: TopicLayout, ha: HomeAssistantDiscovery | None) -> set[str]:
-    """Every retained topic the bridge would publish for these cameras and people."""
-    topics = {layout.presence(c) for c in known.cameras} | {layout.person(p) for p in known.people}
-    topics.add(layout.bridge_state)
+def stale_topics(
+    found: dict[str, bytes], known: Known, layout: TopicLayout, ha: homeassistant.HomeAssistant | None
+) -> list[str]:
+    """The retained topics found that the bridge would not publish for the known names: never
+    the availability, never a config some other tool wrote."""
+    expected = layout.retained_topics(known.cameras, known.people)
     if ha is not None:
-        topics |= set(ha.configs(sorted(known.cameras), sorted(known.people)))
-    return topics
+        expected |= ha.expected(known.cameras, known.people)
+    stale = []
+    for topic, payload in found.items():
+        if topic in expected or topic == layout.bridge_state:
+            continue
+        if ha is not None and not ha.owns(topic, payload):
+            continue
+        stale.append(topic)
+    return sorted(stale)
 
 
-def retained_on_broker(
-    address: BrokerAddress,
-    filters: Iterable[str],
-    *,
-    client_id: str,
-    tls: dict[str, Any],
-    timeout: float,
-) -> dict[str, bytes]:
-    """The retained messages under `filters`. Ends deterministically: a marker published after
-    the SUBACK on a topic we also subscribe to arrives after every retained message."""
-    marker = f"facespace-bridge-cleanup/{uuid.uuid4().hex}"
-    found: dict[str, bytes] = {}
-    subscribed, done, failed = threading.Event(), threading.Event(), []
-
-    def on_connect(client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            failed.append(str(reason))
-            done.set()
-            subscribed.set()
-            return
-        client.subscribe([(f, 1) for f in (*filters, marker)])
-
-    def on_message(_c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        if message.topic == marker:
-            done.set()
-        elif message.retain and message.payload:
-            found[message.topic] = message.payload
-
-    client = _client(address, client_id, tls)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
-    _connect(client, address, timeout)
+async def clean(
+    connection: MqttConnection, filters: list[str], known: Known, layout: TopicLayout,
+    ha: homeassistant.HomeAssistant | None, *, dry_run: bool, timeout: float,
+) -> tuple[list[str], int]:  # fmt: skip
+    """Connect, read what the broker retains under `filters`, clear what is stale (unless
+    `dry_run`); returns the stale topics and how many were found in all."""
+    await connection.start()
     try:
-        if not subscribed.wait(timeout) or failed:
-            reason = failed[0] if failed else "no SUBACK"
-            raise click.ClickException(f"MQTT broker {address} refused: {reason}")
-        client.publish(marker, b"", qos=1)
-        if not done.wait(timeout):
-            raise click.ClickException(f"MQTT broker {address} did not answer within {timeout:g} s")
-        return found
+        found = await connection.read_retained(filters, timeout)
+        stale = stale_topics(found, known, layout, ha)
+        if stale and not dry_run:
+            await asyncio.wait_for(asyncio.gather(*(connection.clear(topic) for topic in stale)), timeout)
+        return stale, len(found)
+    except asyncio.TimeoutError:
+        raise SinkError(
+            f"MQTT broker {connection.address} did not acknowledge within {timeout:g} s"
+        ) from None
     finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def clear_retained(
-    address: BrokerAddress, topics: list[str], *, client_id: str, tls: dict[str, Any], timeout: float
-) -> None:
-    """Publish an empty retained payload to each topic: the broker forgets it, HA removes the entity."""
-    client = _client(address, client_id, tls)
-    _connect(client, address, timeout)
-    try:
-        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
-        for info in infos:
-            info.wait_for_publish(timeout)
-            if not info.is_published():
-                raise click.ClickException(f"MQTT broker {address} did not acknowledge within {timeout:g} s")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _client(address: BrokerAddress, client_id: str, tls: dict[str, Any]) -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    if address.tls:
-        client.tls_set(ca_certs=tls.get("cafile"), certfile=tls.get("certfile"), keyfile=tls.get("keyfile"))
-    return client
-
-
-def _connect(client: paho.Client, address: BrokerAddress, timeout: float) -> None:
-    connected = threading.Event()
-    previous = client.on_connect
-
-    def on_connect(c: paho.Client, u: Any, f: Any, reason: Any, p: Any) -> None:
-        if previous is not None:
-            previous(c, u, f, reason, p)
-        connected.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect(address.host, address.port, keepalive=30)
-    except OSError as exc:
-        raise click.ClickException(f"cannot connect to MQTT broker {address}: {exc}") from None
-    client.loop_start()
-    if not connected.wait(timeout):
-        client.loop_stop()
-        raise click.ClickException(f"MQTT broker {address} did not answer within {timeout:g} s")
+        await connection.close()
 
 
 def known_from_file(path: str) -> Known:
@@ -183,25 +125,6 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
     return Known(frozenset(cameras), frozenset(people))
 
 
-def stale_topics(
-    found: dict[str, bytes], expected: set[str], layout: TopicLayout, ha: HomeAssistantDiscovery | None
-) -> list[str]:
-    stale = []
-    for topic, payload in found.items():
-        if topic in expected:
-            continue
-        if ha is not None and topic.startswith(ha.ha_prefix + "/"):
-            try:  # only configs we wrote: never someone else's under a colliding node id
-                if orjson.loads(payload).get("origin", {}).get("name") != ORIGIN_NAME:
-                    continue
-            except (orjson.JSONDecodeError, AttributeError):
-                continue
-        elif topic == layout.bridge_state:
-            continue
-        stale.append(topic)
-    return sorted(stale)
-
-
 @click.command("mqtt-cleanup")
 @config_option
 @click.option(
@@ -232,11 +155,9 @@ def stale_topics(
 def command(**config: Any) -> None:
     """Remove retained Home Assistant configs and states of cameras and people the bridge no longer knows."""
     setup_logging(config["log_format"], config["log_level"])
-    kwargs = sink_kwargs(config)  # validates everything (exit 2) before any side effect
-    address = parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"])
+    kwargs = connection_kwargs(config)  # validates everything (exit 2) before any side effect
     layout = TopicLayout(kwargs["topic_prefix"])
-    ha = HomeAssistantDiscovery(layout, kwargs["ha_prefix"]) if kwargs["ha_discovery"] else None
-    tls = {"cafile": kwargs["cafile"], "certfile": kwargs["certfile"], "keyfile": kwargs["keyfile"]}
+    ha = homeassistant.from_config(config, layout)
     if config["keep_file"]:
         known = known_from_file(config["keep_file"])
     else:
@@ -250,21 +171,31 @@ def command(**config: Any) -> None:
 
         known = asyncio.run(fetch())
 
-    filters = [f"{layout.prefix}/+/presence", f"{layout.prefix}/person/+"]
-    if ha is not None:
-        filters.append(ha.config_filter)
-    client_id = f"{kwargs['client_id']}-cleanup"  # never kick the running bridge off the broker
     timeout = config["mqtt_timeout"]
-    found = retained_on_broker(address, filters, client_id=client_id, tls=tls, timeout=timeout)
-    stale = stale_topics(found, expected_topics(known, layout, ha), layout, ha)
+    connection = MqttConnection(
+        parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"]),
+        # Its own client id, never the running bridge's, and no hand on its availability.
+        client_id=f"{kwargs['client_id'] or default_client_id(layout.prefix)}-cleanup",
+        tls=kwargs["tls"],
+        keepalive=kwargs["keepalive"],
+        protocol=kwargs["protocol"],
+        connect_timeout=timeout,
+        reconnect_delay=(0.5, 2.0),
+        close_timeout=timeout,
+    )
+    filters = layout.retained_filters() + (ha.retained_filters() if ha is not None else [])
+    try:
+        stale, found = asyncio.run(
+            clean(connection, filters, known, layout, ha, dry_run=config["dry_run"], timeout=timeout)
+        )
+    except SinkError as exc:
+        raise click.ClickException(str(exc)) from None
     verb = "would remove" if config["dry_run"] else "removing"
     for topic in stale:
         click.echo(f"{verb} {topic}")
-    if stale and not config["dry_run"]:
-        clear_retained(address, stale, client_id=client_id, tls=tls, timeout=timeout)
     click.echo(
         f"{len(stale)} stale retained topic(s) {'found' if config['dry_run'] else 'removed'}; "
-        f"{len(found) - len(stale)} kept ({len(known.cameras)} cameras, {len(known.people)} people known)",
+        f"{found - len(stale)} kept ({len(known.cameras)} cameras, {len(known.people)} people known)",
         err=True,
     )
 

@@ -16,15 +16,23 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from facespace_bridge.events import Event
 
 # A future, not any awaitable: the bridge and a caller may both wait on it.
 Ack = asyncio.Future[Any]
+
+
+class LastSeen(NamedTuple):
+    """Where and when a person was last seen, as far as the bridge knows at start."""
+
+    at: datetime
+    camera_id: str
 
 
 class SinkError(Exception):
@@ -47,9 +55,12 @@ class Sink(ABC):
     async def publish(self, events: Sequence[Event]) -> Ack:
         """Hand a batch of events over, in order; returns its acknowledgement (see module docstring)."""
 
-    async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:  # noqa: B027
-        """Optional: learn, at start, every camera and person known from the API, so that
-        entities (Home Assistant discovery) exist before their first event."""
+    async def announce(  # noqa: B027
+        self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen] | None = None
+    ) -> None:
+        """Optional: learn, at start, every camera and person known from the API (and when
+        each person was last seen in the recent history), so that entities (Home Assistant
+        discovery) exist, and show the right state, before their first event."""
 
     @property
     def connected(self) -> bool:

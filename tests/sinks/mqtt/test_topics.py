@@ -9,7 +9,8 @@ import sys
 import click
 import pytest
 
-from facespace_bridge.sinks._topics import (
+from facespace_bridge.sinks.mqtt import from_config, parse_mqtt_url
+from facespace_bridge.sinks.mqtt.topics import (
     camera_segment,
     check_base_topic,
     id_slug,
@@ -17,7 +18,6 @@ from facespace_bridge.sinks._topics import (
     topic_segment,
     topics_overlap,
 )
-from facespace_bridge.sinks.mqtt import from_config, parse_mqtt_url
 
 HOSTILE = [
     "a/b",

@@ -21,8 +21,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.simulator import SimulatorServer
-from facespace_bridge.sinks._topics import TopicLayout
-from facespace_bridge.sinks.homeassistant import HomeAssistantDiscovery
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant, State
 from tests.fixtures.mqtt import MqttBroker
 
@@ -86,7 +86,7 @@ async def test_home_assistant_shows_what_the_simulator_sees(
     people = sorted(
         {person for _, person, _ in sim.world.entries()} | {p for ps in present.values() for p in ps}
     )
-    discovery = HomeAssistantDiscovery(TopicLayout("facespace"))
+    discovery = HomeAssistant(TopicLayout("facespace"))
     configs: dict[str, dict[str, Any]] = {
         orjson.loads(payload)["unique_id"]: orjson.loads(payload)
         for payload in discovery.configs(cameras, people).values()

@@ -15,7 +15,7 @@ import pytest
 from facespace_bridge.events import parse_rfc3339
 from facespace_bridge.schemas import validate
 from facespace_bridge.simulator import SimulatorServer
-from facespace_bridge.sinks._topics import camera_segment, person_segment
+from facespace_bridge.sinks.mqtt.topics import camera_segment, person_segment
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, retained_async
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,9 +18,10 @@ from facespace_bridge.client import LogEntry
 from facespace_bridge.events import Event, deadletter_event, presence_event, sighting_event
 from facespace_bridge.schemas import validate
 from facespace_bridge.sinks import SinkError
-from facespace_bridge.sinks._topics import camera_segment, person_segment
 from facespace_bridge.sinks.mqtt import MqttSink
+from facespace_bridge.sinks.mqtt.topics import camera_segment, person_segment
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, eventually, free_port, retained_async
+from tests.sinks.mqtt._helpers import sink_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,17 +31,6 @@ HOSTILE = ["a/b", "#", "+", "a+b/#", "smile 😀", "tab\there", "nul\x00x", "bel
 
 def sighting(camera: str, person: str, second: int = 0, k: int = 0) -> Event:
     return sighting_event(LogEntry(camera, person, T0 + timedelta(seconds=second), "raw"), k)
-
-
-def sink_for(broker: MqttBroker, **kwargs: object) -> MqttSink:
-    options: dict[str, object] = {
-        "reconnect_delay": (0.05, 0.5),
-        "reannounce_delay": (0.01, 0.05),
-        "connect_timeout": 5.0,
-        "close_timeout": 2.0,
-    }
-    options.update(kwargs)
-    return MqttSink(broker.url, **options)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
@@ -76,7 +66,7 @@ async def test_every_payload_validates_and_lands_on_its_topic(mqtt_broker: MqttB
 
 
 async def test_retained_presence_reaches_a_late_subscriber(mqtt_broker: MqttBroker) -> None:
-    async with sink_for(mqtt_broker, ha_discovery=False) as sink:
+    async with sink_for(mqtt_broker, ha=False) as sink:
         first = presence_event("Camera1", ["Alice"], ["Alice"], [], T0)
         second = presence_event("Camera1", [], [], ["Alice"], T0 + timedelta(seconds=40))
         await (await sink.publish([first]))
@@ -99,7 +89,7 @@ import asyncio, sys
 from facespace_bridge.sinks.mqtt import MqttSink
 
 async def main():
-    sink = MqttSink(sys.argv[1], ha_discovery=False, keepalive=5)
+    sink = MqttSink(sys.argv[1], keepalive=5)
     await sink.start()
     await sink.flush()
     print("ready", flush=True)
@@ -118,7 +108,7 @@ async def test_last_will_says_offline_after_sigkill(mqtt_broker: MqttBroker, tmp
             str(script),
             mqtt_broker.url,
             stdout=subprocess.PIPE,
-            cwd=Path(__file__).parents[2],
+            cwd=Path(__file__).parents[3],
             env={**os.environ, "PYTHONPATH": "."},
         )
         try:
@@ -146,7 +136,7 @@ async def test_broker_restart_mid_stream_loses_nothing(mqtt_broker: MqttBroker) 
     # A persistent session: the broker keeps its queue through the restart.
     watcher = MqttCollector(mqtt_broker, "facespace/+/sighting", client_id="restart-watcher", persistent=True)
     with watcher as col:
-        async with sink_for(mqtt_broker, ha_discovery=False, max_queued=200) as sink:
+        async with sink_for(mqtt_broker, ha=False, max_queued=200) as sink:
             acks = []
             restart: asyncio.Future[None] | None = None
             for i, event in enumerate(events):
@@ -165,7 +155,7 @@ async def test_broker_restart_mid_stream_loses_nothing(mqtt_broker: MqttBroker) 
 
 async def test_back_pressure_while_the_broker_is_down(mqtt_broker: MqttBroker) -> None:
     with MqttCollector(mqtt_broker, "facespace/+/sighting", client_id="bp-watcher", persistent=True) as col:
-        async with sink_for(mqtt_broker, ha_discovery=False, max_inflight=4, max_queued=10) as sink:
+        async with sink_for(mqtt_broker, ha=False, max_inflight=4, max_queued=10) as sink:
             await asyncio.to_thread(mqtt_broker.stop)
             await eventually(lambda: not sink.connected, what="the sink to notice")
             events = [sighting("Camera1", "Alice", second=i) for i in range(12)]
@@ -208,7 +198,7 @@ async def test_hostile_names_never_break_the_topic_tree(mqtt_broker: MqttBroker)
             assert len(levels) == 5 and levels[-1] == "config"
             continue
         if levels[1] == "person":
-            assert levels[2] in people and levels[3:] in ([], ["sighting"])
+            assert levels[2] in people and levels[3:] in ([], ["sighting"], ["tracker"])
         elif levels[1] not in ("bridge", "deadletter"):
             assert len(levels) == 3 and levels[1] in cameras and levels[2] in ("sighting", "presence")
     sightings = [orjson.loads(m.payload) for m in messages if m.topic.endswith("/sighting")]
@@ -237,7 +227,7 @@ async def test_a_refused_message_fails_its_ack_under_mqtt5(tmp_path: Path) -> No
     broker = MqttBroker(tmp_path, extra_config=[f"acl_file {acl}"])
     broker.start()
     try:
-        async with sink_for(broker, protocol="5", ha_discovery=False) as sink:
+        async with sink_for(broker, protocol="5", ha=False) as sink:
             allowed = await sink.publish([presence_event("Camera1", [], [], [], T0)])
             denied = await sink.publish([sighting("Camera1", "Alice")])
             await allowed

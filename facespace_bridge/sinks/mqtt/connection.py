@@ -1,25 +1,26 @@
-"""The MQTT sink (paho-mqtt 2.x): per-camera topics, retained presence, availability, and
-Home Assistant discovery through the `homeassistant` extension. Topic layout: docs/mqtt.md.
+"""One MQTT connection (paho-mqtt 2.x) driven by the asyncio loop, with an outbox whose
+acknowledgements are PUBACKs. The MQTT sink and its extensions publish through it;
+`mqtt-cleanup` uses it to read and clear retained topics.
 
-Threads: none of paho's. Paho's socket is driven by the asyncio loop (`add_reader` /
+Threads: none of paho's. Paho's socket is driven by the event loop (`add_reader` /
 `add_writer` call `loop_read` / `loop_write`, a timer calls `loop_misc` for keepalive), so
-its callbacks run on the event loop and PUBACKs settle futures without a thread hop or a
-second thread contending for the GIL (bench/README.md, MQTT). Only the blocking part of a
+its callbacks run on the loop and PUBACKs settle futures without a thread hop or a second
+thread contending for the GIL (bench/README.md, MQTT). Only the blocking part of a
 (re)connect — TCP connect, TLS handshake — runs in a worker thread; the reconnect backoff
 is ours, since paho's lives in `loop_forever`/`loop_start`.
 
-Delivery (docs/delivery.md): an event's ack completes on the PUBACK (QoS 1) of its message(s).
-Messages wait in a FIFO outbox and are handed to paho only while connected and only
-`max_inflight` at a time, so paho never holds a second queue whose order could differ
-from ours. Paho keeps what it was handed until PUBACKed and resends it (DUP) on every
-reconnect, whatever the session flag: at QoS 1 the publisher's side of the session
-lives in the client. `publish` waits while `max_queued` event messages are queued or
-unacknowledged: that is the back-pressure on the sources, and nothing is dropped.
+Delivery (docs/delivery.md): a message's future completes on its PUBACK (QoS 1). Messages
+wait in a FIFO outbox and are handed to paho only while connected and only `max_inflight`
+at a time, so paho never holds a second queue whose order could differ from ours. Paho
+keeps what it was handed until PUBACKed and resends it (DUP) on every reconnect, whatever
+the session flag: at QoS 1 the publisher's side of the session lives in the client.
+`send` waits while `max_queued` messages are queued or unacknowledged: that is the
+back-pressure on the sources, and nothing is dropped.
 
-Retained state (bridge state, discovery configs, presence per camera, person topics) is
-also kept here, latest value per topic, and re-sent after every reconnect and when Home
-Assistant announces `online`. A state topic sits in the outbox at most once and is read
-when handed over, so a busy stream conflates person updates to the latest value.
+Retained state (availability, discovery configs, presence, person topics) is kept here as
+the latest value per topic and re-sent after every reconnect (the broker may have lost it)
+and on `resend_retained`. A retained topic sits in the outbox at most once and is read when
+handed to paho, so a busy stream conflates its updates to the latest value.
 """
 
 from __future__ import annotations
@@ -27,41 +28,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
 import ssl
 import threading
+import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import click
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
 
-from facespace_bridge.client import redactor
-from facespace_bridge.events import Event
-from facespace_bridge.sinks._topics import (
-    TopicLayout,
-    check_base_topic,
-    id_slug,
-    topics_overlap,
-)
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
-from facespace_bridge.sinks.homeassistant import HomeAssistantDiscovery
+from facespace_bridge.sinks.base import SinkError
 
 log = logging.getLogger(__name__)
 
 ONLINE = b"online"
 OFFLINE = b"offline"
 PROTOCOLS = {"3.1.1": MQTTProtocolVersion.MQTTv311, "5": MQTTProtocolVersion.MQTTv5}
-# Measured (bench/README.md, MQTT): paho walks its in-flight messages on every PUBACK, so a
-# large window costs; a small one costs a refill per few acks.
+# paho walks its in-flight messages on every PUBACK, so a large window costs; a small one
+# costs a refill per few acks (bench/README.md, MQTT).
 DEFAULT_MAX_INFLIGHT = 100
-MISC_INTERVAL = 1.0  # seconds between `loop_misc` calls (keepalive pings and their timeout)
 DEFAULT_MAX_QUEUED = 10_000
+MISC_INTERVAL = 1.0  # seconds between `loop_misc` calls (keepalive pings and their timeout)
 
 
 @dataclass(frozen=True)
@@ -104,70 +95,63 @@ def parse_mqtt_url(url: str, username: str | None = None, password: str | None =
     )
 
 
-def default_client_id(topic_prefix: str) -> str:
-    """Stable across restarts, so the broker sees the same client come back."""
-    return f"facespace-bridge-{id_slug(topic_prefix)}"
+@dataclass(frozen=True)
+class TlsFiles:
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.cafile or self.certfile or self.keyfile)
 
 
 @dataclass(eq=False, slots=True)
 class _Message:
     topic: str
-    payload: bytes | None  # None: a retained state topic, read when handed to paho
+    payload: bytes | None  # None: a retained topic, its current value read when handed to paho
     retain: bool
-    counted: bool  # holds a slot of the bounded queue (event messages do; state does not)
+    counted: bool  # holds a slot of the bounded queue (sent messages do; retained state does not)
+    properties: Properties | None = None
     futures: list[asyncio.Future[None]] = field(default_factory=list)
 
 
-class MqttSink(Sink):
-    """Events into MQTT topics (docs/mqtt.md); Home Assistant discovery when `ha_discovery`."""
+class MqttConnection:
+    """A broker connection that reconnects by itself, an outbox acknowledged by PUBACKs, and
+    the retained state to restore after a reconnect.
 
-    name = "mqtt"
+    `availability`: a topic that reads `online` while connected and `offline` after a clean
+    close or, as the Last Will, a lost connection; None for a client that must not touch it
+    (a replay or `mqtt-cleanup` beside a running bridge).
+    """
 
     def __init__(
         self,
-        url: str = "mqtt://127.0.0.1:1883",
+        address: BrokerAddress,
         *,
-        username: str | None = None,
-        password: str | None = None,
-        cafile: str | None = None,
-        certfile: str | None = None,
-        keyfile: str | None = None,
-        client_id: str | None = None,
+        client_id: str,
+        availability: str | None = None,
+        tls: TlsFiles | None = None,
         keepalive: int = 30,
         qos: int = 1,
         protocol: str = "3.1.1",
-        topic_prefix: str = "facespace",
-        ha_discovery: bool = True,
-        ha_prefix: str = "homeassistant",
-        ha_event_max_age: float | None = 300.0,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_queued: int = DEFAULT_MAX_QUEUED,
         connect_timeout: float = 10.0,
         reconnect_delay: tuple[float, float] = (1.0, 30.0),
-        reannounce_delay: tuple[float, float] = (1.0, 5.0),
         close_timeout: float = 10.0,
     ) -> None:
-        self.address = parse_mqtt_url(url, username, password)
-        for what, value in (("topic prefix", topic_prefix), ("Home Assistant prefix", ha_prefix)):
-            problem = check_base_topic(value, what)
-            if problem:
-                raise ValueError(problem)
-        if ha_discovery and topics_overlap(topic_prefix, ha_prefix):
-            raise ValueError(
-                f"topic prefix {topic_prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}"
-            )
         if protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol must be one of {', '.join(PROTOCOLS)}")
         if qos not in (0, 1, 2):
             raise ValueError("QoS must be 0, 1 or 2")
-        if (cafile or certfile or keyfile) and not self.address.tls:
+        if tls and not address.tls:
             raise ValueError("TLS files given but the URL is mqtt://; use mqtts://")
         if max_inflight < 1 or max_queued < max_inflight:
             raise ValueError("need 1 <= max_inflight <= max_queued")
-        self.cafile, self.certfile, self.keyfile = cafile, certfile, keyfile
-        self.layout = TopicLayout(topic_prefix)
-        self.ha = HomeAssistantDiscovery(self.layout, ha_prefix, ha_event_max_age) if ha_discovery else None
-        self.client_id = client_id or default_client_id(topic_prefix)
+        self.address = address
+        self.client_id = client_id
+        self.availability = availability
+        self.tls = tls or TlsFiles()
         self.keepalive = keepalive
         self.qos = qos
         self.protocol = protocol
@@ -175,32 +159,32 @@ class MqttSink(Sink):
         self.max_queued = max_queued
         self.connect_timeout = connect_timeout
         self.reconnect_delay = reconnect_delay
-        self.reannounce_delay = reannounce_delay
         self.close_timeout = close_timeout
 
-        # Known entities and retained state, latest value per topic.
-        self.cameras: set[str] = set()
-        self.people: set[str] = set()
-        self._configs: dict[str, bytes] = {}
-        self._states: dict[str, bytes] = {}  # presence per camera, person topics (not bridge state)
-        self._bridge_state = OFFLINE
-        self._person_seen_at: dict[str, str] = {}
+        #: called on the loop after every CONNACK (argument: whether it is a reconnect), after
+        #: the availability and before the retained state are queued: subscribe here
+        self.on_connect: list[Callable[[bool], None]] = []
+        #: called on the loop for each message on a subscribed topic
+        self.on_message: Callable[[str, bytes], None] | None = None
+        self.reconnects = 0  # how often the connection came back (metrics, tests)
+
+        self._retained: dict[str, bytes] = {}  # latest value per retained topic, re-sent after reconnects
+        self._available = OFFLINE
+        self._subscriptions: dict[str, int] = {}  # filter -> QoS, renewed after every reconnect
+        self._readers: dict[str, Callable[[paho.MQTTMessage], None]] = {}  # read_retained's filters
 
         # The outbox; touched only on the event loop.
         self._queue: deque[_Message] = deque()
-        self._queued_state: dict[str, _Message] = {}
+        self._queued_retained: dict[str, _Message] = {}
         self._inflight: dict[int, _Message] = {}
-        self._counted = 0  # event messages queued or in flight (the bounded part)
+        self._counted = 0  # sent messages queued or in flight (the bounded part)
         self._space: asyncio.Event | None = None  # set while _counted < max_queued
         self._idle: asyncio.Event | None = None
         self._connected = False
         self._ever_connected = False
-        self._reannounce_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._first_connect: asyncio.Future[None] | None = None
-        self.reconnects = 0  # how often the connection came back (metrics, tests)
-        self.reannounces = 0
 
         # Paho's socket on the event loop.
         self._sock: Any = None  # the socket registered with the loop (paho's SocketLike)
@@ -222,12 +206,19 @@ class MqttSink(Sink):
 
     @property
     def connected(self) -> bool:
-        """Whether the sink has a live broker connection right now."""
+        """Whether there is a live broker connection right now."""
         return self._connected
 
-    # -- lifecycle --------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Messages queued or awaiting their PUBACK."""
+        return len(self._queue) + len(self._inflight)
+
+    # -- life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Connect (retrying with backoff for up to `connect_timeout`); raise `SinkError` with one
+        line when the broker cannot be reached or refuses."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._space = asyncio.Event()
@@ -246,7 +237,7 @@ class MqttSink(Sink):
         except (OSError, ValueError) as exc:
             raise SinkError(f"cannot connect to MQTT broker {self.address}: {exc}") from None
         self._connector = asyncio.ensure_future(self._keep_connecting(first=True))
-        self._misc_task = asyncio.ensure_future(self._misc())
+        self._misc_task = asyncio.ensure_future(self._keep_alive())
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connect), self.connect_timeout)
         except (asyncio.TimeoutError, SinkError) as exc:
@@ -272,16 +263,16 @@ class MqttSink(Sink):
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
             try:
-                context = ssl.create_default_context(cafile=self.cafile)
-                if self.certfile:
-                    context.load_cert_chain(self.certfile, self.keyfile)
+                context = ssl.create_default_context(cafile=self.tls.cafile)
+                if self.tls.certfile:
+                    context.load_cert_chain(self.tls.certfile, self.tls.keyfile)
             except (OSError, ssl.SSLError) as exc:
                 raise SinkError(f"cannot load TLS files: {exc}") from None
             client.tls_set_context(context)
-        client.will_set(self.layout.bridge_state, OFFLINE, qos=1, retain=True)
+        if self.availability is not None:
+            client.will_set(self.availability, OFFLINE, qos=1, retain=True)
         client.max_inflight_messages_set(self.max_inflight)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(*self.reconnect_delay)  # type: ignore[arg-type]  # floats work
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -293,32 +284,32 @@ class MqttSink(Sink):
         return client
 
     async def flush(self) -> None:
+        """Wait until everything queued so far is acknowledged."""
         if self._idle is not None:
             await self._idle.wait()
 
     async def close(self) -> None:
+        """Flush (within `close_timeout`), mark the availability `offline`, disconnect; whatever
+        is still unacknowledged fails."""
         client = self._client
         if client is None:
             return
-        if self._reannounce_task is not None:
-            self._reannounce_task.cancel()
         try:
             await asyncio.wait_for(self.flush(), self.close_timeout)
         except asyncio.TimeoutError:
-            unacked = len(self._queue) + len(self._inflight)
-            log.warning("MQTT: %d messages not acknowledged at shutdown", unacked)
-        if self._connected:
-            self._bridge_state = OFFLINE
+            log.warning("MQTT: %d messages not acknowledged at shutdown", self.pending)
+        if self._connected and self.availability is not None:
+            self._available = OFFLINE
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._set_state_now(self.layout.bridge_state), 2.0)
+                await asyncio.wait_for(self._publish_retained_now(self.availability), 2.0)
         self._connected = False
         await self._shut_down(client)
-        self._fail_all(SinkError("MQTT sink closed before the broker acknowledged"))
+        self._fail_all(SinkError("MQTT connection closed before the broker acknowledged"))
 
     async def _shut_down(self, client: paho.Client) -> None:
         """Stop reconnecting, send DISCONNECT (no Last Will then) and close the socket."""
         self._closing = True
-        for task in (self._connector, self._misc_task, self._reannounce_task):
+        for task in (self._connector, self._misc_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -337,101 +328,68 @@ class MqttSink(Sink):
 
     # -- publishing -------------------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[Event]) -> Ack:
-        futures: list[asyncio.Future[None]] = []
-        for event in events:
-            futures += await self._publish_one(event)
-        return asyncio.gather(*futures)
+    async def send(
+        self, topic: str, payload: bytes, properties: Properties | None = None
+    ) -> asyncio.Future[None]:
+        """Queue a message (not retained); its future completes on the PUBACK. Waits first
+        while `max_queued` messages are queued or unacknowledged (back-pressure)."""
+        if self._client is None or self._space is None or self._loop is None:
+            raise SinkError("MQTT connection is not started")
+        while self._counted >= self.max_queued:
+            self._space.clear()
+            await self._space.wait()
+        self._counted += 1
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._queue.append(_Message(topic, payload, False, True, properties, [future]))
+        self.drain()
+        return future
 
-    async def _publish_one(self, event: Event) -> list[asyncio.Future[None]]:
-        if self._client is None:
-            raise SinkError("MQTT sink is not started")
-        kind = event.kind
-        fields = event.fields
-        person_state: str | None = None
-        if kind == "sighting":
-            person = str(fields["person"])
-            if event.camera_id not in self.cameras or person not in self.people:
-                self._learn((event.camera_id,), (person,))
-            messages = [(self.layout.sighting(event.camera_id), False)]
-            seen_at = str(fields["seen_at"])
-            if self.ha is not None and self.ha.fires(seen_at):  # feeds the person's `event` entity
-                messages.append((self.layout.person_sighting(person), False))
-            # Replays and late entries must not move "last seen" backwards.
-            if seen_at >= self._person_seen_at.get(person, ""):
-                self._person_seen_at[person] = seen_at
-                person_state = self.layout.person(person)
-        elif kind == "presence":
-            self._learn((event.camera_id,), [str(p) for p in fields.get("people", ())])
-            topic = self.layout.presence(event.camera_id)
-            self._states[topic] = event.payload
-            messages = [(topic, True)]
-        elif kind == "deadletter":
-            messages = [(self.layout.deadletter, False)]
-        else:
-            raise SinkError(f"MQTT sink cannot route events of schema {event.schema}")
+    def retain(self, topic: str, payload: bytes, *, wait: bool = False) -> asyncio.Future[None] | None:
+        """Make `payload` the retained value of `topic`, now and after every reconnect. With
+        `wait`, a future that completes once the broker acknowledged this or a later value."""
+        self._retained[topic] = payload
+        future = self._enqueue_retained(topic, wait=wait)
+        self.drain()
+        return future
 
-        assert self._space is not None and self._loop is not None
-        futures = []
-        for topic, retain in messages:
-            while self._counted >= self.max_queued:  # back-pressure: wait for PUBACKs
-                self._space.clear()
-                await self._space.wait()
-            self._counted += 1
-            future: asyncio.Future[None] = self._loop.create_future()
-            self._queue.append(_Message(topic, event.payload, retain, True, [future]))
-            futures.append(future)
-        if person_state is not None:
-            self._states[person_state] = event.payload
-            self._enqueue_state(person_state)
-        self._drain()
-        return futures
+    def clear(self, topic: str) -> asyncio.Future[None]:
+        """Remove `topic`'s retained message from the broker (an empty retained payload) and
+        stop restoring it; the future completes on the PUBACK."""
+        self._retained.pop(topic, None)
+        queued = self._queued_retained.pop(topic, None)
+        if queued is not None:  # its value is gone: what waited for it waits for the clearing
+            self._queue.remove(queued)
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        message = _Message(topic, b"", True, False, None, [future])
+        if queued is not None:
+            message.futures += queued.futures
+        self._queue.append(message)
+        self.drain()
+        return future
 
-    def details(self) -> dict[str, Any]:
-        return {"ha_events_held_back": self.ha.held_back} if self.ha is not None else {}
+    def resend_retained(self, first: Iterable[str] = ()) -> None:
+        """Queue every retained topic again: availability first, then the topics in `first`
+        (what the others' readers need before them: discovery configs), then the rest in the
+        order first set. A topic already queued keeps its place."""
+        if self.availability is not None:
+            self._enqueue_retained(self.availability, first=True)
+        for topic in (*first, *self._retained):
+            if topic in self._retained:
+                self._enqueue_retained(topic)
+        self.drain()
 
-    async def announce(self, cameras: Iterable[str], people: Iterable[str]) -> None:
-        """Publish discovery for every known camera and person now (not on their first
-        event), and wait until the broker has them."""
-        waiters = self._learn(cameras, people)
-        if waiters:
-            await asyncio.gather(*waiters)
-
-    # -- retained state ---------------------------------------------------------------------------
-
-    def _learn(self, cameras: Iterable[str], people: Iterable[str]) -> list[asyncio.Future[None]]:
-        """Remember cameras and people; queue discovery configs for the new ones."""
-        new_cameras = [c for c in dict.fromkeys(cameras) if c not in self.cameras]
-        new_people = [p for p in dict.fromkeys(people) if p not in self.people]
-        if not new_cameras and not new_people:  # the usual case: nothing new
-            return []
-        self.cameras.update(new_cameras)
-        self.people.update(new_people)
-        if self.ha is None:
-            return []
-        configs = self.ha.configs_for(new_cameras, new_people, sorted(self.cameras), sorted(self.people))
-        if not self._configs:
-            configs = {**self.ha.bridge_configs(), **configs}
-        waiters = []
-        for topic, payload in configs.items():
-            self._configs[topic] = payload
-            waiters.append(self._enqueue_state(topic, wait=True))
-        self._drain()
-        return [w for w in waiters if w is not None]
-
-    def _current(self, topic: str) -> bytes:
-        if topic == self.layout.bridge_state:
-            return self._bridge_state
-        return self._configs[topic] if topic in self._configs else self._states[topic]
-
-    def _enqueue_state(
+    def _enqueue_retained(
         self, topic: str, *, wait: bool = False, first: bool = False
     ) -> asyncio.Future[None] | None:
-        message = self._queued_state.get(topic)
+        message = self._queued_retained.get(topic)
         if message is None:
             message = _Message(topic, None, True, False)
-            self._queued_state[topic] = message
+            self._queued_retained[topic] = message
             self._queue.appendleft(message) if first else self._queue.append(message)
+        elif first and self._queue[0] is not message:
+            self._queue.remove(message)
+            self._queue.appendleft(message)
         if not wait:
             return None
         assert self._loop is not None
@@ -439,56 +397,80 @@ class MqttSink(Sink):
         message.futures.append(future)
         return future
 
-    async def _set_state_now(self, topic: str) -> None:
-        future = self._enqueue_state(topic, wait=True, first=True)
-        self._drain()
+    def _retained_value(self, topic: str) -> bytes | None:
+        if topic == self.availability:
+            return self._available
+        return self._retained.get(topic)
+
+    async def _publish_retained_now(self, topic: str) -> None:
+        future = self._enqueue_retained(topic, wait=True, first=True)
+        self.drain()
         assert future is not None
         await future
 
-    def reannounce(self) -> None:
-        """Bridge state first (so HA marks entities available), then every discovery config,
-        then every retained state (presence per camera, person topics)."""
-        self.reannounces += 1
-        old = self._queued_state.pop(self.layout.bridge_state, None)
-        if old is not None:
-            self._queue.remove(old)
-            self._queued_state[old.topic] = old
-            self._queue.appendleft(old)
-        else:
-            self._enqueue_state(self.layout.bridge_state, first=True)
-        for topic in (*self._configs, *self._states):
-            self._enqueue_state(topic)
-        self._drain()
+    # -- subscriptions ----------------------------------------------------------------------------
 
-    def _schedule_reannounce(self) -> None:
-        if self._reannounce_task is not None and not self._reannounce_task.done():
-            return  # one re-announce answers any number of `online`s within the delay
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected, and again after every reconnect (clean sessions)."""
+        self._subscriptions[topic_filter] = qos
+        if self._connected and self._client is not None:
+            self._client.subscribe(topic_filter, qos=qos)
 
-        async def later() -> None:
-            # A short random delay, as zigbee2mqtt does: HA subscribes to its entities'
-            # state topics only after processing the configs, and many bridges restarting
-            # at once should not all answer in the same instant.
-            await asyncio.sleep(random.uniform(*self.reannounce_delay))
-            if self._connected:
-                log.info("Home Assistant is online: re-announcing %d configs", len(self._configs))
-                self.reannounce()
+    async def read_retained(self, filters: Iterable[str], timeout: float = 10.0) -> dict[str, bytes]:
+        """The retained messages the broker holds under `filters`. Ends deterministically: a
+        marker published after the SUBACKs, on a topic subscribed last, arrives after every
+        retained message (one connection, in order)."""
+        client = self._client
+        if client is None or self._loop is None or not self._connected:
+            raise SinkError(f"not connected to MQTT broker {self.address}")
+        marker = f"facespace-bridge/marker/{uuid.uuid4().hex}"
+        found: dict[str, bytes] = {}
+        done = self._loop.create_future()
 
-        self._reannounce_task = asyncio.ensure_future(later())
+        def collect(message: paho.MQTTMessage) -> None:
+            if message.retain and message.payload:
+                found[message.topic] = message.payload
+
+        def end(_message: paho.MQTTMessage) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        filters = list(dict.fromkeys(filters))
+        readers = {f: collect for f in filters} | {marker: end}
+        self._readers.update(readers)
+        try:
+            for topic_filter in readers:
+                client.subscribe(topic_filter, qos=1)
+            # The marker is not retained: it reaches only our subscription, after the rest.
+            self._queue.append(_Message(marker, b"", False, False))
+            self.drain()
+            await asyncio.wait_for(done, timeout)
+        except asyncio.TimeoutError:
+            raise SinkError(f"MQTT broker {self.address} did not answer within {timeout:g} s") from None
+        finally:
+            for topic_filter in readers:
+                self._readers.pop(topic_filter, None)
+                if self._client is not None and self._connected and topic_filter not in self._subscriptions:
+                    self._client.unsubscribe(topic_filter)
+        return found
 
     # -- the outbox -------------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Hand queued messages to paho while connected and the in-flight window has room."""
         client = self._client
         while self._connected and self._queue and len(self._inflight) < self.max_inflight and client:
             message = self._queue.popleft()
             if message.payload is None:
-                del self._queued_state[message.topic]
-                payload = self._current(message.topic)
+                del self._queued_retained[message.topic]
+                payload = self._retained_value(message.topic)
+                if payload is None:  # cleared since it was queued
+                    self._settle(message, None)
+                    continue
             else:
                 payload = message.payload
             try:
-                info = client.publish(message.topic, payload, self.qos, message.retain)
+                info = client.publish(message.topic, payload, self.qos, message.retain, message.properties)
             except ValueError as exc:  # e.g. a payload over the protocol's size limit
                 self._settle(message, SinkError(f"cannot publish to {message.topic}: {exc}"))
                 continue
@@ -517,7 +499,7 @@ class MqttSink(Sink):
             failed = reason is not None and getattr(reason, "is_failure", False)
             error = SinkError(f"broker refused a message to {message.topic}: {reason}") if failed else None
             self._settle(message, error)
-        self._drain()
+        self.drain()
 
     def _settle(self, message: _Message, error: SinkError | None) -> None:
         for future in message.futures:
@@ -544,7 +526,7 @@ class MqttSink(Sink):
                 self._release()
         self._inflight.clear()
         self._queue.clear()
-        self._queued_state.clear()
+        self._queued_retained.clear()
         if self._idle is not None:
             self._idle.set()
 
@@ -588,7 +570,7 @@ class MqttSink(Sink):
             return
         self._connector = asyncio.ensure_future(self._keep_connecting())
 
-    async def _misc(self) -> None:
+    async def _keep_alive(self) -> None:
         """Keepalive: paho sends PINGREQ when due and drops a connection whose PINGRESP is late."""
         while True:
             await asyncio.sleep(MISC_INTERVAL)
@@ -647,22 +629,26 @@ class MqttSink(Sink):
         assert self._loop is not None
         self._loop.remove_writer(sock)
 
-    # -- on the event loop ----------------------------------------------------------------------------
+    # -- connection events (on the event loop) ------------------------------------------------------
 
-    def _connected_now(self) -> None:
-        first = not self._ever_connected
+    def _connection_up(self, client: paho.Client) -> None:
+        reconnect = self._ever_connected
         self._connected = self._ever_connected = True
         self._backoff = self.reconnect_delay[0]
-        self._bridge_state = ONLINE
-        if first:
-            if self._first_connect is not None and not self._first_connect.done():
-                self._first_connect.set_result(None)
-            self._enqueue_state(self.layout.bridge_state, first=True)
-            self._drain()
-        else:
+        self._available = ONLINE
+        for topic_filter, qos in self._subscriptions.items():
+            client.subscribe(topic_filter, qos=qos)
+        if self.availability is not None:
+            self._enqueue_retained(self.availability, first=True)
+        for hook in self.on_connect:
+            hook(reconnect)
+        if reconnect:
             self.reconnects += 1
             log.info("reconnected to MQTT broker %s: re-sending retained state", self.address)
-            self.reannounce()
+            self.resend_retained()
+        elif self._first_connect is not None and not self._first_connect.done():
+            self._first_connect.set_result(None)
+        self.drain()
 
     def _refused(self, reason: str) -> None:
         if self._first_connect is not None and not self._first_connect.done():
@@ -672,7 +658,7 @@ class MqttSink(Sink):
         else:
             log.error("MQTT broker %s refused the connection: %s", self.address, reason)
 
-    def _disconnected(self, reason: str) -> None:
+    def _connection_down(self, reason: str) -> None:
         if self._connected:
             log.warning("lost MQTT connection to %s (%s); reconnecting", self.address, reason)
         self._connected = False
@@ -687,15 +673,12 @@ class MqttSink(Sink):
         if reason.is_failure:
             self._refused(str(reason))  # paho then closes the socket: `_on_disconnect` retries
             return
-        if self.ha is not None:
-            for topic in self.ha.subscriptions():
-                client.subscribe(topic, qos=1)
-        self._connected_now()
+        self._connection_up(client)
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
-        self._disconnected(str(reason))
+        self._connection_down(str(reason))
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
         # Settled after paho's read loop returns: one refill of the window per batch of acks.
@@ -706,141 +689,9 @@ class MqttSink(Sink):
             self._loop.call_soon(self._process_acks)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        if self.ha is not None and self.ha.wants_reannounce(message.topic, message.payload):
-            self._schedule_reannounce()
-
-
-# -- CLI --------------------------------------------------------------------------------------------
-
-_FILE = click.Path(exists=True, dir_okay=False)
-
-HELP = "an MQTT broker, with Home Assistant discovery"
-SECRET_VARIABLES = ("MQTT_PASSWORD",)
-
-OPTIONS = [
-    click.option(
-        "--mqtt-url",
-        envvar="MQTT_URL",
-        default="mqtt://localhost:1883",
-        show_default=True,
-        help="mqtt://[user[:password]@]host[:port] or mqtts:// for TLS. A password in the URL "
-        "shows in `ps`: prefer env MQTT_URL or MQTT_PASSWORD.",
-    ),
-    click.option("--mqtt-username", envvar="MQTT_USERNAME", help="Broker user (password: MQTT_PASSWORD)."),
-    click.option("--mqtt-cafile", type=_FILE, help="CA bundle for mqtts://."),
-    click.option("--mqtt-certfile", type=_FILE, help="Client certificate (PEM)."),
-    click.option("--mqtt-keyfile", type=_FILE, help="Key of the client certificate (PEM)."),
-    click.option("--mqtt-client-id", help="MQTT client id [default: facespace-bridge-<topic prefix>]."),
-    click.option(
-        "--mqtt-keepalive",
-        type=click.IntRange(5, 65535),
-        default=30,
-        show_default=True,
-        help="Seconds between keepalive pings.",
-    ),
-    click.option(
-        "--mqtt-qos",
-        type=click.Choice(["0", "1", "2"]),
-        default="1",
-        show_default=True,
-        help="QoS of every message; acks (and checkpoints) follow it.",
-    ),
-    click.option("--mqtt-protocol", type=click.Choice(list(PROTOCOLS)), default="3.1.1", show_default=True),
-    click.option(
-        "--mqtt-max-inflight",
-        type=click.IntRange(1, 65000),
-        default=DEFAULT_MAX_INFLIGHT,
-        show_default=True,
-        help="Messages awaiting PUBACK at once.",
-    ),
-    click.option(
-        "--mqtt-max-queued",
-        type=click.IntRange(1, 10_000_000),
-        default=DEFAULT_MAX_QUEUED,
-        show_default=True,
-        help="Unacknowledged messages held before sources are made to wait.",
-    ),
-    click.option("--topic-prefix", default="facespace", show_default=True, help="Base MQTT topic."),
-    click.option(
-        "--ha-discovery/--no-ha-discovery",
-        default=True,
-        show_default=True,
-        help="Home Assistant MQTT discovery.",
-    ),
-    click.option(
-        "--ha-prefix",
-        default="homeassistant",
-        show_default=True,
-        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
-    ),
-    click.option(
-        "--ha-event-max-age",
-        type=click.FloatRange(min=0),
-        default=300.0,
-        show_default=True,
-        help="Seconds: only a sighting at most this old when published fires its person's Home "
-        "Assistant event entity (history never does; replay fires none).",
-    ),
-]
-
-
-def sink_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """MqttSink keyword arguments from parsed options; raises click errors for bad input.
-    The password comes from the URL or env MQTT_PASSWORD, never from a flag."""
-    url = config.get("mqtt_url") or "mqtt://localhost:1883"
-    username = config.get("mqtt_username") or None
-    password = os.environ.get("MQTT_PASSWORD") or None
-    try:
-        address = parse_mqtt_url(url, username, password)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--mqtt-url") from None
-    if address.password:  # from the URL: redacted like the variables in SECRET_VARIABLES
-        redactor.add(address.password)
-    prefix = config.get("topic_prefix") or "facespace"
-    ha_prefix = config.get("ha_prefix") or "homeassistant"
-    for hint, value in (("--topic-prefix", prefix), ("--ha-prefix", ha_prefix)):
-        problem = check_base_topic(value, hint)
-        if problem:
-            raise click.BadParameter(problem, param_hint=hint)
-    ha_discovery = config.get("ha_discovery", True)
-    if ha_discovery and topics_overlap(prefix, ha_prefix):
-        raise click.UsageError(
-            f"--topic-prefix {prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}: "
-            "choose another, or pass --no-ha-discovery"
-        )
-    tls_files = [config.get(k) for k in ("mqtt_cafile", "mqtt_certfile", "mqtt_keyfile")]
-    if any(tls_files) and not address.tls:
-        raise click.BadParameter("TLS files need an mqtts:// URL", param_hint="--mqtt-url")
-    if config.get("mqtt_keyfile") and not config.get("mqtt_certfile"):
-        raise click.BadParameter("--mqtt-keyfile needs --mqtt-certfile", param_hint="--mqtt-keyfile")
-    max_inflight = int(config.get("mqtt_max_inflight") or DEFAULT_MAX_INFLIGHT)
-    max_queued = int(config.get("mqtt_max_queued") or DEFAULT_MAX_QUEUED)
-    if max_queued < max_inflight:
-        raise click.BadParameter("must be at least --mqtt-max-inflight", param_hint="--mqtt-max-queued")
-    return {
-        "url": url,
-        "username": username,
-        "password": password,
-        "cafile": tls_files[0],
-        "certfile": tls_files[1],
-        "keyfile": tls_files[2],
-        "client_id": config.get("mqtt_client_id") or None,
-        "keepalive": int(config.get("mqtt_keepalive") or 30),
-        "qos": 1 if config.get("mqtt_qos") is None else int(config["mqtt_qos"]),
-        "protocol": str(config.get("mqtt_protocol") or "3.1.1"),
-        "topic_prefix": prefix,
-        "ha_discovery": bool(ha_discovery),
-        "ha_prefix": ha_prefix,
-        "max_inflight": max_inflight,
-        "max_queued": max_queued,
-        "ha_event_max_age": float(
-            300.0 if config.get("ha_event_max_age") is None else config["ha_event_max_age"]
-        ),
-    }
-
-
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> MqttSink:
-    kwargs = sink_kwargs(config)
-    if replay:  # history published again: it must not fire Home Assistant automations
-        kwargs["ha_event_max_age"] = None
-    return MqttSink(**kwargs)
+        for topic_filter, reader in self._readers.items():
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                reader(message)
+                return
+        if self.on_message is not None:
+            self.on_message(message.topic, message.payload)

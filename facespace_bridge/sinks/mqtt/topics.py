@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 # Camera ids share the first level under the prefix with these fixed levels.
@@ -103,3 +104,16 @@ class TopicLayout:
 
     def person_sighting(self, person: str) -> str:
         return f"{self.person(person)}/sighting"
+
+    def person_tracker(self, person: str) -> str:
+        """The state of the person's Home Assistant device tracker."""
+        return f"{self.person(person)}/tracker"
+
+    # Retained topics, for `mqtt-cleanup`: where they lie, and which the bridge would publish.
+
+    def retained_filters(self) -> list[str]:
+        return [f"{self.prefix}/+/presence", f"{self.prefix}/person/+"]
+
+    def retained_topics(self, cameras: Iterable[str], people: Iterable[str]) -> set[str]:
+        topics = {self.presence(c) for c in cameras} | {self.person(p) for p in people}
+        return topics | {self.bridge_state}

@@ -1,4 +1,4 @@
-"""The Home Assistant event gate (sinks/homeassistant.py): history never fires a person's
+"""The Home Assistant event gate (sinks/mqtt/homeassistant.py): history never fires a person's
 `event` entity, live sightings do, a replay fires none; the retained last-seen state still
 moves forward. Real Mosquitto, the simulator on the real clock, the CLI in a subprocess."""
 
@@ -18,8 +18,9 @@ import pytest
 
 from facespace_bridge.client import LogEntry
 from facespace_bridge.events import parse_rfc3339, sighting_event
-from facespace_bridge.sinks.mqtt import MqttSink, from_config
+from facespace_bridge.sinks.mqtt import from_config
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, retained_async
+from tests.sinks.mqtt._helpers import ha_for, sink_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,15 +31,11 @@ def now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def sink_options() -> dict[str, object]:
-    return {"reconnect_delay": (0.05, 0.5), "reannounce_delay": (0.01, 0.05), "close_timeout": 2.0}
-
-
 async def test_only_live_sightings_fire_and_history_still_moves_last_seen(mqtt_broker: MqttBroker) -> None:
     live = sighting_event(LogEntry("Camera1", "Alice", now() - timedelta(seconds=30), "raw"), 0)
     old = sighting_event(LogEntry("Camera1", "Bob", now() - timedelta(minutes=20), "raw"), 0)
     with MqttCollector(mqtt_broker, EVENT_FEED) as feed:
-        async with MqttSink(mqtt_broker.url, ha_event_max_age=300, **sink_options()) as sink:  # type: ignore[arg-type]
+        async with sink_for(mqtt_broker, ha=ha_for(event_max_age=300)) as sink:
             await (await sink.publish([old, live]))
             await sink.flush()
             assert sink.details() == {"ha_events_held_back": 1}
@@ -49,17 +46,22 @@ async def test_only_live_sightings_fire_and_history_still_moves_last_seen(mqtt_b
     assert held["facespace/person/Bob"] == old.payload  # last seen moves, nothing fires
 
 
-async def test_a_replayed_sighting_never_fires(mqtt_broker: MqttBroker) -> None:
+async def test_a_replay_fires_nothing_and_leaves_home_assistant_and_availability_alone(
+    mqtt_broker: MqttBroker,
+) -> None:
     config = {"mqtt_url": mqtt_broker.url, "ha_event_max_age": 300.0}
     live = sighting_event(LogEntry("Camera1", "Alice", now(), "raw"), 0)
-    with MqttCollector(mqtt_broker, "facespace/#") as everything:
+    with MqttCollector(mqtt_broker, "#") as everything:
         async with from_config(config, replay=True) as sink:
+            assert sink.extensions == [] and sink.connection.client_id == "facespace-bridge-facespace-replay"
             await (await sink.publish([live]))
             await sink.flush()
-            assert sink.details() == {"ha_events_held_back": 1}
         await everything.wait_topic("facespace/Camera1/sighting")  # the data topic carries it
         await asyncio.sleep(0.5)
-        assert not [m for m in everything.snapshot() if m.topic.endswith("/Alice/sighting")]
+    # Data and last seen only: no event entity, no discovery config, no tracker, and no
+    # `online`/`offline` of its own on the bridge's availability (a bridge may be running).
+    topics = {m.topic for m in everything.snapshot()}
+    assert topics == {"facespace/Camera1/sighting", "facespace/person/Alice"}
 
 
 def free_port() -> int:

@@ -1,0 +1,65 @@
+"""What an MQTT sink extension is: a feature on top of the sink's connection that owns its
+whole life cycle, the way a zigbee2mqtt extension owns Home Assistant discovery or
+availability. Home Assistant (homeassistant.py) is the one there is.
+
+The sink keeps the connection, the outbox and the acknowledgements; it routes every event
+to its data topics. An extension is told about the run through these hooks, in this order,
+all on the event loop:
+
+1. `start(connection)` once connected, before any event: subscribe (the connection renews
+   subscriptions after reconnects), read what the broker holds (`read_retained`), set
+   retained topics of its own (`connection.retain`).
+2. `announce(cameras, people, last_seen)`: everyone known at start; return once the
+   broker has what the extension published for them.
+3. `on_event(event, fields)` for each event the sink publishes, before its messages are
+   queued; it returns the extra topics that should carry the same message under the
+   event's acknowledgement (Home Assistant's event entities), and may update retained
+   state of its own.
+4. `on_message(topic, payload)` for each message on a topic it subscribed to.
+5. `close()` before the connection closes.
+
+`details()` adds what /status should show about it. An extension must not block: the
+hooks run between publishes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from facespace_bridge.events import Event
+from facespace_bridge.sinks.base import LastSeen
+
+if TYPE_CHECKING:
+    from facespace_bridge.sinks.mqtt.connection import MqttConnection
+
+
+class MqttExtension(ABC):
+    """One feature of the MQTT sink; see the module docstring for when each hook is called."""
+
+    name: str = "extension"
+
+    @abstractmethod
+    async def start(self, connection: MqttConnection) -> None:
+        """Connected, nothing published yet: subscribe, read the broker, set retained state."""
+
+    async def announce(  # noqa: B027 - optional hook
+        self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
+    ) -> None:
+        """Everyone known at start; return once the broker has what was published for them."""
+
+    def on_event(self, event: Event, fields: Mapping[str, Any]) -> Sequence[str]:
+        """An event the sink is about to publish (`fields`: its decoded payload); returns the
+        extra topics that carry the same message under the event's acknowledgement."""
+        return ()
+
+    def on_message(self, topic: str, payload: bytes) -> None:  # noqa: B027 - optional hook
+        """A message on a topic this extension subscribed to."""
+
+    def details(self) -> dict[str, Any]:
+        """What /status shows about this extension, beside the sink's own details."""
+        return {}
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """The sink is closing; the connection is still open."""

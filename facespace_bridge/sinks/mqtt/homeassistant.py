@@ -1,0 +1,664 @@
+"""Home Assistant, as an extension of the MQTT sink (extension.py) that owns its whole life
+cycle: discovery configs in either of Home Assistant's two forms and the migration between
+them, re-announcing when Home Assistant restarts, the event gate, a device tracker per
+person, and what `mqtt-cleanup` needs to tell its topics from others'. docs/mqtt.md says
+what users see.
+
+Discovery follows Home Assistant's MQTT discovery docs and zigbee2mqtt's Home Assistant
+extension: a stable `unique_id` per entity, `origin`, one device per camera and per person
+linked `via_device` to the bridge's own device, `availability` on the bridge state topic.
+Ids derive only from slugs of camera ids and person names (`topics.id_slug`), so a restart
+or a host change never duplicates anything. Two forms (`mode`):
+- `entity`: one retained config per entity at `<ha-prefix>/<component>/<node>/<object>/config`,
+  which every Home Assistant and other readers of its discovery understand;
+- `device` (Home Assistant 2024.11 and later): one retained config per device at
+  `<ha-prefix>/device/<node>/<device>/config` with its entities under `cmps`, keyed by the
+  same object ids, with the same `unique_id`s, so switching keeps entity ids and history.
+At start the retained configs this bridge left in the other form are migrated the way Home
+Assistant documents it: `{"migrate_discovery": true}` on each old topic (Home Assistant
+unloads the entity but keeps its registry entry), a pause, the new configs (the entities
+come back with the same ids), a pause, then the old topics cleared.
+
+The event gate: Home Assistant fires an `event` entity, and every automation on it ("unlock
+when Mary is at the door"), once per message on its topic. Only a sighting at most
+`event_max_age` seconds old by the bridge's clock when it is published goes there.
+
+The device tracker: `home` while any camera sees the person (presence, debounced by the
+realtime source's presence timeout) and until `away_after` seconds after they were last
+seen (by presence or by a sighting), `not_home` after that; the last camera and time as
+attributes. Its source type is `router`, a stationary tracker: Home Assistant's `person`
+takes its `home` over a phone's GPS, and a phone's location over its `not_home`.
+
+Everything published is retained in the connection, which re-sends it after a reconnect;
+when Home Assistant announces `online` on its status topic, it is re-sent after a short
+random delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+import orjson
+
+from facespace_bridge._version import __version__
+from facespace_bridge.events import parse_rfc3339
+from facespace_bridge.sinks.base import LastSeen
+from facespace_bridge.sinks.mqtt.extension import MqttExtension
+from facespace_bridge.sinks.mqtt.topics import (
+    TopicLayout,
+    check_base_topic,
+    id_slug,
+    short_hash,
+    topics_overlap,
+)
+
+if TYPE_CHECKING:
+    from facespace_bridge.events import Event
+    from facespace_bridge.sinks.mqtt.connection import MqttConnection
+
+log = logging.getLogger(__name__)
+
+ORIGIN_NAME = "facespace-bridge"
+MODES = ("entity", "device")
+MIGRATE = orjson.dumps({"migrate_discovery": True})
+HOME, NOT_HOME = "home", "not_home"
+WHEREABOUTS_SCHEMA = "facespace.whereabouts/v1"  # the device tracker's state (schemas/whereabouts/)
+
+
+def jinja_literal(text: str) -> str:
+    """`text` as a Jinja string literal: JSON's escapes are a subset of what Jinja's
+    (Python unicode-escape) string literals decode, and a `}}` inside a literal does not
+    end the expression, so any name is safe to embed in a template."""
+    return orjson.dumps(text).decode()
+
+
+@dataclass(frozen=True)
+class Device:
+    """A Home Assistant device: `key` is its object id within the bridge's node."""
+
+    key: str
+    info: dict[str, Any] = field(hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One Home Assistant entity: `object_id` is unique within the bridge's node and keys it
+    in both discovery forms; `device` is the object id of the device it belongs to."""
+
+    component: str
+    object_id: str
+    device: Device
+    fields: dict[str, Any]
+    available: bool = True  # follows the bridge state (the connection sensor itself does not)
+
+
+@dataclass
+class _Whereabouts:
+    """What the device tracker of one person knows."""
+
+    cameras: set[str] = field(default_factory=set)  # cameras that see the person now
+    camera: str | None = None  # the last camera that saw them
+    seen_at: str | None = None  # when they were last seen (RFC 3339, seconds)
+    seen_ts: float = float("-inf")  # the same as a POSIX time
+    published: bytes | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class HomeAssistant(MqttExtension):
+    """Home Assistant discovery, event gate and device trackers for one MQTT topic layout."""
+
+    name = "homeassistant"
+
+    def __init__(
+        self,
+        layout: TopicLayout,
+        ha_prefix: str = "homeassistant",
+        *,
+        mode: str = "entity",
+        event_max_age: float = 300.0,
+        away_after: float = 600.0,
+        reannounce_delay: tuple[float, float] = (1.0, 5.0),
+        migration_pause: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        problem = check_base_topic(ha_prefix, "Home Assistant prefix")
+        if problem:
+            raise ValueError(problem)
+        if topics_overlap(layout.prefix, ha_prefix):
+            raise ValueError(
+                f"topic prefix {layout.prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}"
+            )
+        if mode not in MODES:
+            raise ValueError(f"discovery mode must be one of {', '.join(MODES)}")
+        self.layout = layout
+        self.ha_prefix = ha_prefix
+        self.mode = mode
+        self.event_max_age = event_max_age
+        self.away_after = away_after
+        self.reannounce_delay = reannounce_delay
+        self.migration_pause = migration_pause
+        self.clock = clock
+        self.node_id = id_slug(layout.prefix)
+        self.status_topic = f"{ha_prefix}/status"
+        # Every config this bridge (this base topic) publishes, in either form, matches this.
+        self.config_filter = f"{ha_prefix}/+/{self.node_id}/+/config"
+        self.origin = {"name": ORIGIN_NAME, "sw_version": __version__}
+
+        self.cameras: set[str] = set()
+        self.people: set[str] = set()
+        self.held_back = 0  # sightings kept from the event entities as history
+        self.reannounces = 0  # re-sends after Home Assistant came online
+        self.migrated = 0  # configs moved over from the other discovery form at start
+        self._whereabouts: dict[str, _Whereabouts] = {}
+        self._cutoff_at = -1  # the wall-clock second `_cutoff` was computed for
+        self._cutoff = ""
+        self._connection: MqttConnection | None = None
+        self._to_migrate: list[str] = []
+        self._config_topics: dict[str, None] = {}  # every config published, in order: re-sent first
+        self._reannounce_task: asyncio.Task[None] | None = None
+
+    # -- life cycle (extension.py) ----------------------------------------------------------------
+
+    async def start(self, connection: MqttConnection) -> None:
+        self._connection = connection
+        connection.subscribe(self.status_topic)
+        connection.on_connect.append(self._reconnected)
+        found = await connection.read_retained([self.config_filter])
+        self._to_migrate = sorted(t for t, p in found.items() if self.owns(t, p) and not self._in_mode(t))
+        if self._to_migrate:
+            log.info(
+                "Home Assistant discovery: moving %d configs to the %s form", len(self._to_migrate), self.mode
+            )
+            waiters = [connection.retain(topic, MIGRATE, wait=True) for topic in self._to_migrate]
+            connection.drain()
+            await asyncio.gather(*waiters)
+            await asyncio.sleep(self.migration_pause)  # Home Assistant unloads those entities
+        self._publish_configs(self.bridge_configs())
+
+    async def announce(
+        self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
+    ) -> None:
+        waiters = self._learn(cameras, people, wait=True)
+        for person, seen in last_seen.items():
+            self._saw(person, seen.camera_id, seen.at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        for person in sorted(self.people):
+            self._update_tracker(person)
+        await asyncio.gather(*waiters)
+        if self._to_migrate:
+            await asyncio.sleep(self.migration_pause)  # Home Assistant takes the new configs
+            assert self._connection is not None
+            await asyncio.gather(*(self._connection.clear(t) for t in self._to_migrate))
+            self.migrated, self._to_migrate = len(self._to_migrate), []
+            log.info("Home Assistant discovery: %d configs moved to the %s form", self.migrated, self.mode)
+
+    def on_event(self, event: Event, fields: Mapping[str, Any]) -> Sequence[str]:
+        kind = event.kind
+        if kind == "sighting":
+            person = fields["person"]
+            if event.camera_id not in self.cameras or person not in self.people:
+                self._learn((event.camera_id,), (person,))
+            seen_at = str(fields["seen_at"])
+            if self._saw(person, event.camera_id, seen_at):
+                self._update_tracker(person)
+            if self.fires(seen_at):
+                return (self.layout.person_sighting(person),)
+        elif kind == "presence":
+            people = fields["people"]
+            self._learn((event.camera_id,), people)
+            self._presence(event.camera_id, people, str(fields["observed_at"]))
+        return ()
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        # Home Assistant announces `online` after (re)starting: its entities need their configs
+        # and then their state again.
+        if topic == self.status_topic and payload.strip().lower() == b"online":
+            self._schedule_reannounce()
+
+    def details(self) -> dict[str, Any]:
+        return {"ha_events_held_back": self.held_back}
+
+    async def close(self) -> None:
+        if self._reannounce_task is not None:
+            self._reannounce_task.cancel()
+        for whereabouts in self._whereabouts.values():
+            if whereabouts.timer is not None:
+                whereabouts.timer.cancel()
+
+    def _publish_configs(self, configs: dict[str, bytes], *, wait: bool = False) -> list[asyncio.Future[None]]:
+        assert self._connection is not None
+        self._config_topics.update(dict.fromkeys(configs))
+        waiters = [self._connection.retain(topic, payload, wait=wait) for topic, payload in configs.items()]
+        return [w for w in waiters if w is not None]
+
+    def _reannounce(self) -> None:
+        """Configs first (Home Assistant subscribes to state topics once it has them), then the
+        state; the connection puts the availability before both."""
+        assert self._connection is not None
+        self._connection.resend_retained(first=self._config_topics)
+
+    def _reconnected(self, reconnect: bool) -> None:
+        if reconnect:
+            self._reannounce()
+
+    def _schedule_reannounce(self) -> None:
+        if self._reannounce_task is not None and not self._reannounce_task.done():
+            return  # one re-announce answers any number of `online`s within the delay
+
+        async def later() -> None:
+            # A short random delay, as zigbee2mqtt does: Home Assistant subscribes to its
+            # entities' state topics only after processing the configs, and many bridges
+            # restarting at once should not all answer in the same instant.
+            await asyncio.sleep(random.uniform(*self.reannounce_delay))
+            if self._connection is not None and self._connection.connected:
+                log.info("Home Assistant is online: re-announcing")
+                self.reannounces += 1
+                self._reannounce()
+
+        self._reannounce_task = asyncio.ensure_future(later())
+
+    # -- names ------------------------------------------------------------------------------------
+
+    def _learn(
+        self, cameras: Iterable[str], people: Iterable[str], *, wait: bool = False
+    ) -> list[asyncio.Future[None]]:
+        """Remember cameras and people; publish the configs the new ones need."""
+        new_cameras = [c for c in dict.fromkeys(cameras) if c not in self.cameras]
+        new_people = [p for p in dict.fromkeys(people) if p not in self.people]
+        if not new_cameras and not new_people:
+            return []
+        self.cameras.update(new_cameras)
+        self.people.update(new_people)
+        configs = self.configs_for(new_cameras, new_people, sorted(self.cameras), sorted(self.people))
+        waiters = self._publish_configs(configs, wait=wait)
+        for person in new_people:  # the tracker's first state, once its config is out
+            self._update_tracker(person)
+        return waiters
+
+    # -- the event gate ---------------------------------------------------------------------------
+
+    def fires(self, seen_at: str) -> bool:
+        """Whether a sighting seen at `seen_at` (RFC 3339, UTC, seconds: the payload's own text)
+        is live enough to fire its person's event entity; counts the ones held back."""
+        now = int(self.clock())
+        if now != self._cutoff_at:  # the same text compares for every sighting of a second
+            self._cutoff_at = now
+            self._cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.event_max_age))
+        if seen_at >= self._cutoff:
+            return True
+        self.held_back += 1
+        return False
+
+    # -- device trackers --------------------------------------------------------------------------
+
+    def _saw(self, person: str, camera_id: str, seen_at: str) -> bool:
+        """A sighting (or a presence) of `person`; True if it is newer than what was known."""
+        whereabouts = self._whereabouts.get(person)
+        if whereabouts is None:
+            whereabouts = self._whereabouts[person] = _Whereabouts()
+        if whereabouts.seen_at is not None and seen_at <= whereabouts.seen_at:
+            return False
+        whereabouts.seen_at, whereabouts.camera = seen_at, camera_id
+        whereabouts.seen_ts = parse_rfc3339(seen_at).timestamp()
+        return True
+
+    def _presence(self, camera_id: str, people: Iterable[str], observed_at: str) -> None:
+        in_view = set(people)
+        for person in in_view | {p for p, w in self._whereabouts.items() if camera_id in w.cameras}:
+            self._saw(person, camera_id, observed_at)
+            whereabouts = self._whereabouts[person]
+            if person in in_view:
+                whereabouts.cameras.add(camera_id)
+            else:
+                whereabouts.cameras.discard(camera_id)
+            self._update_tracker(person)
+
+    def _update_tracker(self, person: str) -> None:
+        """Publish the person's tracker state if it changed; set the timer that turns `home`
+        into `not_home` once they have not been seen for `away_after`."""
+        whereabouts = self._whereabouts.get(person)
+        if whereabouts is None:
+            whereabouts = self._whereabouts[person] = _Whereabouts()
+        if whereabouts.timer is not None:
+            whereabouts.timer.cancel()
+            whereabouts.timer = None
+        away_at = whereabouts.seen_ts + self.away_after
+        left = away_at - self.clock()
+        home = bool(whereabouts.cameras) or left > 0
+        if home and not whereabouts.cameras:
+            loop = asyncio.get_running_loop()
+            whereabouts.timer = loop.call_later(left, self._update_tracker, person)
+        state = orjson.dumps(
+            {
+                "schema": WHEREABOUTS_SCHEMA,
+                "person": person,
+                "state": HOME if home else NOT_HOME,
+                "cameras": sorted(whereabouts.cameras),
+                "camera_id": whereabouts.camera,
+                "seen_at": whereabouts.seen_at,
+            }
+        )
+        if state != whereabouts.published:
+            whereabouts.published = state
+            assert self._connection is not None
+            self._connection.retain(self.layout.person_tracker(person), state)
+
+    # -- discovery configs ------------------------------------------------------------------------
+
+    def configs(self, cameras: Iterable[str], people: Iterable[str]) -> dict[str, bytes]:
+        """Every config (topic -> payload) for the bridge, these cameras and these people."""
+        cameras, people = sorted(set(cameras)), sorted(set(people))
+        return {**self.bridge_configs(), **self.configs_for(cameras, people, cameras, people)}
+
+    def configs_for(
+        self,
+        new_cameras: Iterable[str],
+        new_people: Iterable[str],
+        all_cameras: Sequence[str],
+        all_people: Sequence[str],
+    ) -> dict[str, bytes]:
+        """Configs that change when `new_cameras` / `new_people` join the known sets (which
+        already include them): their own entities and their pairs with everyone known. In
+        device form a person's config lists every camera, so a new camera changes them all."""
+        new_cameras, new_people = list(new_cameras), list(new_people)
+        if self.mode == "device":
+            devices = [self._camera_entities(c) for c in new_cameras]
+            people = all_people if new_cameras else new_people
+            devices += [self._person_entities(p, all_cameras) for p in people]
+            return dict(self._device_config(entities) for entities in devices)
+        entities: list[Entity] = []
+        for camera in new_cameras:
+            entities += self._camera_entities(camera)
+            entities += [self._occupancy(camera, person) for person in all_people]
+        for person in new_people:
+            entities += self._person_entities(person, all_cameras)
+        return dict(self._entity_config(entity) for entity in entities)
+
+    def bridge_configs(self) -> dict[str, bytes]:
+        """The bridge's own device: its connection state."""
+        entities = self._bridge_entities()
+        if self.mode == "device":
+            return dict([self._device_config(entities)])
+        return dict(self._entity_config(entity) for entity in entities)
+
+    def tracker_topics(self, people: Iterable[str]) -> set[str]:
+        return {self.layout.person_tracker(person) for person in people}
+
+    # -- for mqtt-cleanup -------------------------------------------------------------------------
+
+    def retained_filters(self) -> list[str]:
+        """Where the retained topics this extension publishes lie."""
+        return [self.config_filter, f"{self.layout.prefix}/person/+/tracker"]
+
+    def expected(self, cameras: Iterable[str], people: Iterable[str]) -> set[str]:
+        """The retained topics it would publish for these cameras and people."""
+        people = sorted(set(people))
+        return set(self.configs(cameras, people)) | self.tracker_topics(people)
+
+    def owns(self, topic: str, payload: bytes) -> bool:
+        """Whether a retained message under `retained_filters` is this bridge's: a config only
+        when its origin says so (never someone else's under a colliding node id)."""
+        if not topic.startswith(self.ha_prefix + "/"):
+            return True
+        try:
+            document = orjson.loads(payload)
+            origin = document.get("origin") or document.get("o") or {}
+            return bool(document.get("migrate_discovery") or origin.get("name") == ORIGIN_NAME)
+        except (orjson.JSONDecodeError, AttributeError):
+            return False
+
+    # -- entities and devices ---------------------------------------------------------------------
+
+    def _in_mode(self, topic: str) -> bool:
+        """Whether a config topic has this mode's form."""
+        return (topic.split("/")[-4] == "device") == (self.mode == "device")
+
+    def _bridge_entities(self) -> list[Entity]:
+        info = {
+            "identifiers": [f"{self.node_id}_bridge"],
+            "name": f"FaceSpace bridge {self.layout.prefix}".removesuffix(" facespace"),
+            "manufacturer": "facespace-bridge",
+            "model": "Bridge",
+            "sw_version": __version__,
+        }
+        connection = Entity(
+            "binary_sensor",
+            "bridge_connection_state",
+            Device("bridge", info),
+            {
+                "name": "Connection state",
+                "device_class": "connectivity",
+                "entity_category": "diagnostic",
+                "state_topic": self.layout.bridge_state,
+                "payload_on": "online",
+                "payload_off": "offline",
+            },
+            available=False,  # it *is* the availability: it must show "off", not "unavailable"
+        )
+        return [connection]
+
+    def _camera_entities(self, camera_id: str) -> list[Entity]:
+        device = self._device(f"camera_{id_slug(camera_id)}", camera_id, "Camera")
+        presence = self.layout.presence(camera_id)
+        people = Entity(
+            "sensor",
+            f"{device.key}_people",
+            device,
+            {
+                "name": "People",
+                "icon": "mdi:account-group",
+                "state_class": "measurement",
+                "state_topic": presence,
+                "value_template": "{{ value_json.people | length }}",
+                "json_attributes_topic": presence,
+                "json_attributes_template": (
+                    '{{ {"people": value_json.people, "observed_at": value_json.observed_at} | tojson }}'
+                ),
+            },
+        )
+        return [people]
+
+    def _person_device(self, person: str) -> Device:
+        return self._device(f"person_{id_slug(person)}", person, "Person")
+
+    def _person_entities(self, person: str, cameras: Iterable[str]) -> list[Entity]:
+        device = self._person_device(person)
+        key = device.key
+        state = self.layout.person(person)
+        tracker = self.layout.person_tracker(person)
+        entities = [
+            Entity(
+                "sensor",
+                f"{key}_last_camera",
+                device,
+                {
+                    "name": "Last camera",
+                    "icon": "mdi:cctv",
+                    "state_topic": state,
+                    "value_template": "{{ value_json.camera_id }}",
+                },
+            ),
+            Entity(
+                "sensor",
+                f"{key}_last_seen",
+                device,
+                {
+                    "name": "Last seen",
+                    "device_class": "timestamp",
+                    "state_topic": state,
+                    "value_template": "{{ value_json.seen_at }}",
+                },
+            ),
+            Entity(
+                "event",
+                f"{key}_sighting",
+                device,
+                {
+                    "name": "Sighting",
+                    "icon": "mdi:face-recognition",
+                    "event_types": ["sighting"],
+                    "state_topic": self.layout.person_sighting(person),
+                    "value_template": (
+                        '{{ {"event_type": "sighting", "camera_id": value_json.camera_id,'
+                        ' "seen_at": value_json.seen_at} | tojson }}'
+                    ),
+                },
+            ),
+            Entity(
+                "device_tracker",
+                f"{key}_presence",
+                device,
+                {
+                    "name": "Presence",
+                    "icon": "mdi:home-account",
+                    "source_type": "router",
+                    "state_topic": tracker,
+                    "value_template": "{{ value_json.state }}",
+                    "json_attributes_topic": tracker,
+                    "json_attributes_template": (
+                        '{{ {"camera_id": value_json.camera_id, "seen_at": value_json.seen_at,'
+                        ' "cameras": value_json.cameras} | tojson }}'
+                    ),
+                },
+            ),
+        ]
+        entities += [self._occupancy(camera, person, device) for camera in cameras]
+        return entities
+
+    def _occupancy(self, camera_id: str, person: str, device: Device | None = None) -> Entity:
+        # The pair hash keeps `a_b`+`c` and `a`+`b_c` apart.
+        pair = short_hash(f"{person}\0{camera_id}", 6)
+        return Entity(
+            "binary_sensor",
+            f"occupancy_{id_slug(person)}_{id_slug(camera_id)}_{pair}",
+            device or self._person_device(person),
+            {
+                "name": f"At {camera_id}",
+                "device_class": "occupancy",
+                "state_topic": self.layout.presence(camera_id),
+                "value_template": (
+                    f"{{{{ 'ON' if {jinja_literal(person)} in value_json.people else 'OFF' }}}}"
+                ),
+            },
+        )
+
+    def _device(self, key: str, name: str, model: str) -> Device:
+        info = {
+            "identifiers": [f"{self.node_id}_{key}"],
+            "name": name,
+            "manufacturer": "FaceSpace",
+            "model": model,
+            "via_device": f"{self.node_id}_bridge",
+        }
+        return Device(key, info)
+
+    def _component(self, entity: Entity) -> dict[str, Any]:
+        """What an entity's config says in either form, besides device and origin."""
+        unique_id = f"{self.node_id}_{entity.object_id}"
+        config: dict[str, Any] = {
+            **entity.fields,
+            "unique_id": unique_id,
+            "object_id": unique_id.lower(),
+            "default_entity_id": f"{entity.component}.{unique_id.lower()}",
+        }
+        if entity.available:
+            config["availability"] = [{"topic": self.layout.bridge_state}]
+        return config
+
+    def _entity_config(self, entity: Entity) -> tuple[str, bytes]:
+        """Entity form: one retained config per entity."""
+        payload = {**self._component(entity), "device": entity.device.info, "origin": self.origin, "qos": 1}
+        topic = f"{self.ha_prefix}/{entity.component}/{self.node_id}/{entity.object_id}/config"
+        return topic, orjson.dumps(payload)
+
+    def _device_config(self, entities: list[Entity]) -> tuple[str, bytes]:
+        """Device form: one retained config per device, its entities under `cmps`."""
+        device = entities[0].device
+        payload = {
+            "dev": device.info,
+            "o": self.origin,
+            "cmps": {e.object_id: {"p": e.component, **self._component(e)} for e in entities},
+            "qos": 1,
+        }
+        return f"{self.ha_prefix}/device/{self.node_id}/{device.key}/config", orjson.dumps(payload)
+
+
+# -- CLI --------------------------------------------------------------------------------------------
+
+OPTIONS = [
+    click.option(
+        "--ha-discovery/--no-ha-discovery",
+        default=True,
+        show_default=True,
+        help="Home Assistant MQTT discovery.",
+    ),
+    click.option(
+        "--ha-prefix",
+        default="homeassistant",
+        show_default=True,
+        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
+    ),
+    click.option(
+        "--ha-discovery-mode",
+        type=click.Choice(MODES),
+        default="entity",
+        show_default=True,
+        help="entity: one config per entity (every Home Assistant); device: one per device "
+        "(Home Assistant 2024.11+). Switching migrates and keeps entity ids.",
+    ),
+    click.option(
+        "--ha-event-max-age",
+        type=click.FloatRange(min=0),
+        default=300.0,
+        show_default=True,
+        help="Seconds: only a sighting at most this old when published fires its person's Home "
+        "Assistant event entity (history never does; replay fires none).",
+    ),
+    click.option(
+        "--away-after",
+        type=click.FloatRange(min=0),
+        default=600.0,
+        show_default=True,
+        help="Seconds unseen by every camera after which a person's Home Assistant device "
+        "tracker turns not_home.",
+    ),
+]
+
+
+def from_config(
+    config: Mapping[str, Any], layout: TopicLayout, *, replay: bool = False
+) -> HomeAssistant | None:
+    """The extension for the parsed options, or None (discovery off, or a replay: history
+    published again touches nothing Home Assistant shows or acts on but last seen).
+    Raises click errors for bad input."""
+    ha_prefix = config.get("ha_prefix") or "homeassistant"
+    problem = check_base_topic(ha_prefix, "--ha-prefix")
+    if problem:
+        raise click.BadParameter(problem, param_hint="--ha-prefix")
+    if not config.get("ha_discovery", True):
+        return None
+    if topics_overlap(layout.prefix, ha_prefix):
+        raise click.UsageError(
+            f"--topic-prefix {layout.prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}: "
+            "choose another, or pass --no-ha-discovery"
+        )
+    if replay:
+        return None
+
+    def number(name: str, default: float) -> float:
+        value = config.get(name)
+        return default if value is None else float(value)
+
+    return HomeAssistant(
+        layout,
+        ha_prefix,
+        mode=config.get("ha_discovery_mode") or "entity",
+        event_max_age=number("ha_event_max_age", 300.0),
+        away_after=number("away_after", 600.0),
+    )
