@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from facespace_bridge.client import AsyncLogsAPI, LogEntry
 from facespace_bridge.commands.mqtt_cleanup import command, known_from_api
 from facespace_bridge.events import presence_event, sighting_event
-from facespace_bridge.sinks.mqtt import MqttSink
 from tests.fixtures.mqtt import MqttBroker, retained
+from tests.sinks.mqtt._helpers import ha_for, sink_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,9 +26,9 @@ T0 = datetime(2023, 10, 23, 0, 5, 22, tzinfo=timezone.utc)
 FOREIGN = "homeassistant/sensor/facespace/someone_elses/config"
 
 
-async def bridge_once(broker: MqttBroker) -> None:
+async def bridge_once(broker: MqttBroker, mode: str = "entity") -> None:
     """What a bridge leaves behind after it knew Camera1, Old, Alice and Ghost / 1."""
-    async with MqttSink(broker.url, close_timeout=2.0) as sink:
+    async with sink_for(broker, ha=ha_for(mode=mode)) as sink:
         await sink.announce(["Camera1", "Old"], ["Alice", "Ghost / 1"])
         for event in [
             presence_event("Camera1", ["Alice"], ["Alice"], [], T0),
@@ -50,13 +50,18 @@ def ghosts(topics: set[str]) -> set[str]:
     return {t for t in topics if "Old" in t or "Ghost" in t}
 
 
-def test_dry_run_lists_and_cleanup_removes_only_the_unknown(mqtt_broker: MqttBroker, tmp_path) -> None:
-    asyncio.run(bridge_once(mqtt_broker))
+@pytest.mark.parametrize("mode", ["entity", "device"])
+def test_dry_run_lists_and_cleanup_removes_only_the_unknown(
+    mqtt_broker: MqttBroker, tmp_path, mode: str
+) -> None:
+    asyncio.run(bridge_once(mqtt_broker, mode))
     before = set(retained(mqtt_broker))
-    assert len(ghosts(before)) >= 6  # Old's camera + presence; Ghost's 3 entities, pairs, person topic
+    # Old's camera config and presence; Ghost's configs (or device config), tracker and person topic
+    assert len(ghosts(before)) >= 5
+    assert "facespace/person/Ghost _ 1~669cf3a9/tracker" in ghosts(before)
     keep = tmp_path / "keep.json"
     keep.write_text('{"cameras": ["Camera1"], "people": ["Alice"]}')
-    args = ["--mqtt-url", mqtt_broker.url, "--keep", str(keep)]
+    args = ["--mqtt-url", mqtt_broker.url, "--keep", str(keep), "--ha-discovery-mode", mode]
     runner = CliRunner()
 
     dry = runner.invoke(command, [*args, "--dry-run"])
@@ -70,7 +75,11 @@ def test_dry_run_lists_and_cleanup_removes_only_the_unknown(mqtt_broker: MqttBro
     after = set(retained(mqtt_broker))
     assert after == before - ghosts(before)
     assert FOREIGN in after and "facespace/Camera1/presence" in after and "facespace/person/Alice" in after
-    assert any("person_Alice_last_seen" in t for t in after)
+    assert any(
+        ("person_Alice_last_seen" if mode == "entity" else "device/facespace/person_Alice") in t
+        for t in after
+    )
+    assert "facespace/person/Alice/tracker" in after
 
     again = runner.invoke(command, [*args, "--dry-run"])
     assert again.stdout == ""  # idempotent: nothing left to remove
@@ -108,3 +117,17 @@ def test_bad_keep_file_and_unreachable_broker_are_one_line_errors(tmp_path) -> N
     )
     assert result.returncode == 1 and "cannot connect to MQTT broker mqtt://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_configs_of_the_other_form_are_stale(mqtt_broker: MqttBroker, tmp_path) -> None:
+    """Left behind by a bridge that ran in entity form (a migration cut short, say): a cleanup in
+    device form removes them, and keeps its own."""
+    asyncio.run(bridge_once(mqtt_broker, "entity"))
+    entity_form = {t for t in retained(mqtt_broker) if t.startswith("homeassistant/") and t != FOREIGN}
+    keep = tmp_path / "keep.json"
+    keep.write_text('{"cameras": ["Camera1", "Old"], "people": ["Alice", "Ghost / 1"]}')
+    args = ["--mqtt-url", mqtt_broker.url, "--keep", str(keep), "--ha-discovery-mode", "device"]
+    done = CliRunner().invoke(command, args)
+    assert done.exit_code == 0, done.output
+    assert {line.removeprefix("removing ") for line in done.stdout.splitlines()} == entity_form
+    assert FOREIGN in retained(mqtt_broker)

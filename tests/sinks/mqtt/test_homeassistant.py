@@ -159,7 +159,11 @@ async def test_templates_render_the_right_states_for_any_name() -> None:
     state = (REPO / "tests/data/schemas/whereabouts/v1/home.json").read_bytes()
     assert render(tracker["value_template"], state) == "home"
     attributes = orjson.loads(render(tracker["json_attributes_template"], state))
-    assert attributes == {"camera_id": "Front Door", "seen_at": "2023-10-23T00:05:22Z", "cameras": ["Front Door"]}
+    assert attributes == {
+        "camera_id": "Front Door",
+        "seen_at": "2023-10-23T00:05:22Z",
+        "cameras": ["Front Door"],
+    }
     assert tracker["source_type"] == "router"
 
 
@@ -315,7 +319,8 @@ async def test_the_tracker_is_home_while_seen_and_until_away_after(mqtt_broker: 
             alice = tracker.format("Alice")
 
             def left_home(messages: list[Received]) -> bool:
-                return orjson.loads([m for m in messages if m.topic == alice][-1].payload)["state"] == "not_home"
+                last = [m for m in messages if m.topic == alice][-1]
+                return orjson.loads(last.payload)["state"] == "not_home"
 
             await collector.wait_for(left_home, what="not_home 2 s after she left")
             # A sighting (no presence) is a visit too.

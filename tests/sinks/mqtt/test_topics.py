@@ -89,8 +89,22 @@ def test_url_parsing_keeps_the_password_out_of_its_text() -> None:
 def test_from_config_validates_without_io(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQTT_PASSWORD", "hunter2")
     sink = from_config({"mqtt_url": "mqtt://u@127.0.0.1:1", "mqtt_qos": "0", "mqtt_protocol": "5"})
-    assert (sink.address.password, sink.qos, sink.protocol) == ("hunter2", 0, "5")
-    assert sink.client_id == "facespace-bridge-facespace"
+    connection = sink.connection
+    assert (sink.address.password, connection.qos, connection.protocol) == ("hunter2", 0, "5")
+    assert connection.client_id == "facespace-bridge-facespace"
+    assert sink.message_expiry == 3600
+    (ha,) = sink.extensions
+    assert (ha.mode, ha.event_max_age, ha.away_after) == ("entity", 300.0, 600.0)
+    device = from_config({"ha_discovery_mode": "device", "away_after": 60, "mqtt_protocol": "5",
+                          "mqtt_message_expiry": 120})  # fmt: skip
+    assert (device.extensions[0].mode, device.extensions[0].away_after, device.message_expiry) == (
+        "device",
+        60,
+        120,
+    )
+    assert from_config({"ha_discovery": False}).extensions == []
+    with pytest.raises(click.BadParameter, match="needs --mqtt-protocol 5"):
+        from_config({"mqtt_message_expiry": 60})
     with pytest.raises(click.UsageError, match="overlaps"):
         from_config({"topic_prefix": "homeassistant/facespace"})
     with pytest.raises(click.BadParameter):
