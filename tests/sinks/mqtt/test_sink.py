@@ -12,7 +12,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.client import LogEntry
 from facespace_bridge.events import Event, deadletter_event, presence_event, sighting_event
@@ -235,3 +237,52 @@ async def test_a_refused_message_fails_its_ack_under_mqtt5(tmp_path: Path) -> No
                 await denied
     finally:
         broker.stop()
+
+
+async def test_mqtt5_properties_on_what_is_not_retained(mqtt_broker: MqttBroker) -> None:
+    """Read by a paho MQTT 5 subscriber: sightings, the person's event feed and dead letters carry
+    a message expiry, `event-id` and `schema` user properties and a content type; retained
+    state and discovery configs carry no expiry."""
+    received: list[tuple[str, bool, dict[str, object]]] = []
+    subscribed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="v5-reader")
+    client.on_message = lambda _c, _u, m: received.append((m.topic, m.retain, m.properties.json()))
+    client.on_subscribe = lambda *_: loop.call_soon_threadsafe(subscribed.set)
+    client.connect(mqtt_broker.host, mqtt_broker.port)
+    client.subscribe([("facespace/#", 1), ("homeassistant/#", 1)])
+    client.loop_start()
+    try:
+        await asyncio.wait_for(subscribed.wait(), 10)
+        now = datetime.now(timezone.utc).replace(microsecond=0)  # live: it feeds the event entity too
+        seen = sighting_event(LogEntry("Camera1", "Alice", now, "raw"), 0)
+        events = [
+            seen,
+            presence_event("Camera1", ["Alice"], ["Alice"], [], T0),
+            deadletter_event("Camera1", "garbage", "unparseable entry", "logs"),
+        ]
+        async with sink_for(mqtt_broker, protocol="5", message_expiry=120) as sink:
+            await sink.announce(["Camera1"], ["Alice"])
+            await asyncio.gather(*[await sink.publish([e]) for e in events])
+        await eventually(
+            lambda: any(t == "facespace/deadletter" for t, _, _ in received), what="the dead letter"
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    by_topic = {topic: properties for topic, _, properties in received}
+    for topic, event in [
+        ("facespace/Camera1/sighting", seen),
+        ("facespace/person/Alice/sighting", seen),
+        ("facespace/deadletter", events[2]),
+    ]:
+        properties = by_topic[topic]
+        assert 110 <= properties["MessageExpiryInterval"] <= 120, topic  # the broker counts it down
+        assert properties["ContentType"] == "application/json"
+        assert properties["UserProperty"] == [("event-id", event.event_id), ("schema", event.schema)]
+    for topic, properties in by_topic.items():
+        if (
+            topic.endswith(("/presence", "/config", "/tracker", "/state"))
+            or topic == "facespace/person/Alice"
+        ):
+            assert "MessageExpiryInterval" not in properties, topic
