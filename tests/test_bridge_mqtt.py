@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 import orjson
 
 from facespace_bridge.schemas import validate
-from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.mqtt import MqttCollector, retained_async
 
 

@@ -63,8 +63,8 @@ def test_home_assistant_example_uses_entities_the_bridge_announces() -> None:
     import yaml
 
     from facespace_bridge.simulator._world import World, WorldConfig
-    from facespace_bridge.sinks.mqtt.topics import TopicLayout
     from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+    from facespace_bridge.sinks.mqtt.topics import TopicLayout
 
     world = World(WorldConfig())
     discovery = HomeAssistant(TopicLayout("facespace"))

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime, timedelta
 
+from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
@@ -104,7 +105,7 @@ class LogsSource:
         first: Checkpoint | None = resume
         earliest = resume.earliest()
         query_from = minute_floor((earliest or self.clock()) - self.lateness)
-        backoff = self.tail_interval
+        backoff = Backoff(self.tail_interval, max(self.tail_interval, 60.0))
         next_poll = self.monotonic()
         quiet_until = 0.0  # no quick poll before this (at most one per `refresh`)
         while not stop.is_set():
@@ -118,11 +119,11 @@ class LogsSource:
                         ):  # fmt: skip
                             yield batch
                 except HTTPRequestError as exc:
-                    self._failed(exc, backoff)
-                    next_poll = self.monotonic() + backoff
-                    backoff = min(backoff * 2, 60.0)
+                    retry_in = backoff.failed()
+                    self._failed(exc, retry_in)
+                    next_poll = self.monotonic() + retry_in
                     continue
-                backoff = self.tail_interval
+                backoff.succeeded()
                 first = None
                 memory.full_poll_done()
                 self.health.answered()

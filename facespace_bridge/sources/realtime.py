@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
+from facespace_bridge.backoff import Backoff
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
 from facespace_bridge.events import presence_event
 from facespace_bridge.sources.base import Batch, PollHealth, sleep_or_stop
@@ -72,6 +73,8 @@ class RealtimeSource:
 
     async def run(self, stop: asyncio.Event) -> AsyncIterator[Batch]:
         """One batch of presence events per poll (empty when nothing changed)."""
+        # Failing or stopped, the API is asked less and less often, back to `refresh` once it answers.
+        backoff = Backoff(self.refresh, max(self.refresh, 30.0))
         delay = self.refresh
         while not stop.is_set():
             started = self.monotonic()
@@ -83,19 +86,20 @@ class RealtimeSource:
                     log.info("the API reports no active cameras (%s); polling on with back-off", exc)
                 self.health.answered(stop_reason=str(exc))
                 snapshot = {}
-                delay = min(max(delay * 2, self.refresh), 30.0)
+                delay = backoff.failed()
             except APIKeyError:
                 raise
             except HTTPRequestError as exc:
-                log.warning("recognition poll failed: %s", exc)
+                delay = backoff.failed()
+                log.warning("recognition poll failed, retrying in %.0f s: %s", delay, exc)
                 self.health.failed(exc)
-                delay = min(max(delay * 2, self.refresh), 30.0)
                 await sleep_or_stop(stop, delay)
                 continue
             else:
                 if self.health.state != "polling":
                     log.info("polling recognition every %.2g s", self.refresh)
                 self.health.answered()
+                backoff.succeeded()
                 delay = self.refresh
             self.polls += 1
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)

@@ -7,7 +7,7 @@ Threads: none of paho's. Paho's socket is driven by the event loop (`add_reader`
 its callbacks run on the loop and PUBACKs settle futures without a thread hop or a second
 thread contending for the GIL (bench/README.md, MQTT). Only the blocking part of a
 (re)connect — TCP connect, TLS handshake — runs in a worker thread; the reconnect backoff
-is ours, since paho's lives in `loop_forever`/`loop_start`.
+is ours (facespace_bridge/backoff.py), since paho's lives in `loop_forever`/`loop_start`.
 
 Delivery (docs/delivery.md): a message's future completes on its PUBACK (QoS 1). Messages
 wait in a FIFO outbox and are handed to paho only while connected and only `max_inflight`
@@ -41,6 +41,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 
+from facespace_bridge.backoff import Backoff
 from facespace_bridge.sinks.base import SinkError
 
 log = logging.getLogger(__name__)
@@ -196,9 +197,8 @@ class MqttConnection:
         self._misc_task: asyncio.Task[None] | None = None
         self._closing = False
         self._loop_thread = 0
-        # Wait before the next connect attempt; doubles per failure (a refused CONNACK too),
-        # back to the shortest once connected.
-        self._backoff = reconnect_delay[0]
+        # Between connect attempts; a refused CONNACK counts as a failure too.
+        self._backoff = Backoff(*reconnect_delay)
 
         # PUBACKs from paho's callbacks, settled in one batch per loop iteration.
         self._acks: deque[tuple[int, Any]] = deque()
@@ -538,10 +538,8 @@ class MqttConnection:
         through `loop_read` and ends in `_on_connect`, or `_on_disconnect` starts us again."""
         assert self._client is not None
         client = self._client
-        longest = self.reconnect_delay[1]
         if not first:
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, longest)
+            await asyncio.sleep(self._backoff.failed())
         while not self._closing:
             self._attempt = asyncio.ensure_future(self._connect_in_thread(client))
             try:
@@ -552,8 +550,7 @@ class MqttConnection:
                     log.debug("MQTT broker %s not reachable yet: %s", self.address, exc)
                 else:
                     log.warning("cannot reconnect to MQTT broker %s: %s", self.address, exc)
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, longest)
+            await asyncio.sleep(self._backoff.failed())
 
     async def _connect_in_thread(self, client: paho.Client) -> None:
         """Blocking TCP connect and TLS handshake, off the loop; the loop does not touch the
@@ -634,7 +631,7 @@ class MqttConnection:
     def _connection_up(self, client: paho.Client) -> None:
         reconnect = self._ever_connected
         self._connected = self._ever_connected = True
-        self._backoff = self.reconnect_delay[0]
+        self._backoff.succeeded()
         self._available = ONLINE
         for topic_filter, qos in self._subscriptions.items():
             client.subscribe(topic_filter, qos=qos)

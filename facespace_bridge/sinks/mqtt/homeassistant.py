@@ -231,7 +231,9 @@ class HomeAssistant(MqttExtension):
             if whereabouts.timer is not None:
                 whereabouts.timer.cancel()
 
-    def _publish_configs(self, configs: dict[str, bytes], *, wait: bool = False) -> list[asyncio.Future[None]]:
+    def _publish_configs(
+        self, configs: dict[str, bytes], *, wait: bool = False
+    ) -> list[asyncio.Future[None]]:
         assert self._connection is not None
         self._config_topics.update(dict.fromkeys(configs))
         waiters = [self._connection.retain(topic, payload, wait=wait) for topic, payload in configs.items()]
