@@ -165,7 +165,7 @@ class Bridge:
         if self.options.logs:
             sources.append(asyncio.create_task(self._logs(stop), name="logs"))
         if self.options.realtime:
-            sources.append(asyncio.create_task(self._pump(self.realtime_source.run(stop)), name="realtime"))
+            sources.append(asyncio.create_task(self._publish_from(self.realtime_source.run(stop)), name="realtime"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
         fatal = self.publisher.fatal
         failed = False
@@ -270,14 +270,14 @@ class Bridge:
         backfill = checkpoint.backfill
         if backfill is not None and not backfill.complete:
             start = checkpoint.earliest() or backfill.start
-            await self._pump(self.logs_source.read_range(start, backfill.t0, checkpoint))
+            await self._publish_from(self.logs_source.read_range(start, backfill.t0, checkpoint))
             await self.tracker.idle()
             self.tracker.set_backfill(replace(backfill, complete=True), through=backfill.t0)
             await self.writer.save()
             log.info("backfill complete up to %s; tailing", _text(backfill.t0))
-        await self._pump(self.logs_source.tail(self.tracker.checkpoint, stop))
+        await self._publish_from(self.logs_source.tail(self.tracker.checkpoint, stop))
 
-    async def _pump(self, chunks: AsyncIterator[Batch | Barrier]) -> None:
+    async def _publish_from(self, chunks: AsyncIterator[Batch | Barrier]) -> None:
         """Publish what a source yields: batches of events, and barriers."""
         assert self.tracker is not None and self.publisher is not None
         async for chunk in chunks:

@@ -185,9 +185,9 @@ class HomeAssistant(MqttExtension):
     async def announce(
         self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
     ) -> None:
-        waiters = self._learn(cameras, people, wait=True)
+        waiters = self._add_names(cameras, people, wait=True)
         for person, seen in last_seen.items():
-            self._saw(person, seen.camera_id, seen.at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            self._note_seen(person, seen.camera_id, seen.at.strftime("%Y-%m-%dT%H:%M:%SZ"))
         for person in sorted(self.people):
             self._update_tracker(person)
         await asyncio.gather(*waiters)
@@ -203,15 +203,15 @@ class HomeAssistant(MqttExtension):
         if kind == "sighting":
             person = fields["person"]
             if event.camera_id not in self.cameras or person not in self.people:
-                self._learn((event.camera_id,), (person,))
+                self._add_names((event.camera_id,), (person,))
             seen_at = str(fields["seen_at"])
-            if self._saw(person, event.camera_id, seen_at):
+            if self._note_seen(person, event.camera_id, seen_at):
                 self._update_tracker(person)
             if self.fires(seen_at):
                 return (self.layout.person_sighting(person),)
         elif kind == "presence":
             people = fields["people"]
-            self._learn((event.camera_id,), people)
+            self._add_names((event.camera_id,), people)
             self._presence(event.camera_id, people, str(fields["observed_at"]))
         return ()
 
@@ -267,7 +267,7 @@ class HomeAssistant(MqttExtension):
 
     # -- names ------------------------------------------------------------------------------------
 
-    def _learn(
+    def _add_names(
         self, cameras: Iterable[str], people: Iterable[str], *, wait: bool = False
     ) -> list[asyncio.Future[None]]:
         """Remember cameras and people; publish the configs the new ones need."""
@@ -299,7 +299,7 @@ class HomeAssistant(MqttExtension):
 
     # -- device trackers --------------------------------------------------------------------------
 
-    def _saw(self, person: str, camera_id: str, seen_at: str) -> bool:
+    def _note_seen(self, person: str, camera_id: str, seen_at: str) -> bool:
         """A sighting (or a presence) of `person`; True if it is newer than what was known."""
         whereabouts = self._whereabouts.get(person)
         if whereabouts is None:
@@ -307,13 +307,14 @@ class HomeAssistant(MqttExtension):
         if whereabouts.seen_at is not None and seen_at <= whereabouts.seen_at:
             return False
         whereabouts.seen_at, whereabouts.camera = seen_at, camera_id
-        whereabouts.seen_ts = parse_rfc3339(seen_at).timestamp()
+        # Not later than now: an API whose clock runs ahead must not keep someone home longer.
+        whereabouts.seen_ts = min(parse_rfc3339(seen_at).timestamp(), self.clock())
         return True
 
     def _presence(self, camera_id: str, people: Iterable[str], observed_at: str) -> None:
         in_view = set(people)
         for person in in_view | {p for p, w in self._whereabouts.items() if camera_id in w.cameras}:
-            self._saw(person, camera_id, observed_at)
+            self._note_seen(person, camera_id, observed_at)
             whereabouts = self._whereabouts[person]
             if person in in_view:
                 whereabouts.cameras.add(camera_id)

@@ -333,3 +333,18 @@ async def test_the_tracker_is_home_while_seen_and_until_away_after(mqtt_broker: 
     assert alice[0] == "not_home" and "home" in alice and alice[-1] == "not_home"
     bob = [s for t, s in changes if t == tracker.format("Bob")]
     assert bob[-1] == "not_home"  # his second ran out too
+
+
+async def test_a_sighting_from_an_api_clock_ahead_keeps_no_one_home_longer(mqtt_broker: MqttBroker) -> None:
+    ha = ha_for(away_after=1.0)
+    async with sink_for(mqtt_broker, ha=ha) as sink:
+        await sink.announce(["Door"], ["Alice"])
+        ahead = now() + timedelta(minutes=10)  # the API's clock, ten minutes fast
+        await (await sink.publish([sighting("Door", "Alice", at=ahead)]))
+        await sink.flush()
+        held = await retained_async(mqtt_broker, "facespace/person/Alice/tracker")
+        assert orjson.loads(held["facespace/person/Alice/tracker"])["state"] == "home"
+        await asyncio.sleep(1.5)
+        held = await retained_async(mqtt_broker, "facespace/person/Alice/tracker")
+    state = orjson.loads(held["facespace/person/Alice/tracker"])
+    assert state["state"] == "not_home" and state["seen_at"] == ahead.strftime("%Y-%m-%dT%H:%M:%SZ")
