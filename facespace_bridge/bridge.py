@@ -165,7 +165,8 @@ class Bridge:
         if self.options.logs:
             sources.append(asyncio.create_task(self._logs(stop), name="logs"))
         if self.options.realtime:
-            sources.append(asyncio.create_task(self._publish_from(self.realtime_source.run(stop)), name="realtime"))
+            realtime = self._publish_from(self.realtime_source.run(stop))
+            sources.append(asyncio.create_task(realtime, name="realtime"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
         fatal = self.publisher.fatal
         failed = False
