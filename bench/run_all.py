@@ -31,6 +31,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bridge_steady_state.py", [], ["--duration", "20", "--warmup", "10"]),
     ("mqtt_latency_throughput.py", [], ["--count", "5000", "--repeats", "1"]),
     ("mqtt_presence_latency.py", [], ["--samples", "20"]),
+    ("ha_history_events.py", [], ["--seconds", "20"]),
 ]
 
 
