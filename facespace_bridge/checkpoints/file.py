@@ -125,11 +125,10 @@ class FileCheckpointStore(CheckpointStore):
             raise CheckpointError(f"checkpoint {self.path} is corrupt: {exc}") from None
 
     async def save(self, checkpoint: Checkpoint) -> None:
-        # On the event loop's thread, blocking it for the two fsyncs (about 0.5 ms, a few ms
-        # under load). A worker thread was measured to cost more: at each of its system calls
-        # it hands the GIL back and forth with the busy loop, and a backfill saves hundreds of
-        # times a second (bench/README.md, "Bridge backfill vs replay": 0.75-0.78 of replay's
-        # rate with the thread, 0.81 inline, 0.82 inline without any fsync).
+        # On the event loop's thread, blocking it for the two fsyncs: a worker thread costs
+        # more, because at each of its system calls it hands the GIL back and forth with the
+        # busy loop, and a backfill saves many times a second (the figures: bench/README.md,
+        # "Bridge backfill vs replay").
         self._write(checkpoint.to_bytes())
 
     def _write(self, data: bytes) -> None:

@@ -196,10 +196,10 @@ class JsonFormatter(logging.Formatter):
 # stream history: `run` and `replay`, so the backfill and its baseline run under one setting.
 # Both keep up to two windows of entries alive (~20,000 each, with their numbering keys), and
 # the bridge also every unacknowledged event for redelivery (up to a sink's in-flight limit,
-# 16,000 for Kafka): some 80,000 GC-tracked objects that reference counting frees anyway. At
-# 700, and still at 50,000, the collector traversed and promoted them again and again (about
-# 3 µs/event of a backfill, 0.5 µs at 50,000; bench/README.md); at 100,000 it hardly runs.
-# Cyclic garbage waits for up to this many new objects: some MB at most.
+# 16,000 for Kafka): tens of thousands of GC-tracked objects that reference counting frees
+# anyway. With a lower threshold the collector traverses and promotes them again and again
+# (what that costs per event: bench/README.md, "Bridge backfill vs replay"); at 100,000 it
+# hardly runs. Cyclic garbage waits for up to this many new objects: some MB at most.
 GC_YOUNG_THRESHOLD = 100_000
 
 

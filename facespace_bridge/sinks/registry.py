@@ -18,13 +18,15 @@ Options that several sinks read are defined once, beside the code that reads the
 listed in SHARED_OPTIONS: `--no-cloudevents` (facespace_bridge/cloudevents.py) turns off
 the CloudEvents headers of the Kafka and the webhook sink alike.
 
-Adding a sink is one new file plus one line in SINK_MODULES.
+Adding a sink is one new file (or package) under sinks/: every public module there other
+than base.py and this one is a sink, named after its file, and found here by itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any, TypeVar
@@ -33,12 +35,21 @@ from facespace_bridge import cloudevents
 from facespace_bridge.client import redactor
 from facespace_bridge.sinks.base import Sink
 
-SINK_MODULES: dict[str, str] = {
-    "kafka": "facespace_bridge.sinks.kafka",
-    "mqtt": "facespace_bridge.sinks.mqtt",
-    "webhook": "facespace_bridge.sinks.webhook",
-    "file": "facespace_bridge.sinks.file",
-}
+_NOT_SINKS = frozenset({"base", "registry"})
+
+
+def _sink_modules() -> dict[str, str]:
+    """`--broker` name -> module, for every sink module of this package, by name."""
+    package = importlib.import_module("facespace_bridge.sinks")
+    names = sorted(
+        info.name
+        for info in pkgutil.iter_modules(package.__path__)
+        if not info.name.startswith("_") and info.name not in _NOT_SINKS
+    )
+    return {name: f"{package.__name__}.{name}" for name in names}
+
+
+SINK_MODULES: dict[str, str] = _sink_modules()
 
 # Added once to each command, after every sink's own options.
 SHARED_OPTIONS: list[Callable[[Any], Any]] = [*cloudevents.OPTIONS]

@@ -45,3 +45,13 @@ def test_run_and_replay_give_events_of_one_api_one_source() -> None:
     live = cloudevents_sources(parsed("run", *SINK_ARGS), replay=False)
     history = cloudevents_sources(parsed("replay", *SINK_ARGS), replay=True)
     assert live == history
+
+
+def test_every_sink_module_is_found_by_itself() -> None:
+    from facespace_bridge.sinks.registry import SINK_MODULES
+
+    assert list(SINK_MODULES) == ["file", "kafka", "mqtt", "webhook"]
+    for name, module in SINK_MODULES.items():
+        config = {"webhook_url": "http://127.0.0.1:9/hook", "output": "-", "bootstrap_servers": "127.0.0.1:9"}
+        sinks = build_sinks([name], config)
+        assert [type(s).__module__.startswith(module) for s in sinks] == [True], name
