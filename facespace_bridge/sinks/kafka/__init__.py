@@ -493,7 +493,7 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink
         batch_size=config.get("kafka_batch_size"),
         compression=compression,
         max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
-        connect_timeout=float(_or(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
+        connect_timeout=float(_unless_none(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
         transactional_id=transactional_id(config) if config.get("exactly_once") else None,
         cloudevents_source=source_from_config(config),
     )
@@ -505,7 +505,7 @@ def transactional_id(config: Mapping[str, Any]) -> str:
     return f"facespace-bridge.{config.get('instance_id') or 'default'}"
 
 
-def _or(value: Any, default: Any) -> Any:
+def _unless_none(value: Any, default: Any) -> Any:
     """`value` unless it is None (0 is a real value for timeouts)."""
     return default if value is None else value
 

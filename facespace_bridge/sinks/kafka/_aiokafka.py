@@ -199,7 +199,7 @@ class AiokafkaSink(KafkaSink):
 
     # -- the hot path ------------------------------------------------------------------------------
 
-    async def _place(
+    async def _key_and_batches(
         self, topic: str, camera_id: str, placements: dict[str, tuple[bytes, _Batches]]
     ) -> tuple[bytes, _Batches]:
         """The key bytes and partition of a camera's records in `topic`. Partitions are only
@@ -250,7 +250,7 @@ class AiokafkaSink(KafkaSink):
             placements = self._placements[event.schema] = {}
         placed = placements.get(event.camera_id)
         if placed is None:
-            placed = await self._place(topic, event.camera_id, placements)
+            placed = await self._key_and_batches(topic, event.camera_id, placements)
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
         key, batches = placed
