@@ -1,5 +1,5 @@
 """Steady-state cost of the bridge: CPU % of one core and RSS while it tails a live world into
-Kafka (issue 5 §6; target < 5 % of a core).
+Kafka (target: < 5 % of a core).
 
     .venv/bin/python bench/bridge_steady_state.py [--duration 60] [--warmup 20] [--split]
 

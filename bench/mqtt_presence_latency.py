@@ -1,5 +1,5 @@
 """End-to-end presence latency over MQTT: from a presence change in the simulator to the retained
-message at a subscriber on `facespace/<camera>/presence` (issue 6 §6; target p99 <= refresh + 25 ms).
+message at a subscriber on `facespace/<camera>/presence` (target: p99 <= refresh + 25 ms).
 
     .venv/bin/python bench/mqtt_presence_latency.py [--samples 200] [--refresh 0.1]
 
