@@ -54,6 +54,14 @@ class ExactlyOnceBridge(BridgeProcess):
     async def stored(self) -> dict:
         return await kafka_checkpoint(self.bootstrap, self.instance)
 
+    async def wait_logged(self, phrases: tuple[str, ...], after: int, timeout: float = 60.0) -> None:
+        """Until the log, past its first `after` bytes, has one of `phrases`."""
+        deadline = time.monotonic() + timeout
+        while not any(p in self.log.read_bytes()[after:].decode(errors="replace") for p in phrases):
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {phrases}"
+            await asyncio.sleep(0.05)
+
     async def wait_stored(self, predicate, timeout: float = 120.0) -> dict:
         deadline = time.monotonic() + timeout
         while True:
@@ -86,7 +94,7 @@ async def committed_and_all(bootstrap: str, topic: str) -> tuple[list[dict], int
 async def test_sigkill_at_random_moments_repeats_nothing_a_read_committed_consumer_sees(
     client, simulator_factory, transactional_kafka, kafka_topic, tmp_path
 ):
-    hours = 4
+    hours = 8  # some 400,000 sightings: the backfill outlasts three kills on an idle machine too
     sim = simulator_factory(
         **live_world(cameras=20, visits_per_hour=2600, history_hours=hours + 0.5, seed=21)
     )
@@ -99,19 +107,25 @@ async def test_sigkill_at_random_moments_repeats_nothing_a_read_committed_consum
     rng = random.Random(9)
     kills = 3
     for _ in range(kills):
+        logged = bridge.log.stat().st_size if bridge.log.exists() else 0
         bridge.start()
-        # A start takes about a second and the whole backfill a few: the kills land in it.
-        await asyncio.sleep(rng.uniform(1.0, 2.0))
+        # Once it says where it starts from it is about to publish (a start takes a second or
+        # more on a loaded machine); a kill a moment later lands in an open transaction.
+        await bridge.wait_logged(("backfilling from", "resuming from checkpoint"), after=logged)
+        await asyncio.sleep(rng.uniform(0.3, 1.0))
         assert bridge.proc.poll() is None, bridge.log.read_text()[-2000:]
         bridge.proc.kill()
         bridge.proc.wait()
+    logged = bridge.log.stat().st_size
     bridge.start()
+    # Not before it runs: a SIGTERM must not beat the signal handlers of a new process.
+    await bridge.wait_logged(("resuming from checkpoint",), after=logged)
     state = await bridge.wait_stored(backfill_done, timeout=300)
     code, _ = bridge.signal(signal.SIGTERM)
     assert code == 0, bridge.log.read_text()[-2000:]
     t0 = when(state["backfill"]["t0"])
     expected = truth(sim, start, t0 - timedelta(seconds=1))
-    assert sum(expected.values()) >= 200_000
+    assert sum(expected.values()) >= 300_000
     values, stored_in_all = await committed_and_all(transactional_kafka.bootstrap, kafka_topic)
     ids = Counter(v["event_id"] for v in values)
     sightings = Counter((v["camera_id"], v["person"], when(v["seen_at"])) for v in values)

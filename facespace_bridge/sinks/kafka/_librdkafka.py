@@ -325,14 +325,16 @@ class LibrdkafkaSink(KafkaSink):
             raise SinkError("the Kafka sink is not started")
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivery = _Delivery(self, ack)
-        acks = self._acks
-        while acks and acks[0].done():  # settled batches: a long run must not pile them up
-            acks.popleft()
-        acks.append(ack)
         if self._fatal is not None and not self.transactional:
             producer = await self._renew()
         try:
             async with self._turns if self.transactional else contextlib.nullcontext():
+                # Only now is the batch handed over, and only now may a commit's flush wait
+                # for it: a batch still waiting for its turn waits for that very commit.
+                acks = self._acks
+                while acks and acks[0].done():  # settled batches: a long run must not pile them up
+                    acks.popleft()
+                acks.append(ack)
                 if self._fatal is not None:
                     raise self._fatal
                 if self.transactional:

@@ -15,7 +15,7 @@ from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 from facespace_bridge.sinks.base import SinkError
 from tests.fixtures.kafka import read_all
-from tests.sinks.kafka.conftest import sighting, sink_for
+from tests.sinks.kafka.conftest import of_kind, sighting, sink_for
 
 
 def transactional_sink(broker, topic: str, client: str, instance: str):
@@ -93,3 +93,34 @@ async def test_tansu_transactions_are_refused_for_what_they_let_through(client, 
         assert why == "a read_committed reader sees the records of an aborted transaction"
     else:  # aiokafka's InitProducerId version 0 fails before any transaction
         assert why.startswith("it refused a transactional producer")
+
+
+async def test_a_commit_waits_only_for_batches_handed_over_not_for_one_waiting_its_turn(
+    client, transactional_kafka, kafka_topic
+):
+    """The checkpoint writer's commit queued behind a publish that is creating a topic, and a
+    second publish queued behind the commit: the commit must not wait for that second batch
+    (which cannot start before the commit ends). It did with librdkafka, and the bridge hung."""
+    instance = f"{client}-{kafka_topic.rsplit('.', 1)[-1]}"
+    sink = transactional_sink(transactional_kafka, kafka_topic, client, instance)
+    await sink.start()
+    try:
+        # A presence: its topic is created on first use, so this publish waits for the broker
+        # while it holds the sink's turn.
+        first = asyncio.ensure_future(sink.publish([of_kind("presence")]))
+        await asyncio.sleep(0)
+
+        async def commit() -> None:
+            async with sink.transaction_boundary():
+                pass
+
+        boundary = asyncio.ensure_future(commit())
+        second = asyncio.ensure_future(sink.publish([sighting("Camera1", 1)]))
+        acks = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        await asyncio.wait_for(boundary, 30)
+        await asyncio.wait_for(asyncio.gather(*acks), 30)
+        async with sink.transaction_boundary():
+            pass
+    finally:
+        await sink.close()
+    assert len(await committed(transactional_kafka.bootstrap, kafka_topic)) == 1
