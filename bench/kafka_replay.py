@@ -114,6 +114,13 @@ async def delete_topics(bootstrap: str, *topics: str) -> None:
         await client.close()
 
 
+def truth_count(api_url: str, end: datetime) -> int:
+    """The world's sightings in [START, end): the range a replay with `--end-time end - 1 s` reads
+    (the admin API's end is inclusive, like `--end-time`)."""
+    last = iso(end - timedelta(seconds=1))
+    return int(admin(api_url, "GET", f"truth?start={iso(START)}&end={last}&count_only=1")["count"])
+
+
 def checked(what: str, measured: Measured) -> Measured:
     if measured.finished.code != 0:
         output = measured.stdout + measured.stderr[-3000:]
@@ -235,12 +242,8 @@ def main() -> None:
                 "--seed", "11", "--cameras", str(CAMERAS), "--people", "40", "--history-hours", str(HOURS),
                 "--visits-per-hour", str(visits), "--now", iso(END), "--speed", "0",
             ])  # fmt: skip
-            truth = admin(api_url, "GET", f"truth?start={iso(START)}&end={iso(END)}&count_only=1")["count"]
-            small_truth = (
-                admin(api_url, "GET", f"truth?start={iso(START)}&end={iso(small_end)}&count_only=1")["count"]
-                if small_end is not None
-                else 0
-            )
+            truth = truth_count(api_url, END)
+            small_truth = truth_count(api_url, small_end) if small_end is not None else 0
             print(f"Tansu at {bootstrap}; simulator at {api_url}; {truth:,} sightings in {HOURS} h; "
                   f"clients: {', '.join(clients)}", file=sys.stderr)  # fmt: skip
             wire_file = Path(scratch) / "records.pickle"
