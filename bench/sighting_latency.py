@@ -120,10 +120,14 @@ class KafkaReader:
             "bootstrap.servers": bootstrap, "group.id": f"bench-latency-{topic}", "enable.auto.commit": False,
             "fetch.wait.max.ms": 10, "fetch.min.bytes": 1, "topic.metadata.refresh.interval.ms": 1000,
         })  # fmt: skip
-        metadata = self.consumer.list_topics(topic, timeout=30)
-        partitions = sorted(metadata.topics[topic].partitions)
-        if not partitions:
-            raise SystemExit(f"topic {topic} has no partitions")
+        # The bridge creates the topic with its first sighting; from the beginning, nothing is missed.
+        deadline = time.monotonic() + 60
+        while not (
+            partitions := sorted(self.consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        ):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"topic {topic} was not created within 60 s")
+            time.sleep(0.2)
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
