@@ -7,7 +7,7 @@ p99 <= --refresh + 250 ms with at most twice the requests without the trigger).
                                                [--visits-per-hour 120] [--modes on,off,tail-1]
 
 1. Starts Tansu (memory storage), Mosquitto and the simulator in its own process on a live
-   clock (speed 1): `--cameras` cameras, `--people` people, `--visits-per-hour` visits per
+   clock (1 % fast, see 2): `--cameras` cameras, `--people` people, `--visits-per-hour` visits per
    camera-hour. The same world is built here (visits are generated per camera-hour from the
    seed and the config alone), so this process knows every visit in advance: its camera, its
    person and its start, which is the second its history entry carries and the second its
