@@ -1,7 +1,7 @@
 """Steady-state cost of the bridge: CPU % of one core and RSS while it tails a live world into
 Kafka (target: < 5 % of a core).
 
-    .venv/bin/python bench/bridge_steady_state.py [--duration 60] [--warmup 20] [--split]
+    .venv/bin/python bench/bridge_steady_state.py [--duration 60] [--warmup 20] [--split] [--row FLAGS]
 
 1. Starts Tansu (memory storage) and the simulator in its own process: 20 cameras, each
    logging 10 sightings/s on average (36,000 visits per camera-hour), live clock (real time,
@@ -16,7 +16,8 @@ Kafka (target: < 5 % of a core).
    bridge acknowledged (its own /metrics) against the world's ground truth for the window,
    and the largest per-camera lag at the end.
    Rows: the defaults (`--lateness 120`) and `--lateness 0`, which shows what the look-back
-   costs; `--split` adds `--lateness 0 --no-realtime` (what the /recognition poll costs).
+   costs; `--split` adds `--lateness 0 --no-realtime` (what the /recognition poll costs);
+   every `--row FLAGS` adds a row with those flags (e.g. `--row=--no-arrival-polls`).
 
 Not a timed test: it prints figures side by side. The 2 cores are shared by the bridge, the
 simulator and the broker.
@@ -25,6 +26,7 @@ simulator and the broker.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -175,11 +177,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="sightings/s per camera")
     parser.add_argument("--people", type=int, default=200, help="200: presence changes ~1.5/s (50: never)")
     parser.add_argument("--split", action="store_true", help="also a row without realtime")
+    parser.add_argument("--row", action="append", default=[], metavar="FLAGS",
+                        help="also a row with these bridge flags (repeatable)")  # fmt: skip
     options = parser.parse_args()
 
     rows = [Row("defaults (`--lateness 120`)", []), Row("`--lateness 0`", ["--lateness", "0"])]
     if options.split:
         rows.append(Row("`--lateness 0 --no-realtime`", ["--lateness", "0", "--no-realtime"]))
+    rows += [Row(f"`{flags}`", shlex.split(flags)) for flags in options.row]
 
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)

@@ -16,8 +16,9 @@ new second every few events, distinct ids):
 
 Best of `--repeat` runs of the whole stream; wall-clock µs per event on this machine.
 `--kafka` also publishes the stream through `KafkaSink` into Tansu (started here, memory
-storage, each run into a fresh topic deleted afterwards), with and without the headers in
-turn: events/s of the whole sink, the figure the per-step costs add up to.
+storage, each run into a fresh topic deleted afterwards), with each client (librdkafka,
+aiokafka), with and without the headers in turn, in batches of 1,000 events as the
+publisher hands them over, until every batch is acknowledged: events/s of the whole sink.
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ from facespace_bridge.client.entries import LogEntry  # noqa: E402
 from facespace_bridge.cloudevents import CloudEvents, source_uri  # noqa: E402
 from facespace_bridge.events import Event, sighting_event  # noqa: E402
 from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink  # noqa: E402
+from facespace_bridge.sources.listing import BATCH_EVENTS  # noqa: E402
 from tests.fixtures.kafka import start_tansu  # noqa: E402
 
 API_URL = "https://visionapi.automa.one/facespace"
 START = datetime(2023, 10, 23, tzinfo=timezone.utc)
-BATCH_BYTES = 256 * 1024  # the sink's default batch size
+BATCH_BYTES = 256 * 1024  # the aiokafka sink's default batch size
+CLIENTS = ("librdkafka", "aiokafka")
 
 
 def make_events(count: int, cameras: int) -> list[Event]:
@@ -66,17 +69,22 @@ def per_event_us(run: Callable[[list[Event]], object], events: list[Event], repe
     return best / len(events) * 1e6
 
 
-async def sink_rate(bootstrap: str, topic: str, events: list[Event], source: str | None) -> float:
+async def sink_rate(
+    bootstrap: str, topic: str, events: list[Event], source: str | None, client: str
+) -> float:
+    """Events/s of `events` published through the sink in batches of BATCH_EVENTS, as the
+    publisher hands them over, until every batch is acknowledged."""
     sink = KafkaSink(
-        KafkaSettings(bootstrap_servers=bootstrap, topics={"sighting": topic}, cloudevents_source=source)
+        KafkaSettings(
+            bootstrap_servers=bootstrap, client=client, topics={"sighting": topic}, cloudevents_source=source
+        )
     )
     await sink.start()
     try:
-        await (await sink.publish(events[0]))  # topic created, partitions known
+        await (await sink.publish(events[:1]))  # topic created, partitions known
         began = time.perf_counter()
-        for event in events:
-            await sink.publish(event)
-        await sink.flush()
+        acks = [await sink.publish(events[i : i + BATCH_EVENTS]) for i in range(0, len(events), BATCH_EVENTS)]
+        await asyncio.gather(*acks)  # raises if any batch was not acknowledged
         return len(events) / (time.perf_counter() - began)
     finally:
         await sink.close()
@@ -91,16 +99,18 @@ async def sink_rate(bootstrap: str, topic: str, events: list[Event], source: str
 def kafka_rates(events: list[Event], repeat: int) -> None:
     logging.getLogger("facespace_bridge.sinks.kafka").setLevel(logging.ERROR)  # Tansu's idempotence warning
     source = source_uri(API_URL)
-    rates: dict[str, list[float]] = {"without": [], "with": []}
+    rates: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as scratch, start_tansu(Path(scratch), relay=False) as broker:
         for n in range(repeat):
-            for name, ce_source in (("without", None), ("with", source)):
-                topic = f"bench.cloudevents.{name}.{n}"
-                rates[name].append(asyncio.run(sink_rate(broker.bootstrap, topic, events, ce_source)))
-    without, with_ = max(rates["without"]), max(rates["with"])
-    print(f"\nKafkaSink into Tansu, {len(events):,} events, best of {repeat} (alternating):")
-    print(f"  without CloudEvents  {without:>9,.0f} events/s  {1e6 / without:6.2f} µs/event")
-    print(f"  with CloudEvents     {with_:>9,.0f} events/s  {1e6 / with_:6.2f} µs/event")
+            for client in CLIENTS:
+                for name, ce_source in (("without", None), ("with", source)):
+                    topic = f"bench.cloudevents.{client}.{name}.{n}"
+                    rate = asyncio.run(sink_rate(broker.bootstrap, topic, events, ce_source, client))
+                    rates.setdefault((client, name), []).append(rate)
+    print(f"\nKafkaSink into Tansu, {len(events):,} events in batches of {BATCH_EVENTS:,}, best of {repeat}:")
+    for (client, name), values in rates.items():
+        best = max(values)
+        print(f"  {client:<10} {name:<7} CloudEvents  {best:>9,.0f} events/s  {1e6 / best:6.2f} µs/event")
 
 
 def main() -> None:

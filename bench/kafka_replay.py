@@ -2,7 +2,7 @@
 naive script, all into the same Tansu, in one run.
 
     .venv/bin/python bench/kafka_replay.py [--sightings 1000000] [--small 500000]
-                                           [--clients librdkafka,aiokafka] [--profile DIR]
+                                           [--clients librdkafka,aiokafka] [--breakdown] [--profile DIR]
 
 1. Starts Tansu (memory storage, no relay) and the simulator (`facespace-bridge simulate`, its
    own process) with a frozen world of about `--sightings` sightings in 48 hours (10 cameras,
@@ -20,6 +20,10 @@ naive script, all into the same Tansu, in one run.
 Every run writes to a fresh topic of 3 partitions, deleted after it: Tansu's memory storage
 slows down as it fills.
 
+`--breakdown` adds `replay --dry-run` (the range read, numbered and built into events, no sink:
+what the API side costs) and, per client, `replay --no-cloudevents` (3 headers per record
+instead of 10), timed the same way.
+
 `--profile DIR` attaches py-spy to every replay and prints its top functions (rates measured
 with the sampler attached are lower).
 
@@ -33,8 +37,10 @@ import argparse
 import asyncio
 import json
 import pickle
+import re
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -114,6 +120,13 @@ async def delete_topics(bootstrap: str, *topics: str) -> None:
         await client.close()
 
 
+def truth_count(api_url: str, end: datetime) -> int:
+    """The world's sightings in [START, end): the range a replay with `--end-time end - 1 s` reads
+    (the admin API's end is inclusive, like `--end-time`)."""
+    last = iso(end - timedelta(seconds=1))
+    return int(admin(api_url, "GET", f"truth?start={iso(START)}&end={last}&count_only=1")["count"])
+
+
 def checked(what: str, measured: Measured) -> Measured:
     if measured.finished.code != 0:
         output = measured.stdout + measured.stderr[-3000:]
@@ -122,24 +135,35 @@ def checked(what: str, measured: Measured) -> Measured:
 
 
 def replay(
-    api_url: str, bootstrap: str, broker_pid: int, client: str, end: datetime, topic: str, profiler: Profiler
-) -> Run:
-    """One `facespace-bridge replay` of [START, end) into `topic`."""
+    api_url: str, bootstrap: str, broker_pid: int, client: str, end: datetime, topic: str, profiler: Profiler,
+    flags: Sequence[str] = (),
+) -> Run:  # fmt: skip
+    """One `facespace-bridge replay` of [START, end) into `topic` (`flags`: `--dry-run` publishes
+    nothing, `--no-cloudevents` leaves out the ce_ headers)."""
     last = iso(end - timedelta(seconds=1))  # the end is inclusive
-    command = [
-        *CLI, "replay", "--start-time", iso(START), "--end-time", last, "--no-progress",
-        "--broker", "kafka", "--bootstrap-servers", bootstrap, *kafka_client_flags(client),
-        "--topic", topic, "--deadletter-topic", f"{topic}.deadletter", "--partitions", str(PARTITIONS),
-        "--log-level", "warning",
-    ]  # fmt: skip
+    command = [*CLI, "replay", "--start-time", iso(START), "--end-time", last, "--no-progress",
+               "--log-level", "warning", *flags]  # fmt: skip
+    if "--dry-run" not in flags:
+        command += [
+            "--broker", "kafka", "--bootstrap-servers", bootstrap, *kafka_client_flags(client),
+            "--topic", topic, "--deadletter-topic", f"{topic}.deadletter", "--partitions", str(PARTITIONS),
+        ]  # fmt: skip
     broker = Probe(broker_pid)
     before = broker.cpu()
     measured = checked("replay", run_measured(command, child_env(api_url), RUN_TIMEOUT, profiler, topic))
     broker_cpu = broker.cpu() - before
     profiler.finish(f"replay, {client}")
-    published = int(measured.stdout.split()[1])  # "published N sightings and M dead letters ..."
+    # "published N sightings and M dead letters ...", or "dry run: would publish N sightings ..."
+    found = re.search(r"publish(?:ed)? (\d+) sightings", measured.stdout)
+    if found is None:
+        raise SystemExit(f"no summary from the replay: {measured.stdout}")
+    published = int(found.group(1))
     done = measured.finished
-    return Run(f"`replay`, {client}", published, done.seconds, done.cpu, f"{done.hwm_mb:.0f}", broker_cpu,
+    if "--dry-run" in flags:
+        name = "`replay --dry-run` (read, number, build; no sink)"
+    else:
+        name = f"`replay{''.join(' ' + f for f in flags)}`, {client}"
+    return Run(name, published, done.seconds, done.cpu, f"{done.hwm_mb:.0f}", broker_cpu,
                done.hwm_mb)  # fmt: skip
 
 
@@ -219,6 +243,9 @@ def main() -> None:
     parser.add_argument("--clients", type=clients_option, default="librdkafka,aiokafka",
                         help="Kafka clients of the bridge to replay with, comma-separated")  # fmt: skip
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each replay, stacks into DIR")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also `replay --dry-run` and `replay --no-cloudevents`"
+    )
     options = parser.parse_args()
     clients = usable_clients(options.clients)
     profiler = Profiler(options.profile)
@@ -226,6 +253,7 @@ def main() -> None:
 
     runs: list[Run] = []
     small_runs: list[tuple[str, Run]] = []
+    breakdown: list[Run] = []
     with tempfile.TemporaryDirectory() as scratch, start_tansu(Path(scratch), relay=False) as broker:
         bootstrap, pid = broker.bootstrap, broker.pid
         simulator = None
@@ -235,12 +263,8 @@ def main() -> None:
                 "--seed", "11", "--cameras", str(CAMERAS), "--people", "40", "--history-hours", str(HOURS),
                 "--visits-per-hour", str(visits), "--now", iso(END), "--speed", "0",
             ])  # fmt: skip
-            truth = admin(api_url, "GET", f"truth?start={iso(START)}&end={iso(END)}&count_only=1")["count"]
-            small_truth = (
-                admin(api_url, "GET", f"truth?start={iso(START)}&end={iso(small_end)}&count_only=1")["count"]
-                if small_end is not None
-                else 0
-            )
+            truth = truth_count(api_url, END)
+            small_truth = truth_count(api_url, small_end) if small_end is not None else 0
             print(f"Tansu at {bootstrap}; simulator at {api_url}; {truth:,} sightings in {HOURS} h; "
                   f"clients: {', '.join(clients)}", file=sys.stderr)  # fmt: skip
             wire_file = Path(scratch) / "records.pickle"
@@ -266,6 +290,23 @@ def main() -> None:
                                          f"truth {small_truth:,}")  # fmt: skip
                     small_runs.append((client, small))
                     asyncio.run(delete_topics(bootstrap, f"{topic}.small", f"{topic}.small.deadletter"))
+            if options.breakdown:
+                breakdown.append(replay(api_url, bootstrap, pid, clients[0], END, "", Profiler(None),
+                                        ["--dry-run"]))  # fmt: skip
+                for client in clients:
+                    topic = f"bench.replay.{client}.plain"
+                    run = replay(
+                        api_url, bootstrap, pid, client, END, topic, Profiler(None), ["--no-cloudevents"]
+                    )
+                    stored = asyncio.run(topic_size(bootstrap, topic))
+                    if not run.events == truth == stored:
+                        raise SystemExit(
+                            f"{run.name}: {run.events:,} sent, topic {stored:,}, truth {truth:,}"
+                        )
+                    breakdown.append(run)
+                    asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
+                for run in breakdown:
+                    print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
             naive_run = naive(api_url, bootstrap, pid, "bench.naive")
             stored = asyncio.run(topic_size(bootstrap, "bench.naive"))
             if not naive_run.events == truth == stored:
@@ -286,7 +327,8 @@ def main() -> None:
     librdkafka = ceilings["librdkafka"].rate
     with_headers = ceilings["librdkafka-headers"].rate
     print()
-    print(table(runs, librdkafka, with_headers, naive_run.rate))
+    shown = [*runs[: len(clients)], *breakdown, *runs[len(clients) :]]
+    print(table(shown, librdkafka, with_headers, naive_run.rate))
     print("\n¹ growth during the send loop, over the process with every record loaded (the bare loops hold")
     print("  the whole range in memory; their RSS is not a figure to compare)")
     print()

@@ -28,10 +28,12 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("bridge_overhead.py", [], ["--count", "100000", "--rounds", "1"]),
     ("bridge_backfill.py", ["--rounds", "2"], ["--count", "200000"]),
     ("bridge_backfill.py", ["--exactly-once"], ["--count", "200000", "--exactly-once"]),
+    ("two_sinks.py", [], ["--count", "100000"]),
     ("bridge_steady_state.py", [], ["--duration", "20", "--warmup", "10"]),
     ("mqtt_latency_throughput.py", [], ["--count", "5000", "--repeats", "1"]),
     ("mqtt_presence_latency.py", [], ["--samples", "20"]),
     ("ha_history_events.py", [], ["--seconds", "20"]),
+    ("sighting_latency.py", [], ["--visits", "40"]),
 ]
 
 

@@ -198,7 +198,9 @@ def main() -> None:
                 "--seed", "11", "--cameras", str(CAMERAS), "--people", "40", "--history-hours", str(HOURS),
                 "--visits-per-hour", str(visits), "--now", iso(END), "--speed", "0",
             ])  # fmt: skip
-            truth = admin(api_url, "GET", f"truth?start={iso(START)}&end={iso(END)}&count_only=1")["count"]
+            # The admin API's end is inclusive, like --end-time: the replays' range is [START, END - 1 s].
+            last = iso(END - timedelta(seconds=1))
+            truth = admin(api_url, "GET", f"truth?start={iso(START)}&end={last}&count_only=1")["count"]
             print(f"Tansu at {tansu.bootstrap}, Mosquitto at {mqtt.url}; {truth:,} sightings; "
                   f"Kafka client: {client}", file=sys.stderr)  # fmt: skip
             for round_index in range(options.rounds):

@@ -137,6 +137,51 @@ async def test_late_inserted_entry_is_published_once(simulator_factory, tmp_path
     assert len(events) == before + 1
 
 
+def next_arrival(sim) -> tuple[datetime, str, str]:
+    """The first visit after SIM_NOW whose person is not in view of its camera at SIM_NOW: its
+    start (a history entry) and a presence arrival on /recognition at once."""
+    before = sim.world.present(SIM_NOW)
+    previous = before
+    for step in range(1, 7200):
+        at = SIM_NOW + timedelta(seconds=step)
+        now = sim.world.present(at)
+        for camera, people in now.items():
+            # In view now and not a second ago: a visit starts at `at` (the world has no flicker).
+            for person in people:
+                if person not in previous[camera] and person not in before[camera]:
+                    return at, camera, person
+        previous = now
+    raise AssertionError("no arrival within two hours")
+
+
+@pytest.mark.parametrize("arrival_polls", [True, False])
+async def test_an_arrival_polls_its_camera_at_once_unless_turned_off(
+    simulator_factory, tmp_path, arrival_polls
+):
+    sim = simulator_factory()
+    at, camera, person = next_arrival(sim)
+    run = Run(sim, tmp_path, backfill_from=None, tail_interval=60.0, arrival_polls=arrival_polls)
+    bridge = run.bridge
+    await run.wait_for(lambda events: bridge.logs_source.polls >= 1 and bridge.realtime_source.polls >= 1)
+    sim.advance((at - SIM_NOW).total_seconds())  # the visit starts; the next regular poll is a minute away
+
+    def published(events: list[dict]) -> list[dict]:
+        return [e for e in events if (e.get("camera_id"), e.get("person"), e.get("seen_at")) == key]
+
+    key = (camera, person, at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if arrival_polls:
+        await run.wait_for(lambda events: published(events), timeout=5)
+        assert bridge.logs_source.quick_polls >= 1
+    else:
+        polls = bridge.realtime_source.polls
+        await run.wait_for(lambda events: bridge.realtime_source.polls >= polls + 10)  # ~2 s
+        assert bridge.logs_source.quick_polls == 0
+    await asyncio.sleep(0.5)
+    await run.stop()
+    assert len(published(read_events(run.output))) == (1 if arrival_polls else 0)
+    assert bridge.logs_source.polls == 1
+
+
 async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_factory, tmp_path):
     sim = simulator_factory(visits_per_hour=60)
     # Stored junk: one in the backfilled range, one in the tail's look-back window.

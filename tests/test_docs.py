@@ -110,7 +110,6 @@ FOREIGN_FLAGS = {
     "--profile": "docker compose",
     "--from-literal": "kubectl",
     "--wheel": "pip",
-    "--tune": "bench/kafka_replay.py",
 }
 
 

@@ -83,6 +83,13 @@ log = logging.getLogger("facespace_bridge")
 @click.option("--camera-id", help="Only this camera (default: all).")
 @click.option("--no-realtime", is_flag=True, help="Do not poll /recognition (no presence events).")
 @click.option(
+    "--arrival-polls/--no-arrival-polls",
+    default=True,
+    show_default=True,
+    help="When /recognition shows someone arrive, poll that camera's /logs at once (at most once "
+    "per --refresh) rather than at the next --tail-interval.",
+)
+@click.option(
     "--checkpoint",
     metavar="PATH|kafka",
     help="Checkpoint file (default $XDG_STATE_HOME/facespace-bridge/<instance>.json), "
@@ -146,6 +153,7 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
         presence_timeout=config["presence_timeout"],
         camera_id=config["camera_id"],
         realtime=not config["no_realtime"],
+        arrival_polls=config["arrival_polls"],
     )
     return api_key, sinks, options
 
