@@ -26,9 +26,12 @@ class SecretRedactor(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._lock = threading.Lock()
+        # Reentrant: building the pattern allocates, an allocation can run the garbage
+        # collector, and a collected client's finalizer discards its key on this same thread.
+        self._lock = threading.RLock()
         self._secrets: Counter[str] = Counter()
         self._pattern: re.Pattern[str] | None = None
+        self._changes = 0  # a pattern built while a secret came or went is used once, not kept
 
     @staticmethod
     def too_short(secret: str) -> bool:
@@ -39,6 +42,7 @@ class SecretRedactor(logging.Filter):
             with self._lock:
                 self._secrets[secret] += 1
                 self._pattern = None
+                self._changes += 1
 
     def discard(self, secret: str) -> None:
         with self._lock:
@@ -47,16 +51,20 @@ class SecretRedactor(logging.Filter):
             else:
                 self._secrets.pop(secret, None)
             self._pattern = None
+            self._changes += 1
 
     def redact(self, text: str) -> str:
         with self._lock:
             if not self._secrets:
                 return text
-            if self._pattern is None:
+            pattern = self._pattern
+            if pattern is None:
+                changes = self._changes
                 # Longest first, so that a secret containing another is masked whole.
                 alternatives = "|".join(re.escape(s) for s in sorted(self._secrets, key=len, reverse=True))
-                self._pattern = re.compile(f"(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])")
-            pattern = self._pattern
+                pattern = re.compile(f"(?<![{_WORD}])(?:{alternatives})(?![{_WORD}])")
+                if changes == self._changes:
+                    self._pattern = pattern
         return pattern.sub(REDACTED, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
