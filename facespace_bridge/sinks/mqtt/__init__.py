@@ -15,7 +15,6 @@ With MQTT 5, the messages that are not retained carry a message expiry, the user
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from facespace_bridge.sinks.mqtt.connection import (
     DEFAULT_MAX_INFLIGHT,
     DEFAULT_MAX_QUEUED,
     PROTOCOLS,
+    Acknowledgement,
     BrokerAddress,
     MqttConnection,
     TlsFiles,
@@ -163,24 +163,22 @@ class MqttSink(Sink):
     # -- publishing -------------------------------------------------------------------------------
 
     async def publish(self, events: Sequence[Event]) -> Ack:
-        futures: list[asyncio.Future[None]] = []
+        connection = self.connection
+        ack = connection.acknowledgement()
         for event in events:
-            futures += await self._publish_one(event)
-        self.connection.drain()
-        return asyncio.gather(*futures)
+            await self._publish_one(event, ack)
+            connection.drain()
+        return ack.seal()
 
-    async def _publish_one(self, event: Event) -> list[asyncio.Future[None]]:
+    async def _publish_one(self, event: Event, ack: Acknowledgement) -> None:
         connection = self.connection
         kind = event.kind
         fields = event.fields
-        futures: list[asyncio.Future[None]] = []
         if kind == "sighting":
             topics = [self.layout.sighting(event.camera_id)]
         elif kind == "presence":
             # Retained state: acknowledged once the broker has this or a later presence.
-            future = connection.retain(self.layout.presence(event.camera_id), event.payload, wait=True)
-            assert future is not None
-            futures.append(future)
+            connection.retain(self.layout.presence(event.camera_id), event.payload, ack)
             topics = []
         elif kind == "deadletter":
             topics = [self.layout.deadletter]
@@ -191,14 +189,15 @@ class MqttSink(Sink):
 
         properties = self._properties(event) if topics and connection.protocol == "5" else None
         for topic in topics:
-            futures.append(await connection.send(topic, event.payload, properties))
+            if connection.full:
+                await connection.room()
+            connection.send(topic, event.payload, ack, properties)
         if kind == "sighting":
             # Last seen never moves backwards: a replay or a late entry leaves a newer one alone.
             person, seen_at = str(fields["person"]), str(fields["seen_at"])
             if seen_at >= self._person_seen_at.get(person, ""):
                 self._person_seen_at[person] = seen_at
                 connection.retain(self.layout.person(person), event.payload)
-        return futures
 
     def _properties(self, event: Event) -> Properties:
         """MQTT 5 properties of an event's messages (none of them retained)."""

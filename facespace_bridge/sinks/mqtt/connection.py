@@ -4,17 +4,17 @@ acknowledgements are PUBACKs. The MQTT sink and its extensions publish through i
 
 Threads: none of paho's. Paho's socket is driven by the event loop (`add_reader` /
 `add_writer` call `loop_read` / `loop_write`, a timer calls `loop_misc` for keepalive), so
-its callbacks run on the loop and PUBACKs settle futures without a thread hop or a second
+its callbacks run on the loop and PUBACKs settle acknowledgements without a thread hop or a second
 thread contending for the GIL (bench/README.md, MQTT). Only the blocking part of a
 (re)connect — TCP connect, TLS handshake — runs in a worker thread; the reconnect backoff
 is ours (facespace_bridge/backoff.py), since paho's lives in `loop_forever`/`loop_start`.
 
-Delivery (docs/delivery.md): a message's future completes on its PUBACK (QoS 1). Messages
+Delivery (docs/delivery.md): a message's acknowledgement settles on its PUBACK (QoS 1). Messages
 wait in a FIFO outbox and are handed to paho only while connected and only `max_inflight`
 at a time, so paho never holds a second queue whose order could differ from ours. Paho
 keeps what it was handed until PUBACKed and resends it (DUP) on every reconnect, whatever
 the session flag: at QoS 1 the publisher's side of the session lives in the client.
-`send` waits while `max_queued` messages are queued or unacknowledged: that is the
+Past `max_queued` messages queued or unacknowledged, a sender waits (`room`): that is the
 back-pressure on the sources, and nothing is dropped.
 
 Retained state (availability, discovery configs, presence, person topics) is kept here as
@@ -106,6 +106,45 @@ class TlsFiles:
         return bool(self.cafile or self.certfile or self.keyfile)
 
 
+class Acknowledgement:
+    """One future for any number of messages: it completes once every message added to it
+    has its PUBACK, or fails with the first refusal, and not before `seal()`. A batch of
+    events takes one of these rather than a future per message gathered again.
+    """
+
+    __slots__ = ("error", "future", "pending", "sealed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.pending = 0
+        self.sealed = False
+        self.error: BaseException | None = None
+
+    def settle(self, error: BaseException | None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        self.pending -= 1
+        if self.sealed and self.pending == 0:
+            self._finish()
+
+    def seal(self) -> asyncio.Future[None]:
+        """No more messages: the future completes when the ones added are acknowledged."""
+        self.sealed = True
+        if self.pending == 0:
+            self._finish()
+        return self.future
+
+    def _finish(self) -> None:
+        future = self.future
+        if future.done():
+            return
+        if self.error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(self.error)
+            future.exception()  # nobody may be waiting (a shutdown): do not warn about it
+
+
 @dataclass(eq=False, slots=True)
 class _Message:
     topic: str
@@ -113,7 +152,7 @@ class _Message:
     retain: bool
     counted: bool  # holds a slot of the bounded queue (sent messages do; retained state does not)
     properties: Properties | None = None
-    futures: list[asyncio.Future[None]] = field(default_factory=list)
+    acks: list[Acknowledgement] = field(default_factory=list)
 
 
 class MqttConnection:
@@ -328,29 +367,42 @@ class MqttConnection:
 
     # -- publishing -------------------------------------------------------------------------------
 
-    async def send(
-        self, topic: str, payload: bytes, properties: Properties | None = None
-    ) -> asyncio.Future[None]:
-        """Queue a message (not retained); its future completes on the PUBACK. Waits first
-        while `max_queued` messages are queued or unacknowledged (back-pressure)."""
-        if self._client is None or self._space is None or self._loop is None:
-            raise SinkError("MQTT connection is not started")
+    @property
+    def full(self) -> bool:
+        """Whether `max_queued` messages are queued or unacknowledged: `await room()` first."""
+        return self._counted >= self.max_queued
+
+    async def room(self) -> None:
+        """Wait until the outbox takes another message (back-pressure on the sources)."""
+        assert self._space is not None
         while self._counted >= self.max_queued:
             self._space.clear()
+            self.drain()
             await self._space.wait()
-        self._counted += 1
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._queue.append(_Message(topic, payload, False, True, properties, [future]))
-        self.drain()
-        return future
 
-    def retain(self, topic: str, payload: bytes, *, wait: bool = False) -> asyncio.Future[None] | None:
-        """Make `payload` the retained value of `topic`, now and after every reconnect. With
-        `wait`, a future that completes once the broker acknowledged this or a later value."""
+    def send(
+        self, topic: str, payload: bytes, ack: Acknowledgement, properties: Properties | None = None
+    ) -> None:
+        """Queue a message (not retained) under `ack`, which it settles on its PUBACK. Over
+        `max_queued` only after `await room()`; `drain()` hands it to paho."""
+        if self._client is None:
+            raise SinkError("MQTT connection is not started")
+        self._counted += 1
+        ack.pending += 1
+        self._queue.append(_Message(topic, payload, False, True, properties, [ack]))
+
+    def retain(self, topic: str, payload: bytes, ack: Acknowledgement | None = None) -> None:
+        """Make `payload` the retained value of `topic`, now and after every reconnect; `ack`,
+        if given, settles once the broker acknowledged this or a later value."""
         self._retained[topic] = payload
-        future = self._enqueue_retained(topic, wait=wait)
+        self._enqueue_retained(topic, ack)
         self.drain()
-        return future
+
+    def acknowledgement(self) -> Acknowledgement:
+        """A new acknowledgement for messages about to be sent or retained."""
+        if self._loop is None:
+            raise SinkError("MQTT connection is not started")
+        return Acknowledgement(self._loop)
 
     def clear(self, topic: str) -> asyncio.Future[None]:
         """Remove `topic`'s retained message from the broker (an empty retained payload) and
@@ -359,14 +411,14 @@ class MqttConnection:
         queued = self._queued_retained.pop(topic, None)
         if queued is not None:  # its value is gone: what waited for it waits for the clearing
             self._queue.remove(queued)
-        assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-        message = _Message(topic, b"", True, False, None, [future])
+        ack = self.acknowledgement()
+        ack.pending += 1
+        message = _Message(topic, b"", True, False, None, [ack])
         if queued is not None:
-            message.futures += queued.futures
+            message.acks += queued.acks
         self._queue.append(message)
         self.drain()
-        return future
+        return ack.seal()
 
     def resend_retained(self, first: Iterable[str] = ()) -> None:
         """Queue every retained topic again: availability first, then the topics in `first`
@@ -380,8 +432,8 @@ class MqttConnection:
         self.drain()
 
     def _enqueue_retained(
-        self, topic: str, *, wait: bool = False, first: bool = False
-    ) -> asyncio.Future[None] | None:
+        self, topic: str, ack: Acknowledgement | None = None, *, first: bool = False
+    ) -> None:
         message = self._queued_retained.get(topic)
         if message is None:
             message = _Message(topic, None, True, False)
@@ -390,12 +442,9 @@ class MqttConnection:
         elif first and self._queue[0] is not message:
             self._queue.remove(message)
             self._queue.appendleft(message)
-        if not wait:
-            return None
-        assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-        message.futures.append(future)
-        return future
+        if ack is not None:
+            ack.pending += 1
+            message.acks.append(ack)
 
     def _retained_value(self, topic: str) -> bytes | None:
         if topic == self.availability:
@@ -403,10 +452,10 @@ class MqttConnection:
         return self._retained.get(topic)
 
     async def _publish_retained_now(self, topic: str) -> None:
-        future = self._enqueue_retained(topic, wait=True, first=True)
+        ack = self.acknowledgement()
+        self._enqueue_retained(topic, ack, first=True)
         self.drain()
-        assert future is not None
-        await future
+        await ack.seal()
 
     # -- subscriptions ----------------------------------------------------------------------------
 
@@ -502,12 +551,8 @@ class MqttConnection:
         self.drain()
 
     def _settle(self, message: _Message, error: SinkError | None) -> None:
-        for future in message.futures:
-            if not future.done():
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+        for ack in message.acks:
+            ack.settle(error)
         if message.counted:
             self._release()
 
@@ -518,10 +563,8 @@ class MqttConnection:
 
     def _fail_all(self, error: SinkError) -> None:
         for message in (*self._inflight.values(), *self._queue):
-            for future in message.futures:
-                if not future.done():
-                    future.set_exception(error)
-                    future.exception()  # nobody may be waiting: do not warn about it
+            for ack in message.acks:
+                ack.settle(error)
             if message.counted:
                 self._release()
         self._inflight.clear()

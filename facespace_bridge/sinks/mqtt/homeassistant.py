@@ -176,21 +176,23 @@ class HomeAssistant(MqttExtension):
             log.info(
                 "Home Assistant discovery: moving %d configs to the %s form", len(self._to_migrate), self.mode
             )
-            waiters = [connection.retain(topic, MIGRATE, wait=True) for topic in self._to_migrate]
-            connection.drain()
-            await asyncio.gather(*waiters)
+            ack = connection.acknowledgement()
+            for topic in self._to_migrate:
+                connection.retain(topic, MIGRATE, ack)
+            await ack.seal()
             await asyncio.sleep(self.migration_pause)  # Home Assistant unloads those entities
         self._publish_configs(self.bridge_configs())
 
     async def announce(
         self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
     ) -> None:
-        waiters = self._add_names(cameras, people, wait=True)
+        published = self._add_names(cameras, people)
         for person, seen in last_seen.items():
             self._note_seen(person, seen.camera_id, seen.at.strftime("%Y-%m-%dT%H:%M:%SZ"))
         for person in sorted(self.people):
             self._update_tracker(person)
-        await asyncio.gather(*waiters)
+        if published is not None:
+            await published
         if self._to_migrate:
             await asyncio.sleep(self.migration_pause)  # Home Assistant takes the new configs
             assert self._connection is not None
@@ -231,13 +233,14 @@ class HomeAssistant(MqttExtension):
             if whereabouts.timer is not None:
                 whereabouts.timer.cancel()
 
-    def _publish_configs(
-        self, configs: dict[str, bytes], *, wait: bool = False
-    ) -> list[asyncio.Future[None]]:
+    def _publish_configs(self, configs: dict[str, bytes]) -> asyncio.Future[None]:
+        """Retain these configs; the future completes once the broker has them all."""
         assert self._connection is not None
         self._config_topics.update(dict.fromkeys(configs))
-        waiters = [self._connection.retain(topic, payload, wait=wait) for topic, payload in configs.items()]
-        return [w for w in waiters if w is not None]
+        ack = self._connection.acknowledgement()
+        for topic, payload in configs.items():
+            self._connection.retain(topic, payload, ack)
+        return ack.seal()
 
     def _reannounce(self) -> None:
         """Configs first (Home Assistant subscribes to state topics once it has them), then the
@@ -267,21 +270,20 @@ class HomeAssistant(MqttExtension):
 
     # -- names ------------------------------------------------------------------------------------
 
-    def _add_names(
-        self, cameras: Iterable[str], people: Iterable[str], *, wait: bool = False
-    ) -> list[asyncio.Future[None]]:
-        """Remember cameras and people; publish the configs the new ones need."""
+    def _add_names(self, cameras: Iterable[str], people: Iterable[str]) -> asyncio.Future[None] | None:
+        """Remember cameras and people; publish the configs the new ones need (the future
+        completes once the broker has them; None when nobody was new)."""
         new_cameras = [c for c in dict.fromkeys(cameras) if c not in self.cameras]
         new_people = [p for p in dict.fromkeys(people) if p not in self.people]
         if not new_cameras and not new_people:
-            return []
+            return None
         self.cameras.update(new_cameras)
         self.people.update(new_people)
         configs = self.configs_for(new_cameras, new_people, sorted(self.cameras), sorted(self.people))
-        waiters = self._publish_configs(configs, wait=wait)
+        published = self._publish_configs(configs)
         for person in new_people:  # the tracker's first state, once its config is out
             self._update_tracker(person)
-        return waiters
+        return published
 
     # -- the event gate ---------------------------------------------------------------------------
 
