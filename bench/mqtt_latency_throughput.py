@@ -1,5 +1,5 @@
-"""MQTT: sighting throughput at QoS 1 into Mosquitto, the sink against its ceilings, and
-(once the bridge's run loop exists) presence latency.
+"""MQTT: sighting throughput at QoS 1 into Mosquitto, the sink against its ceilings.
+(Presence latency: bench/mqtt_presence_latency.py.)
 
     .venv/bin/python bench/mqtt_latency_throughput.py [--count N] [--repeats R]
 
@@ -13,9 +13,6 @@ Every run is counted at a subscriber (`mosquitto_sub -C N`, distinct event ids):
 publisher that exits 0 having sent only part is reported, not trusted. The time is from
 the first publish to the subscriber's last message. Median of R rounds; each round runs
 every row once, so load from other processes on a shared machine spreads evenly.
-
-Latency: `presence_latency(command, change)` runs a bridge command and times a presence
-change (made by `change()`, e.g. through the simulator) to its message at a subscriber.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -202,56 +199,6 @@ def throughput(count: int, repeats: int) -> list[tuple[str, float, str]]:
         finally:
             broker.stop()
     return rows
-
-
-def presence_latency(
-    command: Sequence[str],
-    change: Callable[[], tuple[str, list[str]]],
-    broker: MqttBroker,
-    *,
-    samples: int = 50,
-    prefix: str = "facespace",
-    settle: float = 2.0,
-) -> tuple[float, float]:
-    """p50 and p99 seconds from `change()` (which alters who a camera sees, e.g. in the
-    simulator, and returns that camera and its new sorted people) to the retained presence
-    message with those people at a subscriber, while `command` (a bridge with
-    `--broker mqtt --mqtt-url <broker>`) runs."""
-    arrivals: dict[tuple[str, tuple[str, ...]], float] = {}
-    lock = threading.Lock()
-
-    def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        fields = orjson.loads(message.payload)
-        with lock:
-            arrivals.setdefault((fields["camera_id"], tuple(fields["people"])), time.perf_counter())
-
-    watcher = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency")
-    watcher.on_message = on_message
-    watcher.connect(broker.host, broker.port)
-    watcher.subscribe(f"{prefix}/+/presence", qos=1)
-    watcher.loop_start()
-    proc = subprocess.Popen(list(command))
-    latencies = []
-    try:
-        time.sleep(settle)
-        for _ in range(samples):
-            changed_at = time.perf_counter()
-            camera, people = change()
-            key = (camera, tuple(people))
-            deadline = changed_at + 10
-            while time.perf_counter() < deadline:
-                with lock:
-                    if key in arrivals and arrivals[key] >= changed_at:
-                        latencies.append(arrivals.pop(key) - changed_at)
-                        break
-                time.sleep(0.001)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        watcher.disconnect()
-        watcher.loop_stop()
-    latencies.sort()
-    return statistics.median(latencies), latencies[max(0, int(len(latencies) * 0.99) - 1)]
 
 
 def main() -> None:
