@@ -17,7 +17,7 @@ Kafka (target: < 5 % of a core).
    and the largest per-camera lag at the end.
    Rows: the defaults (`--lateness 120`) and `--lateness 0`, which shows what the look-back
    costs; `--split` adds `--lateness 0 --no-realtime` (what the /recognition poll costs);
-   every `--row FLAGS` adds a row with those flags (e.g. `--row=--no-arrival-polls`).
+   every `--row FLAGS` adds a row with those flags (e.g. `--row=--no-quick-polls`).
 
 Not a timed test: it prints figures side by side. The 2 cores are shared by the bridge, the
 simulator and the broker.

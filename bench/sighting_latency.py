@@ -1,7 +1,7 @@
 """Sighting latency: from a visit's start in the simulator to its sighting at a Kafka consumer and
 at an MQTT subscriber, with `facespace-bridge run --broker kafka --broker mqtt` at its default
-settings, with and without the arrival trigger; API requests per minute beside it (target:
-p99 <= --refresh + 250 ms with at most twice the requests without the trigger).
+settings, with and without quick polls; API requests per minute beside it (target:
+p99 <= --refresh + 250 ms with at most twice the requests without quick polls).
 
     .venv/bin/python bench/sighting_latency.py [--visits 300] [--cameras 20] [--people 200]
                                                [--visits-per-hour 120] [--modes on,off,tail-1]
@@ -14,9 +14,9 @@ p99 <= --refresh + 250 ms with at most twice the requests without the trigger).
    person appears on `/recognition`.
 2. Per mode, a fresh bridge: `run --broker kafka --broker mqtt --refresh 1 --tail-interval 5`
    (the defaults, written out; `--lateness`, `--presence-timeout`, the Kafka client and HA
-   discovery at theirs). Modes: `on` (the defaults: arrival polls on), `off`
-   (`--no-arrival-polls`, the bridge before the trigger) and, when asked, `tail-1`
-   (`--tail-interval 1 --no-arrival-polls`: a full /logs poll every second instead).
+   discovery at theirs). Modes: `on` (the defaults: quick polls on), `off`
+   (`--no-quick-polls`: /logs every --tail-interval only) and, when asked, `tail-1`
+   (`--tail-interval 1 --no-quick-polls`: a full /logs poll every second instead).
    The simulator's clock is set to this machine's wall clock once, before the first bridge
    (`POST /admin/clock`); it takes the time sent somewhere within the request's round trip,
    so a latency below is too long by at most that round trip (printed). It runs at speed
@@ -80,13 +80,13 @@ REFRESH = 1.0  # the bridge's defaults, written out on its command line
 TAIL_INTERVAL = 5.0
 PRESENCE_TIMEOUT = 30  # the bridge's default --presence-timeout, for the classification
 SLACK = 0.25  # the target: p99 <= refresh + 250 ms
-REQUEST_FACTOR = 2.0  # ... with at most twice the API requests of the bridge without the trigger
+REQUEST_FACTOR = 2.0  # ... with at most twice the API requests of the bridge without quick polls
 # mode -> (what the tables call it, flags besides the defaults)
 MODES = {
-    "on": ("defaults (arrival polls on)", ["--tail-interval", str(TAIL_INTERVAL)]),
-    "off": ("`--no-arrival-polls`", ["--tail-interval", str(TAIL_INTERVAL), "--no-arrival-polls"]),
-    # Only when asked: a full /logs poll every second instead of the trigger.
-    "tail-1": ("`--tail-interval 1 --no-arrival-polls`", ["--tail-interval", "1", "--no-arrival-polls"]),
+    "on": ("defaults (quick polls on)", ["--tail-interval", str(TAIL_INTERVAL)]),
+    "off": ("`--no-quick-polls`", ["--tail-interval", str(TAIL_INTERVAL), "--no-quick-polls"]),
+    # Only when asked: a full /logs poll every second instead of quick polls.
+    "tail-1": ("`--tail-interval 1 --no-quick-polls`", ["--tail-interval", "1", "--no-quick-polls"]),
 }
 Key = tuple[str, str, str]  # camera, person, seen_at as the payload writes it
 
@@ -474,12 +474,12 @@ def main() -> None:
             if on.missing[reader] > len(on.visits) // 100:
                 p99 = math.inf  # over 1 % never arrived
             verdict = "met" if p99 <= limit else "MISSED"
-            print(f"with arrival polls, -> {reader}: p99 {1000 * p99:.0f} ms (target <= refresh + 250 ms = "
+            print(f"with quick polls, -> {reader}: p99 {1000 * p99:.0f} ms (target <= refresh + 250 ms = "
                   f"{1000 * limit:.0f} ms): {verdict}")  # fmt: skip
         if off is not None:
             factor = on.requests["total"] / off.requests["total"]
             verdict = "met" if factor <= REQUEST_FACTOR else "MISSED"
-            print(f"API requests: {on.requests['total']:.1f}/min with arrival polls, "
+            print(f"API requests: {on.requests['total']:.1f}/min with quick polls, "
                   f"{off.requests['total']:.1f}/min without: {factor:.2f}x (target <= {REQUEST_FACTOR:g}x): "
                   f"{verdict}")  # fmt: skip
 

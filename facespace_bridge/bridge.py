@@ -43,7 +43,7 @@ class BridgeOptions:
     camera_id: str | None = None
     realtime: bool = True
     logs: bool = True
-    arrival_polls: bool = True  # an arrival on /recognition polls that camera's /logs at once
+    quick_polls: bool = True  # someone in view on /recognition: that camera's /logs polled at once
     heartbeat: float = 10.0  # the checkpoint is rewritten at least this often
     safety_lag: timedelta = timedelta(seconds=5)  # T0 = now - safety_lag: the API may still be writing "now"
     shutdown_timeout: float = 3.0  # how long a stop waits for outstanding acks
@@ -89,7 +89,7 @@ class Bridge:
             client,
             refresh=options.refresh,
             presence_timeout=options.presence_timeout,
-            on_arrival=self.logs_source.poll_soon if options.logs and options.arrival_polls else None,
+            on_in_view=self.logs_source.poll_soon if options.logs and options.quick_polls else None,
         )
         # What /status reports (facespace_bridge/status.py).
         client.on_retry = self._api_retry

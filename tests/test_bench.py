@@ -41,7 +41,7 @@ def test_bench_readme_quotes_only_scripts_and_flags_that_exist() -> None:
     readme = (REPO / "bench" / "README.md").read_text()
     quoted: dict[str, set[str]] = {}
     for script, rest in re.findall(r"\.venv/bin/python bench/([\w.]+\.py)([^\n]*)", readme):
-        # An option's value is not a flag of the script (`--row=--no-arrival-polls`, `"--row=..."`).
+        # An option's value is not a flag of the script (`--row=--no-quick-polls`, `"--row=..."`).
         rest = re.sub(r'"([^"]*)"', lambda quoted: quoted.group(1).split("=")[0], rest)
         rest = re.sub(r"=\S+", "", rest)
         quoted.setdefault(script, set()).update(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", rest))

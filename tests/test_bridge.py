@@ -154,13 +154,13 @@ def next_arrival(sim) -> tuple[datetime, str, str]:
     raise AssertionError("no arrival within two hours")
 
 
-@pytest.mark.parametrize("arrival_polls", [True, False])
-async def test_an_arrival_polls_its_camera_at_once_unless_turned_off(
-    simulator_factory, tmp_path, arrival_polls
+@pytest.mark.parametrize("quick_polls", [True, False])
+async def test_an_arrival_polls_its_camera_at_once_unless_quick_polls_are_off(
+    simulator_factory, tmp_path, quick_polls
 ):
     sim = simulator_factory()
     at, camera, person = next_arrival(sim)
-    run = Run(sim, tmp_path, backfill_from=None, tail_interval=60.0, arrival_polls=arrival_polls)
+    run = Run(sim, tmp_path, backfill_from=None, tail_interval=60.0, quick_polls=quick_polls)
     bridge = run.bridge
     await run.wait_for(lambda events: bridge.logs_source.polls >= 1 and bridge.realtime_source.polls >= 1)
     sim.advance((at - SIM_NOW).total_seconds())  # the visit starts; the next regular poll is a minute away
@@ -169,7 +169,7 @@ async def test_an_arrival_polls_its_camera_at_once_unless_turned_off(
         return [e for e in events if (e.get("camera_id"), e.get("person"), e.get("seen_at")) == key]
 
     key = (camera, person, at.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if arrival_polls:
+    if quick_polls:
         await run.wait_for(lambda events: published(events), timeout=5)
         assert bridge.logs_source.quick_polls >= 1
     else:
@@ -178,8 +178,29 @@ async def test_an_arrival_polls_its_camera_at_once_unless_turned_off(
         assert bridge.logs_source.quick_polls == 0
     await asyncio.sleep(0.5)
     await run.stop()
-    assert len(published(read_events(run.output))) == (1 if arrival_polls else 0)
+    assert len(published(read_events(run.output))) == (1 if quick_polls else 0)
     assert bridge.logs_source.polls == 1
+
+
+async def test_a_visit_of_someone_already_in_view_is_polled_at_once_too(simulator_factory, tmp_path):
+    """/recognition shows no arrival for a person who is still in view, yet their new visit is a
+    new history entry: the camera is polled while someone is there, not only at arrivals."""
+    sim = simulator_factory()
+    camera, people = next((c, ps) for c, ps in sim.world.present().items() if ps)
+    run = Run(sim, tmp_path, backfill_from=None, tail_interval=60.0)
+    bridge = run.bridge
+    # Past the start, whose arrivals (everyone, seen for the first time) bring a quick poll.
+    await run.wait_for(lambda events: bridge.logs_source.polls >= 1 and bridge.realtime_source.polls >= 10)
+    seen_at = sim.insert(camera, people[0])  # a visit of someone the camera already sees
+    key = (camera, people[0], seen_at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    def published(events: list[dict]) -> list[dict]:
+        return [e for e in events if (e.get("camera_id"), e.get("person"), e.get("seen_at")) == key]
+
+    await run.wait_for(lambda events: published(events), timeout=5)
+    await run.stop()
+    assert len(published(read_events(run.output))) == 1
+    assert bridge.logs_source.polls == 1  # the regular poll is a minute away: a quick poll read it
 
 
 async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_factory, tmp_path):

@@ -83,11 +83,12 @@ log = logging.getLogger("facespace_bridge")
 @click.option("--camera-id", help="Only this camera (default: all).")
 @click.option("--no-realtime", is_flag=True, help="Do not poll /recognition (no presence events).")
 @click.option(
-    "--arrival-polls/--no-arrival-polls",
+    "--quick-polls/--no-quick-polls",
     default=True,
     show_default=True,
-    help="When /recognition shows someone arrive, poll that camera's /logs at once (at most once "
-    "per --refresh) rather than at the next --tail-interval.",
+    help="While /recognition shows someone at a camera, poll that camera's /logs at once (at most "
+    "one such poll per --refresh) rather than at the next --tail-interval: sightings follow visits "
+    "within about --refresh.",
 )
 @click.option(
     "--checkpoint",
@@ -153,7 +154,7 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
         presence_timeout=config["presence_timeout"],
         camera_id=config["camera_id"],
         realtime=not config["no_realtime"],
-        arrival_polls=config["arrival_polls"],
+        quick_polls=config["quick_polls"],
     )
     return api_key, sinks, options
 

@@ -65,7 +65,7 @@ class TailMemory:
         self.handed: dict[str, dict[datetime, set[tuple[str, int]]]] = defaultdict(dict)
         self.bad_before: Counter[tuple[str, str]] = Counter()
         self.bad_now: Counter[tuple[str, str]] = Counter()
-        # A quick poll (one camera, from its newest minute: the arrival trigger) leaves the dead
+        # A quick poll (from the cameras' newest minute, for someone in view) leaves the dead
         # letters to the full polls, which count every bad entry in the whole window.
         self.quick = False
 

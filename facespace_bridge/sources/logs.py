@@ -4,11 +4,12 @@ Both read the range in windows and number each window with `listing.number_listi
 every path gives a sighting the same id and position. An entry at or before its camera's
 resume position was published before and is skipped.
 
-The tail polls every `tail_interval` seconds, and also at once for a camera where the
-realtime source saw someone arrive (`poll_soon`): an arrival on `/recognition` means a new
-history entry, and waiting for the next regular poll would hold the sighting back for up
-to `tail_interval`. Such quick polls are coalesced (at most one per `refresh`) and read
-only from the camera's newest minute; the regular poll still reads the whole look-back
+The tail polls every `tail_interval` seconds, and also at once for the cameras where the
+realtime source sees someone (`poll_soon`): an arrival on `/recognition` means a new history
+entry, and someone already in view may be making one (a visit of a person still in view
+shows on `/logs` only), and waiting for the next regular poll would hold the sighting back
+for up to `tail_interval`. Such quick polls are coalesced (at most one per `refresh`) and
+read only from the cameras' newest minute; the regular poll still reads the whole look-back
 window. Every poll runs in the one tail task, so two polls never overlap, and the tail's
 memory of what it handed over keeps a sighting from going out twice.
 """
@@ -57,9 +58,9 @@ class LogsSource:
         self.monotonic = monotonic
         self.newest_seen: dict[str, datetime] = {}  # per camera, the latest second read (lag, windows)
         self.polls = 0  # regular tail polls done
-        self.quick_polls = 0  # polls triggered by arrivals
+        self.quick_polls = 0  # quick polls (someone in view)
         self.health = PollHealth()
-        self._arrivals: set[str] = set()  # cameras to poll at once
+        self._quick: set[str] = set()  # cameras to poll at once
         self._wake = asyncio.Event()
 
     # -- a fixed range ----------------------------------------------------------------------------
@@ -87,13 +88,14 @@ class LogsSource:
         """Someone arrived at these cameras: poll their history at once (coalesced)."""
         if self.camera_id is not None:
             cameras = [c for c in cameras if c == self.camera_id]
-        before = len(self._arrivals)
-        self._arrivals.update(cameras)
-        if len(self._arrivals) > before:
+        before = len(self._quick)
+        self._quick.update(cameras)
+        if len(self._quick) > before:
             self._wake.set()
 
     async def tail(self, resume: Checkpoint, stop: asyncio.Event) -> AsyncIterator[Batch | Barrier]:
-        """Poll `/logs` every `tail_interval` seconds (and for arrivals) until `stop` is set.
+        """Poll `/logs` every `tail_interval` seconds, and at once for cameras that see someone,
+        until `stop` is set.
 
         Each regular poll re-reads a look-back window of `lateness` before the newest entry
         seen, so entries the API inserts late are still published; what was already handed
@@ -128,7 +130,7 @@ class LogsSource:
                 memory.full_poll_done()
                 self.health.answered()
                 self.polls += 1
-                self._arrivals.clear()  # this poll read them
+                self._quick.clear()  # this poll read them
                 # Move the window: entries before (newest - lateness) are final from now on.
                 newest = max(self.newest_seen.values(), default=None)
                 if newest is not None:
@@ -136,13 +138,13 @@ class LogsSource:
                 memory.forget_before(query_from)
                 yield Barrier(query_from)
                 next_poll = self.monotonic() + self.tail_interval
-            elif self._arrivals and now >= quiet_until:
-                cameras, self._arrivals = sorted(self._arrivals), set()
+            elif self._quick and now >= quiet_until:
+                cameras, self._quick = sorted(self._quick), set()
                 quiet_until = now + self.refresh
                 async for batch in self._quick_poll(cameras, query_from, memory):
                     yield batch
             self._wake.clear()
-            wake_at = next_poll if not self._arrivals else min(next_poll, quiet_until)
+            wake_at = next_poll if not self._quick else min(next_poll, quiet_until)
             await self._sleep(stop, wake_at - self.monotonic())
 
     async def _quick_poll(
@@ -173,7 +175,7 @@ class LogsSource:
         self.health.failed(exc)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
-        """Sleep up to `seconds`, waking at once for `stop` or a new arrival."""
+        """Sleep up to `seconds`, waking at once for `stop` or a camera to poll at once."""
         if seconds <= 0:
             return
         woken = asyncio.ensure_future(self._wake.wait())

@@ -61,13 +61,13 @@ class RealtimeSource:
         refresh: float = 1.0,
         presence_timeout: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
-        on_arrival: Callable[[list[str]], None] | None = None,
+        on_in_view: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.client = client
         self.refresh = refresh
         self.tracker = PresenceTracker(presence_timeout)
         self.monotonic = monotonic
-        self.on_arrival = on_arrival  # called with the cameras someone arrived at
+        self.on_in_view = on_in_view  # called after each poll with the cameras that see someone
         self.health = PollHealth()
         self.polls = 0
 
@@ -104,9 +104,11 @@ class RealtimeSource:
             self.polls += 1
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
             changes = self.tracker.update(snapshot, self.monotonic())
-            arrivals = [camera for camera, _, arrived, _ in changes if arrived]
-            if arrivals and self.on_arrival is not None:
-                self.on_arrival(arrivals)
+            # Someone in view may have just made a history entry: an arrival surely did, and so
+            # may anyone already there (a visit of someone in view shows on /logs only).
+            in_view = [camera for camera, names in snapshot.items() if names]
+            if in_view and self.on_in_view is not None:
+                self.on_in_view(in_view)
             # The builder validates; a payload that fails comes back as a dead letter.
             yield Batch(
                 [

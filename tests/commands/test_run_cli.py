@@ -136,13 +136,13 @@ def test_settings_precedence_is_flag_then_env_then_file(tmp_path, monkeypatch):
     assert params["broker"] == ("file",)
 
 
-@pytest.mark.parametrize(("flags", "expected"), [([], True), (["--no-arrival-polls"], False)])
-def test_arrival_polls_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypatch, flags, expected):
+@pytest.mark.parametrize(("flags", "expected"), [([], True), (["--no-quick-polls"], False)])
+def test_quick_polls_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypatch, flags, expected):
     monkeypatch.setenv("FACESPACE_API_KEY", "k")
     args = ["--broker", "file", "--output", str(tmp_path / "out.jsonl"), *flags]
     with run.command.make_context("run", args) as ctx:
         _, _, options = run.prepare(ctx.params)
-    assert options.arrival_polls is expected
+    assert options.quick_polls is expected
 
 
 def test_unknown_setting_in_config_file_is_bad_input(tmp_path):
