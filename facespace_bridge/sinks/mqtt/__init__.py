@@ -124,10 +124,6 @@ class MqttSink(Sink):
     def reconnects(self) -> int:
         return self.connection.reconnects
 
-    def extension(self, cls: type[MqttExtension]) -> MqttExtension | None:
-        """The sink's extension of that class, if it has one."""
-        return next((e for e in self.extensions if isinstance(e, cls)), None)
-
     # -- life cycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -392,9 +392,6 @@ class HomeAssistant(MqttExtension):
             return dict([self._device_config(entities)])
         return dict(self._entity_config(entity) for entity in entities)
 
-    def tracker_topics(self, people: Iterable[str]) -> set[str]:
-        return {self.layout.person_tracker(person) for person in people}
-
     # -- for mqtt-cleanup -------------------------------------------------------------------------
 
     def retained_filters(self) -> list[str]:
@@ -404,7 +401,7 @@ class HomeAssistant(MqttExtension):
     def expected(self, cameras: Iterable[str], people: Iterable[str]) -> set[str]:
         """The retained topics it would publish for these cameras and people."""
         people = sorted(set(people))
-        return set(self.configs(cameras, people)) | self.tracker_topics(people)
+        return set(self.configs(cameras, people)) | {self.layout.person_tracker(p) for p in people}
 
     def owns(self, topic: str, payload: bytes) -> bool:
         """Whether a retained message under `retained_filters` is this bridge's: a config only
