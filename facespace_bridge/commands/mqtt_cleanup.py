@@ -39,9 +39,9 @@ from facespace_bridge.sinks.mqtt import (
     MqttConnection,
     TopicLayout,
     connection_kwargs,
-    default_client_id,
     homeassistant,
     parse_mqtt_url,
+    side_client_id,
 )
 
 
@@ -175,7 +175,7 @@ def command(**config: Any) -> None:
     connection = MqttConnection(
         parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"]),
         # Its own client id, never the running bridge's, and no hand on its availability.
-        client_id=f"{kwargs['client_id'] or default_client_id(layout.prefix)}-cleanup",
+        client_id=side_client_id(kwargs["client_id"], layout.prefix, "cleanup"),
         tls=kwargs["tls"],
         keepalive=kwargs["keepalive"],
         protocol=kwargs["protocol"],

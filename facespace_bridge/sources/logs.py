@@ -85,7 +85,7 @@ class LogsSource:
     # -- tail -------------------------------------------------------------------------------------
 
     def poll_soon(self, cameras: Iterable[str]) -> None:
-        """Someone arrived at these cameras: poll their history at once (coalesced)."""
+        """Someone is in view at these cameras: poll their history at once (coalesced)."""
         if self.camera_id is not None:
             cameras = [c for c in cameras if c == self.camera_id]
         before = len(self._quick)

@@ -62,6 +62,12 @@ def default_client_id(topic_prefix: str) -> str:
     return f"facespace-bridge-{id_slug(topic_prefix)}"
 
 
+def side_client_id(client_id: str | None, topic_prefix: str, role: str) -> str:
+    """The client id of a `role` (replay, cleanup) running beside the bridge: its own, since
+    the bridge's would take the bridge's connection over."""
+    return f"{client_id or default_client_id(topic_prefix)}-{role}"
+
+
 class MqttSink(Sink):
     """Events into MQTT topics (docs/mqtt.md), with `extensions` on top.
 
@@ -100,7 +106,7 @@ class MqttSink(Sink):
             parse_mqtt_url(url, username, password),
             client_id=client_id or default_client_id(topic_prefix),
             availability=self.layout.bridge_state if availability else None,
-            tls=tls or TlsFiles(),
+            tls=tls,
             keepalive=keepalive,
             qos=qos,
             protocol=protocol,
@@ -326,8 +332,7 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> MqttSink:
     layout = TopicLayout(kwargs["topic_prefix"])
     ha = homeassistant.from_config(config, layout, replay=replay)
     if replay:
-        # A replay runs beside the bridge: its own client id (the same one would take the
-        # bridge's connection over) and no hand on the bridge's availability.
-        kwargs["client_id"] = f"{kwargs['client_id'] or default_client_id(layout.prefix)}-replay"
+        # A replay runs beside the bridge: its own client id and no hand on its availability.
+        kwargs["client_id"] = side_client_id(kwargs["client_id"], layout.prefix, "replay")
         kwargs["availability"] = False
     return MqttSink(**kwargs, extensions=[ha] if ha is not None else [])

@@ -48,7 +48,7 @@ import click
 import orjson
 
 from facespace_bridge._version import __version__
-from facespace_bridge.events import parse_rfc3339
+from facespace_bridge.events import parse_rfc3339, seen_at_text
 from facespace_bridge.sinks.base import LastSeen
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.topics import (
@@ -188,7 +188,7 @@ class HomeAssistant(MqttExtension):
     ) -> None:
         published = self._add_names(cameras, people)
         for person, seen in last_seen.items():
-            self._note_seen(person, seen.camera_id, seen.at.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            self._note_seen(person, seen.camera_id, seen_at_text(seen.at))
         for person in sorted(self.people):
             self._update_tracker(person)
         if published is not None:
@@ -303,15 +303,19 @@ class HomeAssistant(MqttExtension):
 
     def _note_seen(self, person: str, camera_id: str, seen_at: str) -> bool:
         """A sighting (or a presence) of `person`; True if it is newer than what was known."""
-        whereabouts = self._whereabouts.get(person)
-        if whereabouts is None:
-            whereabouts = self._whereabouts[person] = _Whereabouts()
+        whereabouts = self._whereabouts_of(person)
         if whereabouts.seen_at is not None and seen_at <= whereabouts.seen_at:
             return False
         whereabouts.seen_at, whereabouts.camera = seen_at, camera_id
         # Not later than now: an API whose clock runs ahead must not keep someone home longer.
         whereabouts.seen_ts = min(parse_rfc3339(seen_at).timestamp(), self.clock())
         return True
+
+    def _whereabouts_of(self, person: str) -> _Whereabouts:
+        whereabouts = self._whereabouts.get(person)
+        if whereabouts is None:
+            whereabouts = self._whereabouts[person] = _Whereabouts()
+        return whereabouts
 
     def _presence(self, camera_id: str, people: Iterable[str], observed_at: str) -> None:
         in_view = set(people)
@@ -327,9 +331,7 @@ class HomeAssistant(MqttExtension):
     def _update_tracker(self, person: str) -> None:
         """Publish the person's tracker state if it changed; set the timer that turns `home`
         into `not_home` once they have not been seen for `away_after`."""
-        whereabouts = self._whereabouts.get(person)
-        if whereabouts is None:
-            whereabouts = self._whereabouts[person] = _Whereabouts()
+        whereabouts = self._whereabouts_of(person)
         if whereabouts.timer is not None:
             whereabouts.timer.cancel()
             whereabouts.timer = None
