@@ -57,6 +57,11 @@ class Event:
     camera_id: str  # the partition key: one camera's events stay in order ("" when unknown)
     payload: bytes  # canonical orjson bytes
     time: str | None = None  # when it happened (seen_at / observed_at, RFC 3339); None for dead letters
+    # What sinks route and keep state by, beside the payload, so that none decodes it:
+    seen_at: datetime | None = None  # `time` as an aware UTC datetime
+    person: str | None = None  # a sighting's person
+    people: tuple[str, ...] | None = None  # a presence's people (sorted)
+    source: str | None = None  # a dead letter's source (`logs`, `realtime`, `validation`, ...)
 
     @property
     def kind(self) -> str:
@@ -65,7 +70,8 @@ class Event:
 
     @property
     def fields(self) -> dict[str, Any]:
-        """The decoded payload (decoded on each call: read it once)."""
+        """The decoded payload (decoded on each call: read it once; sinks read the attributes
+        above instead)."""
         fields: dict[str, Any] = orjson.loads(self.payload)
         return fields
 
@@ -109,6 +115,11 @@ def _utc_text(dt: datetime) -> str:
     return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}Z"
 
 
+def _whole_utc_second(dt: datetime) -> datetime:
+    """The second `seen_at_text` names, as a datetime."""
+    return dt.astimezone(timezone.utc).replace(microsecond=0)
+
+
 def parse_rfc3339(text: str) -> datetime:
     """An RFC 3339 timestamp (`Z`/`z` or an offset; fractions allowed) as an aware UTC datetime.
 
@@ -141,8 +152,10 @@ def _event_id(parts: list[Any]) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:EVENT_ID_HEX_DIGITS]
 
 
-def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], time: str | None) -> Event:
-    """Serialise and validate; a payload that fails becomes a dead letter with the reason."""
+def _finish(event: Event, fields: dict[str, Any]) -> Event:
+    """`event` (built without its payload) with `fields` serialised as its payload and
+    validated; a payload that fails becomes a dead letter with the reason."""
+    schema, camera_id = event.schema, event.camera_id
     try:
         payload = orjson.dumps(fields)
     except (orjson.JSONEncodeError, TypeError) as exc:
@@ -150,7 +163,8 @@ def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], 
     errors = errors_against(schema, fields)
     if errors:
         return deadletter_event(camera_id, payload.decode(), "; ".join(errors), "validation", schema)
-    return Event(schema, event_id, camera_id, payload, time)
+    event.payload = payload
+    return event
 
 
 # -- sightings -------------------------------------------------------------------------------------
@@ -241,7 +255,8 @@ class SightingEncoder:
         k_text = _K_TEXT[k] if k < 64 else f"{k}]".encode()
         event_id = hashlib.sha256(pair.id_head + second.id_middle + k_text).hexdigest()[:EVENT_ID_HEX_DIGITS]
         payload = b"".join((_HEAD, event_id.encode(), pair.middle, second.tail))
-        return Event(SIGHTING_SCHEMA, event_id, pair.camera_id, payload, second.text)
+        camera_id, person = pair.camera_id, pair.person
+        return Event(SIGHTING_SCHEMA, event_id, camera_id, payload, second.text, second.seen_at, person)
 
     def _new_pair(self, camera_id: str, person: str) -> SightingPair | str:
         try:
@@ -302,7 +317,8 @@ def unpublishable_sighting(camera_id: str, person: str, seen_at: datetime, k: in
         "seen_at": seen,
         "source": _SOURCE,
     }
-    return _finish(SIGHTING_SCHEMA, event_id, camera_id, fields, seen)
+    event = Event(SIGHTING_SCHEMA, event_id, camera_id, b"", seen, _whole_utc_second(seen_at), person)
+    return _finish(event, fields)
 
 
 # -- presence --------------------------------------------------------------------------------------
@@ -346,7 +362,9 @@ def presence_event(
         "departed": departed_sorted,
         "observed_at": observed,
     }
-    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields, observed)
+    seen_at = _whole_utc_second(observed_at)
+    event = Event(PRESENCE_SCHEMA, event_id, camera_id, b"", observed, seen_at, people=tuple(people_sorted))
+    return _finish(event, fields)
 
 
 # -- dead letters ----------------------------------------------------------------------------------
@@ -404,4 +422,4 @@ def deadletter_event(
     errors = errors_against(DEADLETTER_SCHEMA, fields)
     if errors:  # cannot happen with the fields above; say so loudly rather than loop
         log.error("dead letter %s does not validate: %s", event_id, "; ".join(errors))
-    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload)
+    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload, source=source_text)

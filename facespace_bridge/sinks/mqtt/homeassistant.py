@@ -200,21 +200,22 @@ class HomeAssistant(MqttExtension):
             self.migrated, self._to_migrate = len(self._to_migrate), []
             log.info("Home Assistant discovery: %d configs moved to the %s form", self.migrated, self.mode)
 
-    def on_event(self, event: Event, fields: Mapping[str, Any]) -> Sequence[str]:
+    def on_event(self, event: Event) -> Sequence[str]:
         kind = event.kind
         if kind == "sighting":
-            person = fields["person"]
+            person, seen_at = event.person, event.time
+            assert person is not None and seen_at is not None  # every sighting has both
             if event.camera_id not in self.cameras or person not in self.people:
                 self._add_names((event.camera_id,), (person,))
-            seen_at = str(fields["seen_at"])
             if self._note_seen(person, event.camera_id, seen_at):
                 self._update_tracker(person)
             if self.fires(seen_at):
                 return (self.layout.person_sighting(person),)
         elif kind == "presence":
-            people = fields["people"]
+            people, observed_at = event.people or (), event.time
+            assert observed_at is not None  # every presence has it
             self._add_names((event.camera_id,), people)
-            self._presence(event.camera_id, people, str(fields["observed_at"]))
+            self._presence(event.camera_id, people, observed_at)
         return ()
 
     def on_message(self, topic: str, payload: bytes) -> None:
