@@ -311,7 +311,7 @@ def test_every_second_the_api_can_name_gives_a_valid_seen_at() -> None:
     # whichever way it was made (from a datetime, or sliced from the API's stamp).
     import random
 
-    from facespace_bridge.client.entries import canonical_stamp
+    from facespace_bridge.client.entries import Second, second_of
     from facespace_bridge.events import SIGHTINGS, SightingPair
 
     rng = random.Random(3)
@@ -322,9 +322,10 @@ def test_every_second_the_api_can_name_gives_a_valid_seen_at() -> None:
     pair = SIGHTINGS.pair("Camera1", "Alice")
     assert isinstance(pair, SightingPair)
     for moment in moments:
-        parsed = canonical_stamp(f"{moment:%H:%M:%S %d/%m/%y}")
-        assert parsed == (moment, seen_at_text(moment))
-        event = SIGHTINGS.event(pair, SIGHTINGS.second(moment), 0)
+        second = second_of(f"{moment:%H:%M:%S %d/%m/%y}")
+        text = seen_at_text(moment)
+        assert second == Second.of(moment) == Second(moment, text, text.encode())
+        event = SIGHTINGS.event(pair, second, 0)
         assert validate(event.payload) == [], moment
         assert orjson.loads(event.payload)["seen_at"] == seen_at_text(moment)
 

@@ -34,7 +34,6 @@ from tenacity import (
 from facespace_bridge.client._logging import ClientLogging, redactor
 from facespace_bridge.client._timefmt import (
     MINUTE,
-    SECOND,
     WIRE_MAX,
     WIRE_MIN,
     ceil_minute,
@@ -43,7 +42,7 @@ from facespace_bridge.client._timefmt import (
     wire_params,
 )
 from facespace_bridge.client._windows import Window, WindowPlanner, entries_in
-from facespace_bridge.client.entries import BadEntry, LogEntry, newest_in
+from facespace_bridge.client.entries import BadEntry, LogEntry
 from facespace_bridge.client.errors import (
     APIKeyError,
     HTTPRequestError,
@@ -488,7 +487,7 @@ class AsyncLogsAPI:
 
         `end=None` means up to the latest entry, decided by the API: the client asks the
         open range `[cursor, ∞)` with the same byte cap; when the reply fits it is the last
-        window (its `end` is one second after its newest entry), otherwise windows walk on
+        window (its `end` None: nothing in it is filtered), otherwise windows walk on
         and the open range is asked again once the remainder announced should fit.
         """
         windows = self._windows(start, end, camera_id, target_entries)
@@ -520,8 +519,7 @@ class AsyncLogsAPI:
                         "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
                     )
                     continue
-                newest = newest_in(data)
-                yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, data)
+                yield Window(cursor, None, data)
                 return
             wire_start = floor_minute(cursor)
             window_end = min(wire_start + planner.span, WIRE_MAX)

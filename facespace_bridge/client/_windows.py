@@ -24,10 +24,11 @@ BYTES_PER_ENTRY_GUESS = 48  # JSON bytes of one entry before any were seen ("Ali
 class Window:
     """One slice `[start, end)` of a range: the API's reply for it (camera id -> raw entries, in
     the API's order; it may hold entries outside the slice, since the wire asks whole minutes).
-    Entries that do not parse are kept, as `BadEntry`, in the window whose reply held them."""
+    `end` None: the open range, everything the API had from `start` on. Entries that do not
+    parse are kept, as `BadEntry`, in the window whose reply held them."""
 
     start: datetime
-    end: datetime
+    end: datetime | None
     reply: dict[str, Any] = field(repr=False)
 
     @property
