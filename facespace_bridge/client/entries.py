@@ -1,8 +1,8 @@
 """History entries: `"<Name> @ <HH:MM:SS> <DD/MM/YY>"` parsed into typed values.
 
-The one owner of the entry format: `split_entry` cuts the canonical form into name and stamp,
-`second_of` reads a stamp into a `Second` (cached: seconds repeat), and `parse_entry` reads
-any form the API may send, down to a reason for what it cannot. The client's typed layer,
+The one owner of the entry format: `read_listing` splits the canonical form into name and
+stamp, `second_of` reads a stamp into a `Second` (cached: seconds repeat), and `parse_entry`
+reads any form the API may send, down to a reason for what it cannot. The client's typed layer,
 `sources/listing.py`'s numbering (the hot path of every backfill and replay), the events'
 timestamps and the simulator's tests all go through them.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 # The name is greedy so that a name containing " @ " keeps everything up to the
 # *last* "@" that is followed by a well-formed timestamp.
@@ -45,13 +45,14 @@ class BadEntry:
 STAMP_CHARS = 17
 NAME_END = 20
 SEPARATOR = " @ "
-_STAMP = re.compile(r"(\d\d):(\d\d):(\d\d) (\d\d)/(\d\d)/(\d\d)", re.ASCII)
+_MINUTE = re.compile(r"(\d\d):(\d\d):00 (\d\d)/(\d\d)/(\d\d)", re.ASCII)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: one is made per distinct second read, and frozen ones cost twice)
 class Second:
     """One second of history as every reader needs it: the datetime, and the RFC 3339 text
-    (`YYYY-MM-DDTHH:MM:SSZ`, UTC) that events carry, as text and as bytes."""
+    (`YYYY-MM-DDTHH:MM:SSZ`, UTC) that events carry, as text and as bytes. Treat it as
+    immutable: it is shared through the cache of `second_of`."""
 
     at: datetime  # aware, UTC, whole second
     text: str
@@ -69,12 +70,17 @@ class Second:
         return cls(at, text, text.encode())
 
 
-# Stamps seen lately -> their second (None: not a canonical stamp). A window holds every
-# camera, cameras share seconds, and a sorted listing repeats each one: one cache for all.
-# Cleared when full: 32,768 seconds (about 10 MB) cover the distinct seconds of a window of
-# `iter_windows`' default size in all but the sparsest histories.
+# Stamps seen lately -> their second (None: not a canonical stamp): the one cache of seconds
+# that every reader shares. A window holds every camera, cameras share seconds, and a sorted
+# listing repeats each one. Cleared when full: 32,768 seconds (about 10 MB) cover the distinct
+# seconds of a window of `iter_windows`' default size in all but the sparsest histories.
 _SECONDS: dict[str, Second | None] = {}
 _SECONDS_MAX = 32_768
+# A new stamp is read from its minute's parts (a minute holds up to 60 seconds of a history):
+# "HH:MM DD/MM/YY" -> (the minute, its text up to the seconds), or None for an impossible one.
+_MINUTES: dict[str, tuple[datetime, str] | None] = {}
+_MINUTES_MAX = 4_096
+_OFFSETS = tuple(timedelta(seconds=s) for s in range(60))
 
 
 def second_of(stamp: str) -> Second | None:
@@ -85,28 +91,61 @@ def second_of(stamp: str) -> Second | None:
     except KeyError:
         pass
     second: Second | None = None
-    match = _STAMP.fullmatch(stamp)
-    if match is not None:
-        h, m, s, d, mo, y = map(int, match.groups())
-        try:
-            at = datetime(2000 + y, mo, d, h, m, s, tzinfo=timezone.utc)
-        except ValueError:
-            pass  # 31/02/23, 25:00:00 ...
-        else:
-            text = f"20{stamp[15:17]}-{stamp[12:14]}-{stamp[9:11]}T{stamp[:8]}Z"
-            second = Second(at, text, text.encode())
+    digits = stamp[6:8]  # the seconds: 00 to 59
+    if (
+        len(stamp) == STAMP_CHARS
+        and stamp[5] == ":"
+        and digits.isascii()
+        and digits.isdigit()
+        and digits[0] < "6"
+    ):
+        minute = _minute(stamp[:5] + stamp[8:])
+        if minute is not None:
+            text = minute[1] + digits + "Z"
+            second = Second(minute[0] + _OFFSETS[int(digits)], text, text.encode())
     if len(_SECONDS) >= _SECONDS_MAX:
         _SECONDS.clear()
     _SECONDS[stamp] = second
     return second
 
 
-def split_entry(raw: object) -> tuple[str, str] | None:
-    """The name and the stamp of an entry in the canonical form; None for anything else
-    (`parse_entry` reads the rest). The name may still be empty."""
-    if type(raw) is str and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR:
-        return raw[:-NAME_END].strip(), raw[-STAMP_CHARS:]
-    return None
+def _minute(key: str) -> tuple[datetime, str] | None:
+    """The minute of "HH:MM DD/MM/YY" and its RFC 3339 text up to the seconds; None when impossible."""
+    try:
+        return _MINUTES[key]
+    except KeyError:
+        pass
+    minute: tuple[datetime, str] | None = None
+    match = _MINUTE.fullmatch(f"{key[:5]}:00{key[5:]}")
+    if match is not None:
+        h, m, d, mo, y = map(int, match.groups())
+        try:
+            at = datetime(2000 + y, mo, d, h, m, tzinfo=timezone.utc)
+        except ValueError:  # 31/02/23, 25:00 ...
+            pass
+        else:
+            minute = (at, f"20{key[12:14]}-{key[9:11]}-{key[6:8]}T{key[:5]}:")
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    _MINUTES[key] = minute
+    return minute
+
+
+def read_listing(raws: list[object]) -> list[tuple[str, Second] | None]:
+    """A camera's entries, each as its name and its second when it is in the canonical form
+    (a name, a valid stamp); None for anything else, which `parse_entry` reads. The one split
+    of the canonical form, in one pass over the list (the hot path of every backfill and
+    replay)."""
+    seconds = _SECONDS
+    return [
+        (name, second)
+        if type(raw) is str
+        and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
+        and (name := raw[:-NAME_END].strip())
+        and (second := seconds.get(stamp := raw[-STAMP_CHARS:]) or second_of(stamp)) is not None
+        else None
+        for raw in raws
+    ]
 
 
 def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
@@ -114,11 +153,9 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
     if not isinstance(raw, str):
         return BadEntry(camera_id, raw, f"entry is {type(raw).__name__}, not a string")
     # Fast path for the canonical form "<name> @ HH:MM:SS DD/MM/YY" (what the API sends).
-    split = split_entry(raw)
-    if split is not None and split[0]:
-        second = second_of(split[1])
-        if second is not None:
-            return LogEntry(camera_id, split[0], second.at, raw)
+    canonical = read_listing([raw])[0]
+    if canonical is not None:
+        return LogEntry(camera_id, canonical[0], canonical[1].at, raw)
     match = _ENTRY.match(raw)
     if match is None:
         return BadEntry(camera_id, raw, "not '<Name> @ HH:MM:SS DD/MM/YY'")

@@ -25,7 +25,7 @@ from typing import Any
 
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import BadEntry, format_entry, parse_entry
-from facespace_bridge.client.entries import Second, second_of, split_entry
+from facespace_bridge.client.entries import Second, read_listing
 from facespace_bridge.events import SIGHTINGS, SightingPair, deadletter_event, unpublishable_sighting
 from facespace_bridge.sources.base import Batch
 
@@ -84,15 +84,13 @@ def number_listing(
     with the latest second read per camera. A bad entry becomes a dead letter unless it sits
     before the resume position (after it, or with nothing to place it by: a repeat beats a loss).
 
-    The per-entry path of every backfill and replay: the canonical form is split by
-    `client.entries.split_entry` (anything else goes through `parse_entry`), and what depends
-    only on the camera or on the second is looked up once per camera or per second.
+    The per-entry path of every backfill and replay: `client.entries.read_listing` splits the
+    canonical form and gives each entry its cached `Second` (anything else goes through
+    `parse_entry`), and what depends only on the camera or on the second is looked up once
+    per camera or per second.
     """
     batch_events = batch_events or BATCH_EVENTS
     encoder = SIGHTINGS
-    # Names numbered so far per (camera, second): n is the length, k a count in it. A listing
-    # is sorted, so a second is usually one run of entries; any order is numbered right.
-    at_second: dict[tuple[str, datetime], list[str]] = {}
     batch = Batch()
     events, positions = batch.events, batch.positions
     for camera, raws in reply.items():
@@ -102,33 +100,25 @@ def number_listing(
             if memory is None or memory.new_dead_letter(bad):
                 events.append(deadletter_event(camera, bad.raw, bad.reason, "logs"))
             continue
+        # Names numbered so far per second: n is the length, k a count in it. A listing is
+        # sorted, so a second is usually one run of entries; any order is numbered right.
+        at_second: dict[datetime, list[str]] = {}
         pairs = encoder.pairs(camera)
         handed_by_second = memory.handed[camera] if memory is not None else None
         latest = newest.get(camera) if newest is not None else None
-        stamp: str | None = None  # the canonical stamp of the current second, if it had one
+        moment: Second | None = None  # the current second's texts (one object per second read)
         second: datetime | None = None  # the current second, and what depends on it:
         names: list[str] = []  # names numbered at it
-        moment: Second | None = None  # its texts
         keep = False  # it lies in [start, end)
         skip = 0  # its entries numbered up to `skip` are at or before the resume position
         handed: set[tuple[str, int]] | None = None
         numbered: tuple[datetime, int] | None = None  # position of the latest numbered entry
         published: datetime | None = None  # second and n of the latest published entry
         published_n = 0
-        for raw in raws:
-            split = split_entry(raw)
-            seen_at: datetime | None = None
-            if split is not None and split[0]:
-                name, wire = split
-                if wire == stamp:  # the usual case: the same second as the last entry
-                    seen_at = second
-                else:
-                    moment = second_of(wire)
-                    if moment is None:  # not canonical after all: the slow path decides
-                        stamp = None
-                    else:
-                        stamp, seen_at = wire, moment.at
-            if seen_at is None:
+        for raw, canonical in zip(raws, read_listing(raws), strict=True):
+            if canonical is not None:
+                name, entry_second = canonical
+            else:
                 entry = parse_entry(camera, raw)
                 if type(entry) is BadEntry:
                     if second is not None and names:
@@ -138,15 +128,13 @@ def number_listing(
                     if unseen and (numbered is None or floor is None or numbered >= floor):
                         events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
                     continue
-                name, seen_at = entry.person, entry.seen_at
-                stamp = None
-                moment = Second.of(seen_at)
-            if seen_at != second:  # a new second
+                name, entry_second = entry.person, Second.of(entry.seen_at)
+            if entry_second is not moment and entry_second.at != second:  # a new second
                 if names:
                     numbered = (second, len(names))  # type: ignore[assignment]
-                second = seen_at
+                moment, second = entry_second, entry_second.at
                 keep = (start is None or second >= start) and (end is None or second < end)
-                names = at_second.setdefault((camera, second), [])
+                names = at_second.setdefault(second, [])
                 if floor is None or second > floor[0]:
                     skip = 0
                 elif second == floor[0]:

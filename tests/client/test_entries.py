@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from facespace_bridge.client import BadEntry, LogEntry, format_entry, parse_entry
-from facespace_bridge.client.entries import Second, second_of, split_entry
+from facespace_bridge.client.entries import Second, read_listing, second_of
+from facespace_bridge.events import parse_rfc3339
 
 SEEN = datetime(2023, 10, 23, 0, 5, 22, tzinfo=timezone.utc)
 
@@ -58,19 +59,33 @@ def test_format_and_parse_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "split"),
+    ("raw", "canonical"),
     [
-        ("Alice @ 10:20:30 23/10/23", ("Alice", "10:20:30 23/10/23")),
-        ("  Jean @ Paul  @ 00:00:00 01/01/00", ("Jean @ Paul", "00:00:00 01/01/00")),
-        (" @ 10:20:30 23/10/23", ("", "10:20:30 23/10/23")),  # an empty name: parse_entry says why
+        ("Alice @ 10:20:30 23/10/23", ("Alice", "2023-10-23T10:20:30Z")),
+        ("  Jean @ Paul  @ 00:00:00 01/01/00", ("Jean @ Paul", "2000-01-01T00:00:00Z")),
+        ("Zoë @ 23:59:59 31/12/99", ("Zoë", "2099-12-31T23:59:59Z")),
+        (" @ 10:20:30 23/10/23", None),  # no name: parse_entry says why
         ("Alice @ 10:20:30  23/10/23", None),  # not canonical: parse_entry reads it
         ("Alice@10:20:30 23/10/23", None),
+        ("Alice @ 10:20:60 23/10/23", None),
+        ("Alice @ 10:60:00 23/10/23", None),
+        ("Alice @ 24:00:00 23/10/23", None),
+        ("Alice @ 10:20:30 29/02/23", None),
+        ("Alice @ 10:20:30 29/02/24", ("Alice", "2024-02-29T10:20:30Z")),
+        ("Alice @ 10:2x:30 23/10/23", None),
+        ("Alice @ 10:20:3x 23/10/23", None),
+        ("Alice @ 10:20:30 23-10-23", None),
         (42, None),
         (None, None),
     ],
 )
-def test_split_entry_cuts_only_the_canonical_form(raw: object, split: tuple[str, str] | None) -> None:
-    assert split_entry(raw) == split
+def test_read_listing_gives_the_name_and_second_of_the_canonical_form_only(
+    raw: object, canonical: tuple[str, str] | None
+) -> None:
+    (found,) = read_listing([raw])
+    assert (None if found is None else (found[0], found[1].text)) == canonical
+    if found is not None:
+        assert found[1] == Second.of(parse_rfc3339(canonical[1]))  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

@@ -244,7 +244,8 @@ class AiokafkaSink(KafkaSink):
         producer = self._producer
         if producer is None:
             raise SinkError("the Kafka sink is not started")
-        topic, headers = self._routes.get(event.schema) or self._route(event)
+        head = self.record_head(event)
+        topic = head.topic
         placements = self._placements.get(event.schema)
         if placements is None:
             placements = self._placements[event.schema] = {}
@@ -254,7 +255,7 @@ class AiokafkaSink(KafkaSink):
         if self._unacked >= self.settings.max_in_flight:
             await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
         key, batches = placed
-        record_headers = self._headers(event, headers)
+        record_headers = head.headers_of(event)
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:

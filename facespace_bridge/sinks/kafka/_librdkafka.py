@@ -351,23 +351,23 @@ class LibrdkafkaSink(KafkaSink):
 
     async def _produce_all(self, producer: Producer, events: Sequence[Event], delivery: _Delivery) -> None:
         produce = producer.produce
-        routes, limit = self._routes, self.settings.max_in_flight
+        heads, limit = self._heads, self.settings.max_in_flight
         ready = self._ready_topics
         for event in events:
-            topic, head = routes.get(event.schema) or self._route(event)
+            by_camera = heads.get(event.schema)
+            head = (by_camera.get(event.camera_id) if by_camera else None) or self.record_head(event)
+            topic = head.topic
             if topic not in ready:
                 await self.ensure_topic(topic)
             if self._produced - self._reported >= limit:
                 await self._make_room(producer)  # back-pressure: at most max_in_flight unacknowledged
-            headers = self._headers(event, head)
+            headers = head.headers_of(event)
             delivery.expected += 1
             try:
-                produce(topic, event.payload, event.camera_id.encode(), on_delivery=delivery, headers=headers)
+                produce(topic, event.payload, head.key, on_delivery=delivery, headers=headers)
             except BufferError:
                 delivery.expected -= 1
-                await self._produce(
-                    producer, topic, event.payload, event.camera_id.encode(), headers, delivery
-                )
+                await self._produce(producer, topic, event.payload, head.key, headers, delivery)
                 continue
             except KafkaException:
                 delivery.expected -= 1
