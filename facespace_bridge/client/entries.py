@@ -80,29 +80,25 @@ _SECONDS_MAX = 32_768
 # "HH:MM DD/MM/YY" -> (the minute, its text up to the seconds), or None for an impossible one.
 _MINUTES: dict[str, tuple[datetime, str] | None] = {}
 _MINUTES_MAX = 4_096
-_OFFSETS = tuple(timedelta(seconds=s) for s in range(60))
+_OFFSETS = {f"{s:02d}": timedelta(seconds=s) for s in range(60)}  # a stamp's seconds -> offset
 
 
 def second_of(stamp: str) -> Second | None:
     """The second of a canonical stamp `HH:MM:SS DD/MM/YY`; None when it is not one (the
     caller falls back to `parse_entry`, which says why)."""
-    try:
-        return _SECONDS[stamp]
-    except KeyError:
-        pass
+    second = _SECONDS.get(stamp)
+    return _read_second(stamp) if second is None else second
+
+
+def _read_second(stamp: str) -> Second | None:
+    """`second_of` for a stamp not in the cache yet."""
     second: Second | None = None
-    digits = stamp[6:8]  # the seconds: 00 to 59
-    if (
-        len(stamp) == STAMP_CHARS
-        and stamp[5] == ":"
-        and digits.isascii()
-        and digits.isdigit()
-        and digits[0] < "6"
-    ):
+    offset = _OFFSETS.get(stamp[6:8])
+    if offset is not None and len(stamp) == STAMP_CHARS and stamp[5] == ":":
         minute = _minute(stamp[:5] + stamp[8:])
         if minute is not None:
-            text = minute[1] + digits + "Z"
-            second = Second(minute[0] + _OFFSETS[int(digits)], text, text.encode())
+            text = f"{minute[1]}{stamp[6:8]}Z"
+            second = Second(minute[0] + offset, text, text.encode())
     if len(_SECONDS) >= _SECONDS_MAX:
         _SECONDS.clear()
     _SECONDS[stamp] = second
@@ -142,7 +138,7 @@ def read_listing(raws: list[object]) -> list[tuple[str, Second] | None]:
         if type(raw) is str
         and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
         and (name := raw[:-NAME_END].strip())
-        and (second := seconds.get(stamp := raw[-STAMP_CHARS:]) or second_of(stamp)) is not None
+        and (second := seconds.get(stamp := raw[-STAMP_CHARS:]) or _read_second(stamp)) is not None
         else None
         for raw in raws
     ]

@@ -100,9 +100,10 @@ def number_listing(
             if memory is None or memory.new_dead_letter(bad):
                 events.append(deadletter_event(camera, bad.raw, bad.reason, "logs"))
             continue
-        # Names numbered so far per second: n is the length, k a count in it. A listing is
-        # sorted, so a second is usually one run of entries; any order is numbered right.
-        at_second: dict[datetime, list[str]] = {}
+        # Names numbered so far per second (by its text, whose hash is cheaper than an aware
+        # datetime's): n is the length, k a count in it. A listing is sorted, so a second is
+        # usually one run of entries; any order is numbered right.
+        at_second: dict[str, list[str]] = {}
         pairs = encoder.pairs(camera)
         handed_by_second = memory.handed[camera] if memory is not None else None
         latest = newest.get(camera) if newest is not None else None
@@ -134,7 +135,7 @@ def number_listing(
                     numbered = (second, len(names))  # type: ignore[assignment]
                 moment, second = entry_second, entry_second.at
                 keep = (start is None or second >= start) and (end is None or second < end)
-                names = at_second.setdefault(second, [])
+                names = at_second.setdefault(entry_second.text, [])
                 if floor is None or second > floor[0]:
                     skip = 0
                 elif second == floor[0]:
