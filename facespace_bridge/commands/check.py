@@ -2,6 +2,11 @@
 
 Takes exactly the options of `run`, prints one line per check, exits 0 when all pass
 and 1 otherwise (bad input still exits 2 before any check).
+
+A side client (sinks/base.Role.CHECK): it may run beside the bridge it checks, so its sinks
+connect with their own client ids, publish no availability, run no extensions, retain
+nothing and take no Kafka transactional id; the transactions probe of `--exactly-once`
+writes only to its own probe topic.
 """
 
 from __future__ import annotations
@@ -13,15 +18,11 @@ import click
 
 from facespace_bridge.commands import run
 from facespace_bridge.commands._common import warn_if_short
-from facespace_bridge.sinks import Sink
+from facespace_bridge.sinks import Role, Sink
 
 
 def _check(**config: Any) -> int:
-    # Never with a transactional id: that would fence a bridge running as this instance.
-    # Whether the broker can do transactions is checked on its own (`run.require_transactions`).
-    api_key, sinks, _ = run.prepare({**config, "exactly_once": False})
-    if config["exactly_once"]:
-        run.prepare(config)  # the --exactly-once usage rules (exit 2)
+    api_key, sinks, _ = run.prepare(config, Role.CHECK)
     warn_if_short(api_key)
     return asyncio.run(_reach(config, api_key, sinks))
 

@@ -31,17 +31,17 @@ from facespace_bridge.commands._common import (
     setup_logging,
     with_env,
 )
-from facespace_bridge.sinks import SinkError
+from facespace_bridge.sinks import Role, SinkError
 from facespace_bridge.sinks.mqtt import (
     OPTIONS as MQTT_OPTIONS,
 )
 from facespace_bridge.sinks.mqtt import (
     MqttConnection,
     TopicLayout,
+    client_id_of,
     connection_kwargs,
     homeassistant,
     parse_mqtt_url,
-    side_client_id,
 )
 
 
@@ -157,7 +157,7 @@ def command(**config: Any) -> None:
     setup_logging(config["log_format"], config["log_level"])
     kwargs = connection_kwargs(config)  # validates everything (exit 2) before any side effect
     layout = TopicLayout(kwargs["topic_prefix"])
-    ha = homeassistant.from_config(config, layout)
+    ha = homeassistant.from_config(config, layout)  # the bridge's topics, to know them: never started
     if config["keep_file"]:
         known = known_from_file(config["keep_file"])
     else:
@@ -175,7 +175,7 @@ def command(**config: Any) -> None:
     connection = MqttConnection(
         parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"]),
         # Its own client id, never the running bridge's, and no hand on its availability.
-        client_id=side_client_id(kwargs["client_id"], layout.prefix, "cleanup"),
+        client_id=client_id_of(Role.CLEANUP, kwargs["client_id"], layout.prefix),
         tls=kwargs["tls"],
         keepalive=kwargs["keepalive"],
         protocol=kwargs["protocol"],

@@ -31,7 +31,7 @@ from facespace_bridge.commands._common import (
     with_env,
 )
 from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
-from facespace_bridge.sinks import Sink, SinkError
+from facespace_bridge.sinks import Role, Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
 
 log = logging.getLogger("facespace_bridge")
@@ -124,9 +124,9 @@ def command(**config: Any) -> int:
     return asyncio.run(_run(config, api_key, sinks, options))
 
 
-def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
+def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
-    bad input raises click's usage errors (exit 2)."""
+    bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
     api_key = api_key_from(config)
     backfill_from = None
     if config["backfill_from"]:
@@ -145,7 +145,7 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
-    sinks = build_sinks(config["broker"], config)
+    sinks = build_sinks(config["broker"], config, role=role)
     options = BridgeOptions(
         refresh=config["refresh"],
         tail_interval=config["tail_interval"],

@@ -17,7 +17,7 @@ from typing import IO, Any
 import click
 
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
+from facespace_bridge.sinks.base import Ack, Role, Sink, SinkError
 
 HELP = "a JSON Lines file, one event per line, fsync'd"
 
@@ -115,7 +115,7 @@ class FileSink(Sink):
         self._handle = None
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> FileSink:
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> FileSink:
     output = config.get("output")
     if not output:
         raise click.UsageError("--broker file needs --output PATH")

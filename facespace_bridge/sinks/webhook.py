@@ -23,7 +23,7 @@ import orjson
 from facespace_bridge.client.webhook import WebhookPoster
 from facespace_bridge.cloudevents import CloudEvents, source_from_config
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
+from facespace_bridge.sinks.base import Ack, Role, Sink, SinkError
 
 HELP = "an HTTP POST per event"
 
@@ -100,7 +100,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> WebhookSink:
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> WebhookSink:
     url = config.get("webhook_url")
     if not url:
         raise click.UsageError("--broker webhook needs --webhook-url URL")

@@ -52,7 +52,7 @@ from facespace_bridge.kafka import (
     ensure_topic,
     transactions_work,
 )
-from facespace_bridge.sinks.base import Sink, SinkError
+from facespace_bridge.sinks.base import Role, Sink, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -458,8 +458,10 @@ OPTIONS: list[Callable[[Any], Any]] = [
 ]
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink:
-    """The sink from parsed CLI options (click parameter names). Validates; connects nothing."""
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> KafkaSink:
+    """The sink from parsed CLI options (click parameter names). Validates; connects nothing.
+    Only the bridge takes the instance's transactional id: a side client with it would fence
+    the running bridge."""
     connection = connection_from_config(config)
     client = config.get("kafka_client") or DEFAULT_CLIENT
     if client not in CLIENTS:
@@ -494,7 +496,7 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink
         compression=compression,
         max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
         connect_timeout=float(_unless_none(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
-        transactional_id=transactional_id(config) if config.get("exactly_once") else None,
+        transactional_id=transactional_id(config) if config.get("exactly_once") and not role.side else None,
         cloudevents_source=source_from_config(config),
     )
     return KafkaSink(settings)

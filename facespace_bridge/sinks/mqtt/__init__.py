@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from facespace_bridge.client import redactor
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, LastSeen, Sink, SinkError
+from facespace_bridge.sinks.base import Ack, LastSeen, Role, Sink, SinkError
 from facespace_bridge.sinks.mqtt import homeassistant
 from facespace_bridge.sinks.mqtt.connection import (
     DEFAULT_MAX_INFLIGHT,
@@ -62,17 +62,19 @@ def default_client_id(topic_prefix: str) -> str:
     return f"facespace-bridge-{id_slug(topic_prefix)}"
 
 
-def side_client_id(client_id: str | None, topic_prefix: str, role: str) -> str:
-    """The client id of a `role` (replay, cleanup) running beside the bridge: its own, since
-    the bridge's would take the bridge's connection over."""
-    return f"{client_id or default_client_id(topic_prefix)}-{role}"
+def client_id_of(role: Role, client_id: str | None, topic_prefix: str) -> str:
+    """The client id `role` connects with: the bridge's own (`--mqtt-client-id`, else the
+    default), and for a side client that id with the role's name appended, since the bridge's
+    would take the bridge's connection over."""
+    own = client_id or default_client_id(topic_prefix)
+    return f"{own}-{role.value}" if role.side else own
 
 
 class MqttSink(Sink):
     """Events into MQTT topics (docs/mqtt.md), with `extensions` on top.
 
     `availability`: the sink keeps `<prefix>/bridge/state` (`online`, and `offline` as its
-    Last Will); off for a client that runs beside the bridge (a replay).
+    Last Will); off for a side client that runs beside the bridge (a replay, a check).
     """
 
     name = "mqtt"
@@ -327,12 +329,12 @@ def connection_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> MqttSink:
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> MqttSink:
     kwargs = connection_kwargs(config)
     layout = TopicLayout(kwargs["topic_prefix"])
-    ha = homeassistant.from_config(config, layout, replay=replay)
-    if replay:
-        # A replay runs beside the bridge: its own client id and no hand on its availability.
-        kwargs["client_id"] = side_client_id(kwargs["client_id"], layout.prefix, "replay")
-        kwargs["availability"] = False
+    ha = homeassistant.from_config(config, layout, role=role)
+    # A side client (replay, check) runs beside the bridge: its own client id, no hand on
+    # the bridge's availability, no extensions.
+    kwargs["client_id"] = client_id_of(role, kwargs["client_id"], layout.prefix)
+    kwargs["availability"] = not role.side
     return MqttSink(**kwargs, extensions=[ha] if ha is not None else [])

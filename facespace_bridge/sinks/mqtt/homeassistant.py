@@ -49,7 +49,7 @@ import orjson
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import parse_rfc3339, seen_at_text
-from facespace_bridge.sinks.base import LastSeen
+from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.topics import (
     TopicLayout,
@@ -636,11 +636,11 @@ OPTIONS = [
 
 
 def from_config(
-    config: Mapping[str, Any], layout: TopicLayout, *, replay: bool = False
+    config: Mapping[str, Any], layout: TopicLayout, *, role: Role = Role.BRIDGE
 ) -> HomeAssistant | None:
-    """The extension for the parsed options, or None (discovery off, or a replay: history
-    published again touches nothing Home Assistant shows or acts on but last seen).
-    Raises click errors for bad input."""
+    """The extension for the parsed options, or None: discovery off, or a side client (a
+    replay's history published again touches nothing Home Assistant shows or acts on but
+    last seen; a check publishes nothing). Raises click errors for bad input."""
     ha_prefix = config.get("ha_prefix") or "homeassistant"
     problem = check_base_topic(ha_prefix, "--ha-prefix")
     if problem:
@@ -652,7 +652,7 @@ def from_config(
             f"--topic-prefix {layout.prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}: "
             "choose another, or pass --no-ha-discovery"
         )
-    if replay:
+    if role.side:
         return None
 
     def number(name: str, default: float) -> float:
