@@ -5,7 +5,8 @@ that add what their consumers need on top.
 The sink routes: a sighting to `<prefix>/<camera>/sighting` (and the person's retained
 last-seen topic, never moved backwards), a presence to the retained
 `<prefix>/<camera>/presence`, a dead letter to `<prefix>/deadletter`. The connection
-(connection.py) keeps the outbox, the acknowledgements and the retained state; an event's
+(connection.py, with outbox.py and retained.py) keeps the outbox, the acknowledgements and
+the retained state; an event's
 ack completes on the PUBACKs of all its messages. Extensions (extension.py) see every event
 first and may add topics to it.
 
@@ -28,17 +29,10 @@ from facespace_bridge.client import redactor
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, LastSeen, Role, Sink, SinkError
 from facespace_bridge.sinks.mqtt import homeassistant
-from facespace_bridge.sinks.mqtt.connection import (
-    DEFAULT_MAX_INFLIGHT,
-    DEFAULT_MAX_QUEUED,
-    PROTOCOLS,
-    Acknowledgement,
-    BrokerAddress,
-    MqttConnection,
-    TlsFiles,
-    parse_mqtt_url,
-)
+from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
+from facespace_bridge.sinks.mqtt.connection import PROTOCOLS, MqttConnection
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
+from facespace_bridge.sinks.mqtt.outbox import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_QUEUED, Acknowledgement
 from facespace_bridge.sinks.mqtt.topics import TopicLayout, check_base_topic, id_slug
 
 __all__ = [
