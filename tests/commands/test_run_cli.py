@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from facespace_bridge.commands import run
+from facespace_bridge.commands._common import prepare
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 
@@ -141,7 +142,7 @@ def test_quick_polls_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypat
     monkeypatch.setenv("FACESPACE_API_KEY", "k")
     args = ["--broker", "file", "--output", str(tmp_path / "out.jsonl"), *flags]
     with run.command.make_context("run", args) as ctx:
-        _, _, options = run.prepare(ctx.params)
+        _, _, options = prepare(ctx.params)
     assert options.quick_polls is expected
 
 
