@@ -103,6 +103,7 @@ class MqttConnection:
         self._driver: PahoDriver | None = None
         self._outbox: Outbox | None = None  # made by `start`, on its loop
         self._first_connect: asyncio.Future[None] | None = None
+        self._first_error: BaseException | None = None  # why the first connect failed last
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         # Between connect attempts; a refused CONNACK counts as a failure too.
@@ -126,6 +127,7 @@ class MqttConnection:
         self._loop = loop = asyncio.get_running_loop()
         self._closing = False
         self._first_connect = loop.create_future()
+        self._first_error = None
         self._outbox = Outbox(
             loop,
             self._retained.value,
@@ -149,10 +151,22 @@ class MqttConnection:
             await self._shut_down(client)
             if isinstance(exc, SinkError):
                 raise
-            raise SinkError(
-                f"cannot connect to MQTT broker {self.address}: no answer within {self.connect_timeout:g} s"
-            ) from None
+            raise SinkError(f"cannot connect to MQTT broker {self.address}: {self._why_not()}") from None
         log.info("connected to MQTT broker %s as %s", self.address, self.client_id)
+
+    def _why_not(self) -> str:
+        """Why no connection came up within `connect_timeout`, in a user's words: what the last
+        attempt was told when the broker or the network said no, a timeout when nothing answered."""
+        error, seconds = self._first_error, self.connect_timeout
+        if error is None or isinstance(error, TimeoutError):  # (socket.timeout is a TimeoutError)
+            return f"no answer within {seconds:g} s (timeout)"
+        if isinstance(error, ConnectionRefusedError):
+            said = f"connection refused by {self.address.host}:{self.address.port}"
+        elif isinstance(error, OSError) and error.strerror:
+            said = error.strerror  # without errno's number: "Name or service not known"
+        else:
+            said = str(error)
+        return f"{said} (tried for {seconds:g} s)"
 
     def _make_client(self) -> paho.Client:
         v5 = self.protocol == "5"
@@ -317,9 +331,11 @@ class MqttConnection:
         while not self._closing:
             try:
                 await driver.connect()
+                self._first_error = None  # connected; from now on only a CONNACK is awaited
                 return
             except (OSError, ValueError) as exc:  # ssl errors are OSErrors, CertificateError a ValueError
                 if first and self._first_connect is not None and not self._first_connect.done():
+                    self._first_error = exc
                     log.debug("MQTT broker %s not reachable yet: %s", self.address, exc)
                 else:
                     log.warning("cannot reconnect to MQTT broker %s: %s", self.address, exc)
