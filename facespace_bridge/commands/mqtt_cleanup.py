@@ -35,14 +35,8 @@ from facespace_bridge.sinks import Role, SinkError
 from facespace_bridge.sinks.mqtt import (
     OPTIONS as MQTT_OPTIONS,
 )
-from facespace_bridge.sinks.mqtt import (
-    MqttConnection,
-    TopicLayout,
-    client_id_of,
-    connection_kwargs,
-    homeassistant,
-    parse_mqtt_url,
-)
+from facespace_bridge.sinks.mqtt import MqttConnection, TopicLayout, client_id_of, homeassistant
+from facespace_bridge.sinks.mqtt.settings import settings_from_config
 
 
 @dataclass(frozen=True)
@@ -155,8 +149,8 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
 def command(**config: Any) -> None:
     """Remove retained Home Assistant configs and states of cameras and people the bridge no longer knows."""
     setup_logging(config["log_format"], config["log_level"])
-    kwargs = connection_kwargs(config)  # validates everything (exit 2) before any side effect
-    layout = TopicLayout(kwargs["topic_prefix"])
+    settings = settings_from_config(config)  # validates everything (exit 2) before any side effect
+    layout = TopicLayout(settings.topic_prefix)
     ha = homeassistant.from_config(config, layout)  # the bridge's topics, to know them: never started
     if config["keep_file"]:
         known = known_from_file(config["keep_file"])
@@ -173,12 +167,15 @@ def command(**config: Any) -> None:
 
     timeout = config["mqtt_timeout"]
     connection = MqttConnection(
-        parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"]),
+        settings.address,
         # Its own client id, never the running bridge's, and no hand on its availability.
-        client_id=client_id_of(Role.CLEANUP, kwargs["client_id"], layout.prefix),
-        tls=kwargs["tls"],
-        keepalive=kwargs["keepalive"],
-        protocol=kwargs["protocol"],
+        client_id=client_id_of(Role.CLEANUP, settings.client_id, layout.prefix),
+        tls=settings.tls,
+        keepalive=settings.keepalive,
+        qos=1,  # clearing waits for each PUBACK
+        protocol=settings.protocol,
+        max_inflight=settings.max_inflight,
+        max_queued=settings.max_queued,
         connect_timeout=timeout,
         reconnect_delay=(0.5, 2.0),
         close_timeout=timeout,

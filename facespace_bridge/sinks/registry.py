@@ -3,7 +3,9 @@
 Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
 
     HELP: one line for the `--broker` help (what the sink is)
-    OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`
+    OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`,
+        made from its settings dataclass (`settings.cli_options`), whose `from_options`
+        `from_config` reads back, so each option's default is written once
     SECRET_VARIABLES: environment variables holding secrets (passwords); their values are
         redacted from every log line once the sink is chosen
     def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> Sink

@@ -27,17 +27,15 @@ from facespace_bridge.backoff import Backoff
 from facespace_bridge.sinks.base import SinkError
 from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles
 from facespace_bridge.sinks.mqtt.driver import PahoDriver
-from facespace_bridge.sinks.mqtt.outbox import (
-    DEFAULT_MAX_INFLIGHT,
-    DEFAULT_MAX_QUEUED,
-    Acknowledgement,
-    Outbox,
-)
+from facespace_bridge.sinks.mqtt.outbox import Acknowledgement, Outbox
 from facespace_bridge.sinks.mqtt.retained import OFFLINE, ONLINE, RetainedReader, RetainedState
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = {"3.1.1": MQTTProtocolVersion.MQTTv311, "5": MQTTProtocolVersion.MQTTv5}
+CONNECT_TIMEOUT = 10.0  # seconds a start keeps trying
+RECONNECT_DELAY = (1.0, 30.0)  # seconds between attempts: the first, the longest
+CLOSE_TIMEOUT = 10.0  # seconds a close waits for what is unacknowledged
 
 
 class MqttConnection:
@@ -56,14 +54,14 @@ class MqttConnection:
         client_id: str,
         availability: str | None = None,
         tls: TlsFiles | None = None,
-        keepalive: int = 30,
-        qos: int = 1,
-        protocol: str = "3.1.1",
-        max_inflight: int = DEFAULT_MAX_INFLIGHT,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-        connect_timeout: float = 10.0,
-        reconnect_delay: tuple[float, float] = (1.0, 30.0),
-        close_timeout: float = 10.0,
+        keepalive: int,
+        qos: int,
+        protocol: str,
+        max_inflight: int,
+        max_queued: int,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        reconnect_delay: tuple[float, float] = RECONNECT_DELAY,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"MQTT protocol must be one of {', '.join(PROTOCOLS)}")

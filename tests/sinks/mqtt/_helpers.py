@@ -5,6 +5,7 @@ as a process (`Bridge`) and Home Assistant's view of its entities."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,29 +14,37 @@ from pathlib import Path
 from typing import Any
 
 from facespace_bridge.simulator import SimulatorServer
-from facespace_bridge.sinks.mqtt import MqttSink
-from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+from facespace_bridge.sinks.mqtt import MqttSettings, MqttSink
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant, HomeAssistantSettings
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant as HomeAssistantClient
 from tests.fixtures.mqtt import MqttBroker
 
 
-def ha_for(topic_prefix: str = "facespace", **kwargs: Any) -> HomeAssistant:
-    options: dict[str, Any] = {"reannounce_delay": (0.01, 0.05), "migration_pause": 0.05}
-    return HomeAssistant(TopicLayout(topic_prefix), **(options | kwargs))
+def ha_for(topic_prefix: str = "facespace", **settings: Any) -> HomeAssistant:
+    """The extension with `settings` (HomeAssistantSettings' fields), its delays shortened."""
+    return HomeAssistant(
+        TopicLayout(topic_prefix),
+        HomeAssistantSettings(**settings),
+        reannounce_delay=(0.01, 0.05),
+        migration_pause=0.05,
+    )
 
 
 def sink_for(
     broker: MqttBroker, *, ha: bool | HomeAssistant = True, topic_prefix: str = "facespace", **kwargs: Any
 ) -> MqttSink:
-    """A sink on `broker`; `ha`: the default extension, none, or this one."""
+    """A sink on `broker`; `ha`: the default extension, none, or this one; `kwargs`: fields of
+    MqttSettings and keywords of MqttSink."""
     extension = ha_for(topic_prefix) if ha is True else ha or None
+    fields = {f.name for f in dataclasses.fields(MqttSettings)}
+    own = {k: v for k, v in kwargs.items() if k in fields}
+    settings = MqttSettings(url=broker.url, topic_prefix=topic_prefix, **own)
     options: dict[str, Any] = {"reconnect_delay": (0.05, 0.5), "connect_timeout": 5.0, "close_timeout": 2.0}
     return MqttSink(
-        broker.url,
-        topic_prefix=topic_prefix,
+        settings,
         extensions=[extension] if extension is not None else [],
-        **(options | kwargs),
+        **(options | {k: v for k, v in kwargs.items() if k not in fields}),
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.sinks import SinkError
-from facespace_bridge.sinks.mqtt import MqttConnection, parse_mqtt_url
+from facespace_bridge.sinks.mqtt import MqttConnection, MqttSettings, parse_mqtt_url
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, eventually, free_port, retained_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,8 +23,14 @@ STATE = "test/bridge/state"
 
 def connection_to(broker: MqttBroker | str, **kwargs: object) -> MqttConnection:
     url = broker if isinstance(broker, str) else broker.url
+    defaults = MqttSettings()
     options: dict[str, object] = {
         "client_id": "connection-test",
+        "keepalive": defaults.keepalive,
+        "qos": defaults.qos,
+        "protocol": defaults.protocol,
+        "max_inflight": defaults.max_inflight,
+        "max_queued": defaults.max_queued,
         "connect_timeout": 5.0,
         "reconnect_delay": (0.05, 0.3),
         "close_timeout": 2.0,
