@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 import orjson
+from click.core import ParameterSource
 
 from facespace_bridge.bridge import BridgeOptions
 from facespace_bridge.client import (
@@ -43,6 +44,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FACESPACE_BRIDGE"
+# Boolean options once spelled only as their negation (`--no-realtime`). The pair form
+# (`--realtime/--no-realtime`) takes both flags; the old key keeps working, its meaning turned
+# around, in a --config file (`no_realtime = true`) and in the environment
+# (FACESPACE_BRIDGE_NO_REALTIME=1).
+NEGATED_KEYS = {"no_realtime": "realtime", "no_cloudevents": "cloudevents"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,6 +76,11 @@ def _load_config(
     for key, item in data.items():
         name = key.replace("-", "_")
         if name in ignored:
+            continue
+        if NEGATED_KEYS.get(name) in known:
+            if not isinstance(item, bool):
+                raise click.BadParameter(f"{value}: {key} must be true or false", param_hint="--config")
+            defaults[NEGATED_KEYS[name]] = not item
             continue
         if name not in known:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
@@ -111,7 +122,19 @@ def with_env(command: click.Command) -> click.Command:
             elif ours not in existing:
                 param.envvar = [*existing, ours]
             param.show_envvar = True
+            old = next((key for key, name in NEGATED_KEYS.items() if name == param.name), None)
+            if old is not None:
+                param.callback = partial(_negated_variable, f"{ENV_PREFIX}_{old.upper()}")
     return command
+
+
+def _negated_variable(variable: str, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A boolean option left to its default (or the --config file's) takes the old negated
+    variable's opposite, if that is set (NEGATED_KEYS)."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP) and os.environ.get(variable):
+        return not click.BOOL.convert(os.environ[variable], param, ctx)
+    return value
 
 
 def api_options(command: F) -> F:
@@ -283,7 +306,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         lateness=timedelta(seconds=config["lateness"]),
         presence_timeout=config["presence_timeout"],
         camera_id=config["camera_id"],
-        realtime=not config["no_realtime"],
+        realtime=config["realtime"],
         quick_polls=config["quick_polls"],
     )
     return api_key, sinks, options

@@ -135,7 +135,12 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
     show_default=True,
     help="Without --keep: people and cameras seen in this much history are kept.",
 )
-@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=False,
+    show_default=True,
+    help="List what would be removed; change nothing.",
+)
 @click.option(
     "--timeout",
     "mqtt_timeout",

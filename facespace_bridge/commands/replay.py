@@ -162,7 +162,12 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
     type=click.Choice(list(SINK_MODULES)),
     help=broker_help() + ". Not needed with --dry-run.",
 )
-@click.option("--dry-run", is_flag=True, help="Read, number and validate the range; publish nothing.")
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=False,
+    show_default=True,
+    help="Read, number and validate the range; publish nothing.",
+)
 @click.option(
     "--progress/--no-progress",
     default=None,

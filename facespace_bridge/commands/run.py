@@ -76,7 +76,12 @@ log = logging.getLogger("facespace_bridge")
     help="A person counts as gone after this many seconds unseen.",
 )
 @click.option("--camera-id", help="Only this camera (default: all).")
-@click.option("--no-realtime", is_flag=True, help="Do not poll /recognition (no presence events).")
+@click.option(
+    "--realtime/--no-realtime",
+    default=True,
+    show_default=True,
+    help="Poll /recognition: presence events, and the quick polls of --quick-polls.",
+)
 @click.option(
     "--quick-polls/--no-quick-polls",
     default=True,
@@ -98,8 +103,9 @@ log = logging.getLogger("facespace_bridge")
     help="Names this bridge's checkpoint (and its transactional id with --exactly-once).",
 )
 @click.option(
-    "--exactly-once",
-    is_flag=True,
+    "--exactly-once/--no-exactly-once",
+    default=False,
+    show_default=True,
     help="Kafka only: events and checkpoint in one transaction (needs a broker with transactions).",
 )
 @click.option(

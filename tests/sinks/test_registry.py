@@ -36,7 +36,11 @@ def cloudevents_sources(config: dict[str, object], role: Role) -> list[str | Non
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_no_cloudevents_is_one_flag_for_every_sink(name: str) -> None:
-    flags = [p for p in COMMANDS[name].params if isinstance(p, click.Option) and "--no-cloudevents" in p.opts]
+    flags = [
+        p
+        for p in COMMANDS[name].params
+        if isinstance(p, click.Option) and "--no-cloudevents" in p.secondary_opts
+    ]
     assert len(flags) == 1 and flags[0].is_flag
     on = cloudevents_sources(parsed(name, *SINK_ARGS), ROLES[name])
     assert on == ["https://visionapi.automa.one/facespace"] * 2

@@ -55,6 +55,7 @@ from facespace_bridge.kafka import (
 )
 from facespace_bridge.settings import cli_options, flag, from_options, setting
 from facespace_bridge.sinks.base import Role, Sink, SinkError
+from facespace_bridge.sinks.kafka.properties import check_properties, parse_properties
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,16 @@ class KafkaSettings:
         type=click.FloatRange(min=0),
         help="Seconds to keep retrying an unreachable broker at start.",
     )
+    properties: tuple[str, ...] = setting(
+        "--kafka-property",
+        "kafka_properties",
+        default=(),
+        multiple=True,
+        metavar="KEY=VALUE",
+        show_default=False,
+        help="A librdkafka producer property, as kcat's -X (repeatable; mapped for aiokafka where "
+        "it has one): docs/kafka.md.",
+    )
     delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS
     idempotence: bool = True  # asked for; used only where the broker grants it
     # --exactly-once: events go out in transactions that the bridge commits together with
@@ -174,6 +185,10 @@ class KafkaSettings:
     # The CloudEvents `source` of the records' ce_ headers (the FaceSpace API, see
     # cloudevents.source_uri); None: no ce_ headers (--no-cloudevents).
     cloudevents_source: str | None = None
+
+    def producer_properties(self) -> dict[str, str]:
+        """`--kafka-property` as a dict (checked by `from_config`)."""
+        return parse_properties(self.properties)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -464,6 +479,10 @@ def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> Kafka
             f"{settings.compression!r} is not one of {', '.join(compressions(client))} (with {client})",
             param_hint=flag(KafkaSettings, "compression"),
         )
+    try:
+        check_properties(settings.producer_properties(), client)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag(KafkaSettings, "properties")) from None
     for kind, topic in settings.topics.items():
         if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
             raise click.BadParameter(

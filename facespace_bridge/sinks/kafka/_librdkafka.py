@@ -133,6 +133,7 @@ class LibrdkafkaSink(KafkaSink):
             config["transactional.id"] = s.transactional_id
             config["transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
             config["message.timeout.ms"] = min(s.delivery_timeout_ms, _TRANSACTION_TIMEOUT_MS)
+        config.update(s.producer_properties())  # --kafka-property, last: it wins
         return config
 
     async def _connect(self, timeout: float) -> None:

@@ -197,7 +197,7 @@ def test_cloudevents_source_from_options():
     assert (
         from_config({"bootstrap_servers": "b:1", "api_url": API_URL}).settings.cloudevents_source == CE_SOURCE
     )
-    off = from_config({"bootstrap_servers": "b:1", "api_url": API_URL, "no_cloudevents": True})
+    off = from_config({"bootstrap_servers": "b:1", "api_url": API_URL, "cloudevents": False})
     assert off.settings.cloudevents_source is None
     with pytest.raises(click.BadParameter, match="http"):
         from_config({"bootstrap_servers": "b:1", "api_url": "ftp://example.com"})

@@ -254,7 +254,7 @@ async def test_records_are_cloudevents_the_sdk_reads_back(client, kafka, kafka_t
 
 async def test_no_cloudevents_sends_no_ce_headers(client, kafka, kafka_topic, read_topic):
     event = sighting("Camera1", 0)
-    async with sink_for(kafka, kafka_topic, client, api_url=API_URL, no_cloudevents=True) as sink:
+    async with sink_for(kafka, kafka_topic, client, api_url=API_URL, cloudevents=False) as sink:
         await (await sink.publish([event]))
     (record,) = await read_topic(kafka_topic)
     assert record.headers == {
