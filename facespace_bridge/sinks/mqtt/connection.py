@@ -99,7 +99,7 @@ class MqttConnection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._driver: PahoDriver | None = None
-        self._outbox: Outbox | None = None  # made by `start`, on its loop
+        self._outbox = self._new_outbox()  # a fresh one each `start`
         self._first_connect: asyncio.Future[None] | None = None
         self._first_error: BaseException | None = None  # why the first connect failed last
         self._connector: asyncio.Task[None] | None = None
@@ -115,7 +115,7 @@ class MqttConnection:
     @property
     def pending(self) -> int:
         """Messages queued or awaiting their PUBACK."""
-        return self._outbox.pending if self._outbox is not None else 0
+        return self._outbox.pending
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -126,13 +126,7 @@ class MqttConnection:
         self._closing = False
         self._first_connect = loop.create_future()
         self._first_error = None
-        self._outbox = Outbox(
-            loop,
-            self._retained.value,
-            qos=self.qos,
-            max_inflight=self.max_inflight,
-            max_queued=self.max_queued,
-        )
+        self._outbox = self._new_outbox(loop)
         client = self._make_client()
         self._client = client
         self._driver = PahoDriver(client, loop)
@@ -166,6 +160,15 @@ class MqttConnection:
             said = str(error)
         return f"{said} (tried for {seconds:g} s)"
 
+    def _new_outbox(self, loop: asyncio.AbstractEventLoop | None = None) -> Outbox:
+        return Outbox(
+            loop,
+            self._retained.value,
+            qos=self.qos,
+            max_inflight=self.max_inflight,
+            max_queued=self.max_queued,
+        )
+
     def _make_client(self) -> paho.Client:
         v5 = self.protocol == "5"
         client = paho.Client(
@@ -192,14 +195,13 @@ class MqttConnection:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is acknowledged."""
-        if self._outbox is not None:
-            await self._outbox.flush()
+        await self._outbox.flush()
 
     async def close(self) -> None:
         """Flush (within `close_timeout`), mark the availability `offline`, disconnect; whatever
         is still unacknowledged fails."""
         client, outbox = self._client, self._outbox
-        if client is None or outbox is None:
+        if client is None:
             return
         try:
             await asyncio.wait_for(self.flush(), self.close_timeout)
@@ -228,58 +230,59 @@ class MqttConnection:
 
     # -- publishing -------------------------------------------------------------------------------
 
-    def _started(self) -> Outbox:
-        if self._outbox is None or self._client is None:
-            raise SinkError("MQTT connection is not started")
-        return self._outbox
+    # The per-event calls (`full`, `send`, `drain`) go straight to the outbox: the sink makes
+    # them several times per event (bench/README.md, MQTT).
 
     @property
     def full(self) -> bool:
         """Whether `max_queued` messages are queued or unacknowledged: `await room()` first."""
-        return self._started().full
+        return self._outbox.full
 
     async def room(self) -> None:
         """Wait until the outbox takes another message (back-pressure on the sources)."""
-        await self._started().room()
+        await self._outbox.room()
 
     def send(
         self, topic: str, payload: bytes, ack: Acknowledgement, properties: Properties | None = None
     ) -> None:
         """Queue a message (not retained) under `ack`, which it settles on its PUBACK. Over
         `max_queued` only after `await room()`; `drain()` hands it to paho."""
-        self._started().send(topic, payload, ack, properties)
+        if self._client is None:
+            raise SinkError("MQTT connection is not started")
+        self._outbox.send(topic, payload, ack, properties)
 
     def drain(self) -> None:
         """Hand queued messages to paho while connected and the in-flight window has room."""
-        self._started().drain()
+        self._outbox.drain()
 
     def retain(self, topic: str, payload: bytes, ack: Acknowledgement | None = None) -> None:
         """Make `payload` the retained value of `topic`, now and after every reconnect; `ack`,
         if given, settles once the broker acknowledged this or a later value."""
-        outbox = self._started()
         self._retained.set(topic, payload)
+        outbox = self._outbox
         outbox.enqueue_retained(topic, ack)
         outbox.drain()
 
     def acknowledgement(self) -> Acknowledgement:
         """A new acknowledgement for messages about to be sent or retained."""
-        return self._started().acknowledgement()
+        if self._loop is None:
+            raise SinkError("MQTT connection is not started")
+        return Acknowledgement(self._loop)
 
     def clear(self, topic: str) -> asyncio.Future[None]:
         """Remove `topic`'s retained message from the broker (an empty retained payload) and
         stop restoring it; the future completes on the PUBACK."""
-        outbox = self._started()
         self._retained.forget(topic)
-        ack = outbox.acknowledgement()
-        outbox.clear_retained(topic, ack)
-        outbox.drain()
+        ack = self.acknowledgement()
+        self._outbox.clear_retained(topic, ack)
+        self._outbox.drain()
         return ack.seal()
 
     def resend_retained(self, first: Iterable[str] = ()) -> None:
         """Queue every retained topic again: availability first, then the topics in `first`
         (what the others' readers need before them: discovery configs), then the rest in the
         order first set. A topic already queued keeps its place."""
-        outbox = self._started()
+        outbox = self._outbox
         if self.availability is not None:
             outbox.enqueue_retained(self.availability, first=True)
         for topic in self._retained.resend_order(first):
@@ -287,10 +290,9 @@ class MqttConnection:
         outbox.drain()
 
     async def _publish_retained_now(self, topic: str) -> None:
-        outbox = self._started()
-        ack = outbox.acknowledgement()
-        outbox.enqueue_retained(topic, ack, first=True)
-        outbox.drain()
+        ack = self.acknowledgement()
+        self._outbox.enqueue_retained(topic, ack, first=True)
+        self._outbox.drain()
         await ack.seal()
 
     # -- subscriptions ----------------------------------------------------------------------------
@@ -304,7 +306,7 @@ class MqttConnection:
     async def read_retained(self, filters: Iterable[str], timeout: float = 10.0) -> dict[str, bytes]:
         """The retained messages the broker holds under `filters` (retained.RetainedReader)."""
         client = self._client
-        if client is None or self._outbox is None or not self._connected:
+        if client is None or not self._connected:
             raise SinkError(f"not connected to MQTT broker {self.address}")
 
         def unsubscribe(topic_filter: str) -> None:
@@ -347,7 +349,6 @@ class MqttConnection:
     # -- connection events (on the event loop) ------------------------------------------------------
 
     def _connection_up(self, client: paho.Client) -> None:
-        assert self._outbox is not None
         outbox = self._outbox
         reconnect = self._ever_connected
         self._connected = self._ever_connected = True
@@ -380,9 +381,8 @@ class MqttConnection:
         if self._connected:
             log.warning("lost MQTT connection to %s (%s); reconnecting", self.address, reason)
         self._connected = False
-        if self._outbox is not None:
-            self._outbox.client = None
-            self._outbox.requeue_unsent()
+        self._outbox.client = None
+        self._outbox.requeue_unsent()
         self._start_connecting()
 
     # -- paho callbacks (on the event loop, inside loop_read / loop_write / loop_misc) ------------------
@@ -399,7 +399,6 @@ class MqttConnection:
         self._connection_down(str(reason))
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
-        assert self._outbox is not None
         self._outbox.acknowledged(mid, reason)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:

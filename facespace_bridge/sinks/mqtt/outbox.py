@@ -85,7 +85,8 @@ class Message:
 
 
 class Outbox:
-    """Messages waiting for paho and for their PUBACKs, in order, bounded by `max_queued`.
+    """Messages waiting for paho and for their PUBACKs, in order, bounded by `max_queued`;
+    `loop` is the event loop of the connection (None until it starts).
 
     `client` is the paho client while the connection is up, None while it is down: the
     outbox hands messages over only to a client. `retained_value(topic)` is the value a
@@ -94,7 +95,7 @@ class Outbox:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         retained_value: Callable[[str], bytes | None],
         *,
         qos: int,
@@ -139,10 +140,6 @@ class Outbox:
     async def flush(self) -> None:
         """Wait until everything queued so far is acknowledged."""
         await self._idle.wait()
-
-    def acknowledgement(self) -> Acknowledgement:
-        """A new acknowledgement for messages about to be sent or retained."""
-        return Acknowledgement(self._loop)
 
     # -- queueing ---------------------------------------------------------------------------------
 
@@ -217,6 +214,7 @@ class Outbox:
         returns, so the window is refilled once per batch of acks."""
         self._acks.append((mid, reason))
         if not self._ack_scheduled:
+            assert self._loop is not None  # acknowledgements come only once started
             self._ack_scheduled = True
             self._loop.call_soon(self._process_acks)
 
