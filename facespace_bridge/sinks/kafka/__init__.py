@@ -236,6 +236,10 @@ def _wait_until(deadline: float) -> Callable[[RetryCallState], float]:
     return wait
 
 
+class FencedError(SinkError):
+    """Another bridge with the same transactional id took over: this one stops."""
+
+
 class KafkaSink(Sink):
     """Publishes events to Kafka; one subclass per client library (`create_sink` makes the one
     of `settings.client`).
@@ -368,16 +372,18 @@ class KafkaSink(Sink):
                 self._lost = False
                 log.info("Kafka broker %s reachable again", self.settings.bootstrap_servers)
 
-    def _unreachable(self, why: str) -> None:
-        """The client lost the cluster, or a delivery failed: logged once per outage."""
+    def _unreachable(self, why: BaseException | str) -> None:
+        """The client lost the cluster, or a delivery failed: logged once per outage. Being
+        fenced is no outage: the run ends, and its last line says why (once)."""
         self.note_error(why)
         if self._connected:
             self._connected = False
             self._lost = True
-            log.warning("Kafka broker %s: %s", self.settings.bootstrap_servers, why)
+            if not isinstance(why, FencedError):
+                log.warning("Kafka broker %s: %s", self.settings.bootstrap_servers, why)
 
-    def fenced_error(self) -> SinkError:
-        return SinkError(
+    def fenced_error(self) -> FencedError:
+        return FencedError(
             f"another bridge with transactional id {self.settings.transactional_id} took over "
             "(same --instance-id); this one stops"
         )

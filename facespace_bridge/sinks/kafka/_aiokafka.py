@@ -83,11 +83,6 @@ class AiokafkaSink(KafkaSink):
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin_lock = asyncio.Lock()
 
-    @property
-    def producer(self) -> AIOKafkaProducer | None:
-        """The running producer."""
-        return self._producer
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -346,7 +341,7 @@ class AiokafkaSink(KafkaSink):
             ack.set_result(None)
         else:
             self.failed += count
-            self._unreachable(str(error))
+            self._unreachable(error)
             ack.set_exception(error)
             ack.exception()  # counted here; publishers that await the ack still see the error
 

@@ -148,7 +148,7 @@ class MqttSink(Sink):
         await self.connection.close()
 
     def details(self) -> dict[str, Any]:
-        details: dict[str, Any] = {}
+        details: dict[str, Any] = {"reconnects": self.connection.reconnects}
         for extension in self.extensions:
             details.update(extension.details())
         return details

@@ -89,7 +89,7 @@ class MqttConnection:
         self.on_connect: list[Callable[[bool], None]] = []
         #: called on the loop for each message on a subscribed topic
         self.on_message: Callable[[str, bytes], None] | None = None
-        self.reconnects = 0  # how often the connection came back (metrics, tests)
+        self.reconnects = 0  # how often the connection came back (/status, /metrics)
 
         self._retained = RetainedState(availability)
         self._reader = RetainedReader()

@@ -42,6 +42,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -328,7 +329,7 @@ class HomeAssistant(MqttExtension):
         now = int(self.clock())
         if now != self._cutoff_at:  # the same text compares for every sighting of a second
             self._cutoff_at = now
-            self._cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.event_max_age))
+            self._cutoff = seen_at_text(datetime.fromtimestamp(now - self.event_max_age, timezone.utc))
         if seen_at >= self._cutoff:
             return True
         self.held_back += 1
