@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
 import orjson
@@ -20,6 +20,7 @@ from facespace_bridge.simulator import SimulatorServer
 from facespace_bridge.sources.base import Barrier, Batch
 from facespace_bridge.sources.logs import LogsSource
 from tests.fixtures.simulator import SIM_NOW
+from tests.sources._helpers import until
 
 Sightings = Counter[tuple[str, str, datetime]]
 
@@ -76,13 +77,8 @@ class Tail:
             if isinstance(chunk, Batch):
                 self.got += sightings_of(chunk)
 
-    async def until(self, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-        async def reached() -> None:
-            while not predicate():
-                assert not self.task.done(), self.task.exception()
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(reached(), timeout)
+    async def until(self, predicate: Callable[[], object], timeout: float = 20.0) -> None:
+        await until(predicate, self.task, timeout)
 
     async def close(self) -> None:
         self.stop.set()

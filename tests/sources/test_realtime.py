@@ -7,7 +7,7 @@ key the end of the run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -16,6 +16,7 @@ from facespace_bridge.client import APIKeyError, AsyncLogsAPI
 from facespace_bridge.simulator import STOP_MESSAGE, SimulatorServer
 from facespace_bridge.sources.base import Batch
 from facespace_bridge.sources.realtime import RealtimeSource
+from tests.sources._helpers import until
 
 
 class Run:
@@ -33,13 +34,8 @@ class Run:
         async for batch in batches:
             self.batches.append([orjson.loads(e.payload) for e in batch.events])
 
-    async def until(self, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-        async def reached() -> None:
-            while not predicate():
-                assert not self.task.done(), self.task.exception()
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(reached(), timeout)
+    async def until(self, predicate: Callable[[], object], timeout: float = 20.0) -> None:
+        await until(predicate, self.task, timeout)
 
     async def polls(self, count: int) -> None:
         """Until `count` more polls were made."""
