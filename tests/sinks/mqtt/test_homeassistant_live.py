@@ -21,6 +21,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant as Discovery
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistantSettings
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant, LogRecord, State
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, free_port
@@ -92,7 +93,7 @@ async def test_home_assistant_shows_what_the_simulator_sees(
     people = sorted(
         {person for _, person, _ in sim.world.entries()} | {p for ps in present.values() for p in ps}
     )
-    discovery = Discovery(TopicLayout("facespace"), mode=mode)
+    discovery = Discovery(TopicLayout("facespace"), HomeAssistantSettings(mode=mode))
     configs = entities(discovery.configs(cameras, people))
     (connection_id,) = (u for u, config in configs.items() if "availability" not in config)
 
