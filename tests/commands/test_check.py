@@ -13,11 +13,14 @@ import sys
 import uuid
 from pathlib import Path
 
+import orjson
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.fixtures.homeassistant import HomeAssistant
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant as Discovery
+from facespace_bridge.sinks.mqtt.topics import TopicLayout
+from tests.fixtures.homeassistant import HomeAssistant, State
 from tests.fixtures.mqtt import MqttBroker, MqttCollector
 from tests.sinks.mqtt._helpers import Bridge, registry_of
 
@@ -46,19 +49,35 @@ async def test_check_beside_a_running_bridge_disturbs_nothing(
     sim = simulator_factory(now=None, speed=0.0, cameras=2, people=3, history_hours=1, visits_per_hour=30)
     bridge = Bridge(sim, mqtt_broker, tmp_path)
     try:
+        # Everyone the bridge announces (in view, or in the last day of history) as entities.
+        people = {p for _, p, _ in sim.world.entries()} | {
+            p for ps in sim.world.present().values() for p in ps
+        }
+        configs = Discovery(TopicLayout("facespace")).configs(sim.world.cameras(), sorted(people))
+        expected = {orjson.loads(config)["unique_id"] for config in configs.values()}
 
         async def settled() -> bool:
             registry = await registry_of(ha)
             states = await ha.states()
             return (
                 bridge.running()
-                and len(registry) > 0
+                and registry.keys() == expected
                 and all(states[entity].state != "unavailable" for entity in registry.values())
             )
 
-        await ha.wait_until(settled, 60, "the bridge's entities, available")
+        await ha.wait_until(settled, 60, "every entity of the bridge, available")
         entities = sorted((await registry_of(ha)).values())
-        before = await ha.states()
+
+        def shown(states: dict[str, State]) -> dict[str, tuple[str, str]]:
+            return {e: (states[e].state, states[e].last_changed) for e in entities}
+
+        before = shown(await ha.states())
+        while True:  # until what the bridge published at start has all reached Home Assistant
+            await ha.mqtt_synced()
+            now = shown(await ha.states())
+            if now == before:
+                break
+            before = now
         marker = f"facespace-tests/marker/{uuid.uuid4().hex}"
         with MqttCollector(mqtt_broker, [STATE, marker]) as collector:
             check = await asyncio.to_thread(
@@ -82,13 +101,8 @@ async def test_check_beside_a_running_bridge_disturbs_nothing(
         assert "lost MQTT connection" not in bridge.log.read_text()
 
         await ha.mqtt_synced()  # Home Assistant has seen whatever reached the broker before now
-        after = await ha.states()
+        after = shown(await ha.states())
         # Unavailable and back would leave the same state with a later last_changed.
-        changed = {
-            e: (before[e].state, before[e].last_changed, after[e].state, after[e].last_changed)
-            for e in entities
-            if (after[e].state, after[e].last_changed) != (before[e].state, before[e].last_changed)
-        }
-        assert changed == {}, changed
+        assert {e: (before[e], after[e]) for e in entities if after[e] != before[e]} == {}
     finally:
         await bridge.stop()
