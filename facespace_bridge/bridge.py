@@ -22,6 +22,7 @@ from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, 
 from facespace_bridge.checkpoints.acks import AckTracker
 from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
+from facespace_bridge.events import seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import LastSeen, Sink
@@ -218,7 +219,11 @@ class Bridge:
             if start >= t0:
                 raise CheckpointError("--backfill-from is not in the past")
             checkpoint = Checkpoint(through=start, backfill=Backfill(start, t0))
-            log.info("no checkpoint yet: backfilling from %s up to %s, then tailing", _text(start), _text(t0))
+            log.info(
+                "no checkpoint yet: backfilling from %s up to %s, then tailing",
+                seen_at_text(start),
+                seen_at_text(t0),
+            )
         else:
             checkpoint = Checkpoint(through=now - self.options.safety_lag)
             log.info("no checkpoint yet: starting at now, no backfill")
@@ -275,7 +280,7 @@ class Bridge:
             await self.tracker.idle()
             self.tracker.set_backfill(replace(backfill, complete=True), through=backfill.t0)
             await self.writer.save()
-            log.info("backfill complete up to %s; tailing", _text(backfill.t0))
+            log.info("backfill complete up to %s; tailing", seen_at_text(backfill.t0))
         await self._publish_from(self.logs_source.tail(self.tracker.checkpoint, stop))
 
     async def _publish_from(self, chunks: AsyncIterator[Batch | Barrier]) -> None:
@@ -300,7 +305,3 @@ class Bridge:
     def status(self) -> dict[str, Any]:
         """The `/status` document (facespace_bridge/status.py)."""
         return bridge_status(self)
-
-
-def _text(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -18,6 +18,7 @@ from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import FileCheckpointStore
 from facespace_bridge.client import AsyncLogsAPI
 from facespace_bridge.schemas import validate
+from facespace_bridge.simulator import STOP_MESSAGE
 from facespace_bridge.sinks.file import FileSink
 from tests.fixtures.simulator import SIM_NOW
 
@@ -88,7 +89,9 @@ async def test_backfill_then_tail_publishes_every_sighting_once(simulator_factor
     assert max(same_second.values()) > 1  # the world has entries sharing a second
     run = Run(sim, tmp_path)
     await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()))
-    await asyncio.sleep(0.5)  # a few more tail polls: nothing may be repeated
+    polls = run.bridge.logs_source.polls
+    # Three more tail polls, each re-reading the look-back window: nothing may be repeated.
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 3)
     await run.stop()
     events = read_events(run.output)
     assert sightings(events) == expected
@@ -226,14 +229,21 @@ async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_fa
     assert run.bridge.metrics.dead_letters.labels(source="logs")._value.get() == len(dead)
 
 
-@pytest.mark.parametrize("stop_reply", [True])
-async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply):
+@pytest.mark.parametrize(("stop_reply", "realtime_state"), [(True, "stopped"), (False, "polling")])
+async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply, realtime_state):
+    """The API's stop reply on /recognition pauses presence, not the bridge: the history tail
+    goes on, and /status shows the realtime source stopped but no problem (beside a run
+    without it, which must differ only there)."""
     sim = simulator_factory(visits_per_hour=30)
     sim.set_faults(stop_signal=stop_reply)
     run = Run(sim, tmp_path, backfill_from=None)
     bridge = run.bridge
-    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 1)
-    assert run.bridge.realtime_source.health.state == "stopped"
+    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 2)
+    status = bridge.status()
+    assert status["sources"]["realtime"]["state"] == realtime_state
+    assert status["sources"]["realtime"]["stop_reply"] == (STOP_MESSAGE if stop_reply else None)
+    assert status["sources"]["logs"]["state"] == "polling"
+    assert (status["state"], status["problems"]) == ("RUNNING", [])
     assert not run.task.done()
     await run.stop()
 
