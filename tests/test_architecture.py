@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"events", "cloudevents", "kafka", "whereabouts"},
     {"checkpoints", "sources"},
     {"sinks"},
-    {"publisher", "metrics", "status"},
+    {"publisher", "metrics", "status", "web"},
     {"bridge"},
     {"commands", "cli", "embedded", "docgen", "__init__", "__main__"},
 ]

@@ -25,6 +25,7 @@ from facespace_bridge.commands._common import (
     api_options,
     config_option,
     logging_options,
+    register_secret,
     setup_logging,
     tune_gc,
     warn_if_short,
@@ -33,6 +34,7 @@ from facespace_bridge.commands._common import (
 from facespace_bridge.metrics import CountingTransport, Metrics, serve_metrics
 from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
+from facespace_bridge.web import Access, PageServer, PageState, exposure_problem, password_from
 
 log = logging.getLogger("facespace_bridge")
 
@@ -113,6 +115,18 @@ log = logging.getLogger("facespace_bridge")
     help="Serve /status, /metrics, /healthz and /readyz on this port.",
 )
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
+@click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    help="Serve the live web page on this port (docs/web.md; 0: any free port). Off by default.",
+)
+@click.option(
+    "--web-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --web-port. Beyond loopback the page needs a password: env "
+    "FACESPACE_BRIDGE_WEB_PASSWORD (HTTP basic auth, any user name).",
+)
 @logging_options
 @sink_options
 def command(**config: Any) -> int:
@@ -145,6 +159,12 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+    if config.get("web_port") is not None:
+        password = password_from()
+        problem = exposure_problem(config["web_host"], password)
+        if problem:
+            raise click.UsageError(problem)
+        register_secret(password)
     sinks = build_sinks(config["broker"], config)
     options = BridgeOptions(
         refresh=config["refresh"],
@@ -229,16 +249,21 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = None
+    page: PageServer | None = None
     try:
         await preflight(config, api_key)
         if config["exactly_once"]:
             await require_transactions(sinks)
         store = checkpoint_store(config, sinks)
-        bridge = Bridge(client, sinks, store, options, metrics)
+        state = page_state(config)
+        bridge = Bridge(client, sinks, store, options, metrics, page=state)
         if config["metrics_port"] is not None:
             runner = await serve_metrics(
                 metrics, config["metrics_port"], bridge.status, config["metrics_host"]
             )
+        if state is not None:
+            page, url = await serve_page(config, state, bridge)
+            log.info("web page at %s", url)
         log.info(
             "bridge running: %s -> %s (checkpoint: %s)",
             config["api_url"],
@@ -253,9 +278,33 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     except APIKeyError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if page is not None:
+            await page.close()
         if runner is not None:
             await runner.cleanup()
         await client.aclose()
+
+
+def page_state(config: dict[str, Any]) -> PageState | None:
+    """The web page's state when `--web-port` asks for the page; None otherwise."""
+    if config.get("web_port") is None:
+        return None
+    return PageState(away_after=config["away_after"])
+
+
+async def serve_page(config: dict[str, Any], state: PageState, bridge: Bridge) -> tuple[PageServer, str]:
+    """Serve the page on `--web-host:--web-port` (the password, if any, from the environment);
+    returns the server and the page's URL. A port that cannot be bound is one line, exit 1."""
+    server = PageServer(state, bridge.status)
+    host, port = config["web_host"], config["web_port"]
+    try:
+        url = await server.listen(host, port, Access(password=password_from()))
+    except OSError as exc:
+        await server.close()
+        raise click.ClickException(
+            f"cannot serve the web page on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return server, url
 
 
 with_env(command)
