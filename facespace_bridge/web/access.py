@@ -11,6 +11,7 @@ The page shows people's names, so it is never open to a network without a check:
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hmac
 import ipaddress
@@ -18,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import BasicAuth, hdrs, web
+from aiohttp import hdrs, web
 
 PASSWORD_VARIABLE = "FACESPACE_BRIDGE_WEB_PASSWORD"
 INGRESS_PROXY = "172.30.32.2"  # the Supervisor's ingress proxy, as Home Assistant documents it
@@ -93,14 +94,18 @@ class Access:
         return None
 
     def _authorized(self, header: str | None) -> bool:
-        if not header:
+        """Whether an `Authorization: Basic base64(user:password)` header (RFC 7617) holds the
+        password, whatever the user name."""
+        scheme, _, credentials = (header or "").partition(" ")
+        if scheme.lower() != "basic":
             return False
         try:
-            given = BasicAuth.decode(header, encoding="utf-8").password
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
         except (ValueError, binascii.Error):  # (UnicodeError is a ValueError)
             return False
+        _, colon, given = decoded.partition(":")
         assert self.password is not None
-        return hmac.compare_digest(given.encode(), self.password.encode())
+        return bool(colon) and hmac.compare_digest(given.encode(), self.password.encode())
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
