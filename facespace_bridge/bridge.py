@@ -264,10 +264,10 @@ class Bridge:
         except FaceSpaceError as exc:
             log.info("announcing without the current recognition reply: %s", exc)
         try:
-            end = self.clock()
-            async for entry in self.client.iter_entries(
-                end - self.options.announce_history, end, self.options.camera_id
-            ):
+            # Up to whatever the API has (an open range), not to this clock: an API whose clock
+            # runs ahead has sightings "after now" that the tail will not publish again.
+            start = self.clock() - self.options.announce_history
+            async for entry in self.client.iter_entries(start, None, self.options.camera_id):
                 if isinstance(entry, LogEntry):
                     cameras.add(entry.camera_id)
                     people.add(entry.person)
