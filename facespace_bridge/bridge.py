@@ -263,25 +263,40 @@ class Bridge:
                 page.presence_now(in_view)
         except FaceSpaceError as exc:
             log.info("announcing without the current recognition reply: %s", exc)
+        # Up to whatever the API has (an open range), not to this clock: an API whose clock runs
+        # ahead has sightings "after now" that the tail will not publish again. With only the
+        # page to tell, not what a pending backfill is about to publish: the page takes that
+        # from the backfill's acknowledgements rather than from a second read of the same range.
+        start = self.clock() - self.options.announce_history
+        end = None if announcers else self._backfill_resumes()
         try:
-            # Up to whatever the API has (an open range), not to this clock: an API whose clock
-            # runs ahead has sightings "after now" that the tail will not publish again.
-            start = self.clock() - self.options.announce_history
-            async for entry in self.client.iter_entries(start, None, self.options.camera_id):
-                if isinstance(entry, LogEntry):
-                    cameras.add(entry.camera_id)
-                    people.add(entry.person)
-                    seen = last_seen.get(entry.person)
-                    if seen is None or entry.seen_at >= seen.at:
-                        last_seen[entry.person] = LastSeen(entry.seen_at, entry.camera_id)
-                    if page is not None:
-                        page.history_entry(entry)
+            if end is None or end > start:
+                async for entry in self.client.iter_entries(start, end, self.options.camera_id):
+                    if isinstance(entry, LogEntry):
+                        cameras.add(entry.camera_id)
+                        people.add(entry.person)
+                        seen = last_seen.get(entry.person)
+                        if seen is None or entry.seen_at >= seen.at:
+                            last_seen[entry.person] = LastSeen(entry.seen_at, entry.camera_id)
+                        if page is not None:
+                            page.history_entry(entry)
         except FaceSpaceError as exc:
             log.warning("could not read the history to announce everyone known: %s", exc)
         if page is not None:
             page.history_done(last_seen)
         for sink in announcers:
             await sink.announce(sorted(cameras), sorted(people), last_seen)
+
+    def _backfill_resumes(self) -> datetime | None:
+        """Where a backfill still to run publishes from (after everything published before,
+        on every camera), or None when there is none."""
+        assert self.tracker is not None
+        checkpoint = self.tracker.checkpoint
+        backfill = checkpoint.backfill
+        if backfill is None or backfill.complete:
+            return None
+        published = [checkpoint.through or backfill.start, *(p.seen_at for p in checkpoint.cameras.values())]
+        return max(published)
 
     # -- the logs source: backfill, then tail ------------------------------------------------------
 
