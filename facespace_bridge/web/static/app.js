@@ -7,7 +7,6 @@
   const KEEP = 300; // recent sightings kept (the bridge sends at most as many)
   const SILENCE = 25000; // ms without a message after which the connection counts as lost
   const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#86bcb6"];
-  const STATE_WORDS = { STARTING: "STARTING", RUNNING: "RUNNING", DEGRADED: "DEGRADED", FAILED: "FAILED", STOPPING: "STOPPING" };
   const SINK_NAMES = { kafka: "Kafka", mqtt: "MQTT", webhook: "Webhook", file: "File" };
   const SOURCE_NAMES = { realtime: "Presence (/recognition)", logs: "History (/logs)" };
 
@@ -163,7 +162,7 @@
     const bridge = view.bridge;
     const state = $("state");
     state.dataset.state = bridge.state;
-    $("state-word").textContent = STATE_WORDS[bridge.state] || bridge.state;
+    $("state-word").textContent = bridge.state;
     state.title = `The bridge is ${bridge.state.toLowerCase()}`;
 
     const problems = $("problems");
