@@ -33,17 +33,17 @@ def _explain(problem: str, status: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "sink" and name in status.get("sinks", {}):
         sink = status["sinks"][name]
         error = sink.get("last_error")
-        text = f"{SINK_NAMES.get(name, f'The {name} sink')} is not taking events"
-        text += f" ({error})." if error else "."
-        return {"text": f"{text} {NEXT_STEP['sink']}", "since": sink.get("last_error_at")}
+        text = f"{SINK_NAMES.get(name, f'The {name} sink')} is not taking events."
+        text += f" {NEXT_STEP['sink']}" + (f" Last error: {error}." if error else "")
+        return {"text": text, "since": sink.get("last_error_at")}
     if kind == "source" and name in status.get("sources", {}):
         source = status["sources"][name]
         subject = SOURCE_NAMES.get(name, f"the {name} source")
         if what == "failing":
             error = source.get("last_error")
-            text = f"The FaceSpace API does not answer for {subject}"
-            text += f" ({error})." if error else "."
-            return {"text": f"{text} {NEXT_STEP['source']}", "since": source.get("last_error_at")}
+            text = f"The FaceSpace API does not answer for {subject}. {NEXT_STEP['source']}"
+            text += f" Last error: {error}." if error else ""
+            return {"text": text, "since": source.get("last_error_at")}
         text = f"The FaceSpace API has not answered for {subject} lately. {NEXT_STEP['source']}"
         return {"text": text, "since": source.get("last_poll")}
     return {"text": problem, "since": None}

@@ -96,7 +96,8 @@ async def test_the_live_feed_sends_a_snapshot_then_updates(served) -> None:
         assert snapshot["type"] == "snapshot"
         assert snapshot["bridge"]["state"] == "DEGRADED"
         (problem,) = snapshot["bridge"]["problems"]
-        assert "MQTT is not taking events (connection refused)" in problem["text"]
+        assert problem["text"].startswith("MQTT is not taking events.")
+        assert problem["text"].endswith("Last error: connection refused.")
         assert "Nothing is lost" in problem["text"] and problem["since"] == "2023-10-25T12:00:00Z"
         seen_at = datetime.now(timezone.utc).replace(microsecond=0)
         event = sighting_event(LogEntry("Door", "Zoë", seen_at, "raw"), 0)
