@@ -143,3 +143,29 @@ def test_check_can_tell_a_port_in_use() -> None:
         assert can_bind("127.0.0.1", port) is not None  # in use
     assert can_bind("127.0.0.1", port) is None
     assert "resolve" in (can_bind("no-such-host.invalid", 80) or "")
+
+
+async def test_one_page_on_two_ports_each_with_its_rule() -> None:
+    """As the add-on serves it: the ingress port answers only the ingress proxy's address (here
+    127.0.0.2, a loopback address of its own), the other port its own rule; one state feeds both."""
+    state = PageState(600.0)
+    server = PageServer(state, lambda: STATUS)
+    ingress = await server.listen(
+        "127.0.0.1", 0, Access.ingress({"FACESPACE_BRIDGE_INGRESS_PROXY": "127.0.0.2"})
+    )
+    direct = await server.listen("127.0.0.1", 0, Access(password="pw"))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(ingress, headers={"X-Forwarded-For": "127.0.0.2"}) as reply:
+                assert reply.status == 403  # from 127.0.0.1, whatever it claims
+            async with http.get(direct) as reply:
+                assert reply.status == 401
+        proxy = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=proxy) as http:
+            async with http.get(ingress, headers={"X-Ingress-Path": "/api/hassio_ingress/t0k3n"}) as reply:
+                assert reply.status == 200
+                assert '<base href="/api/hassio_ingress/t0k3n/">' in await reply.text()
+            async with http.ws_connect(ingress + "api/live") as ws:
+                assert orjson.loads((await ws.receive(timeout=10)).data)["type"] == "snapshot"
+    finally:
+        await server.close()
