@@ -45,7 +45,17 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bridge_harness import CLI, Probe, admin, child_env, start_simulator, stop, topic_size, wait_until
+from _bridge_harness import (
+    CLI,
+    Probe,
+    Profiler,
+    admin,
+    child_env,
+    start_simulator,
+    stop,
+    topic_size,
+    wait_until,
+)
 from bridge_backfill import backfill_complete, delete_topics, iso, kafka_flags
 
 from facespace_bridge.embedded import TansuBroker, free_port
@@ -151,7 +161,7 @@ def answering(port: int) -> bool:
 
 
 def backfill(api_url: str, tansu: TansuBroker, start: datetime, workdir: Path, name: str, pages: int,
-             web: bool, truth: int) -> Run:  # fmt: skip
+             web: bool, truth: int, profiler: Profiler) -> Run:  # fmt: skip
     topics = f"bench.web.{name}"
     checkpoint = workdir / f"{name}.json"
     port = free_port() if web else None
@@ -160,6 +170,7 @@ def backfill(api_url: str, tansu: TansuBroker, start: datetime, workdir: Path, n
     began = time.perf_counter()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=child_env(api_url), stdout=log, stderr=subprocess.STDOUT)
+    profiler.attach(process.pid, name)
     readers: Pages | None = None
     try:
         probe = Probe(process.pid)
@@ -182,6 +193,7 @@ def backfill(api_url: str, tansu: TansuBroker, start: datetime, workdir: Path, n
         code = stop(process)
     if code != 0:
         raise SystemExit(f"the bridge exited {code} at SIGTERM: {log_path.read_text()[-2000:]}")
+    profiler.finish(f"{name} (until SIGTERM)")
     stored = asyncio.run(topic_size(tansu.bootstrap, f"{topics}.sightings"))
     if stored != truth:
         raise SystemExit(f"{name}: the topic holds {stored:,} sightings, the world {truth:,}")
@@ -204,6 +216,7 @@ def backfills(options: argparse.Namespace, tansu: TansuBroker, workdir: Path) ->
         "--visits-per-hour", str(options.count / (CAMERAS * HOURS)), "--now", iso(sim_now), "--speed", "0",
     ])  # fmt: skip
     runs: list[Run] = []
+    profiler = Profiler(options.profile)
     try:
         truth = int(
             admin(api_url, "GET", f"truth?start={iso(start)}&end={iso(sim_now)}&count_only=1")["count"]
@@ -213,7 +226,7 @@ def backfills(options: argparse.Namespace, tansu: TansuBroker, workdir: Path) ->
         for round_index in range(options.rounds):
             for pages, web in kinds if round_index % 2 == 0 else kinds[::-1]:
                 name = f"r{round_index}-p{pages}-{'web' if web else 'plain'}"
-                run = backfill(api_url, tansu, start, workdir, name, pages, web, truth)
+                run = backfill(api_url, tansu, start, workdir, name, pages, web, truth, profiler)
                 runs.append(run)
                 print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
     finally:
@@ -281,6 +294,7 @@ def main() -> None:
     )
     parser.add_argument("--sample-seconds", type=float, default=30.0, help="seconds between RSS samples")
     parser.add_argument("--no-soak", action="store_true", help="the backfill rows only")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each backfill, stacks into DIR")
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         workdir = Path(scratch)

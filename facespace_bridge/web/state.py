@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -78,8 +78,8 @@ class PageState:
         away_after: float,
         *,
         recent: int = RECENT,
-        clock: Any = time.time,
-        monotonic: Any = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.monotonic = monotonic

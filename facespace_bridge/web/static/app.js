@@ -12,6 +12,7 @@
 
   const view = { bridge: null, cameras: {}, people: new Map(), sightings: new Map(), chart: null };
   const $ = (id) => document.getElementById(id);
+  const byName = (a, b) => a.localeCompare(b, undefined, { numeric: true }); // Camera2 before Camera10
   const number = new Intl.NumberFormat();
   const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   const full = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
@@ -227,7 +228,7 @@
   // -- cameras ---------------------------------------------------------------------------------
 
   function drawCameras() {
-    const cards = Object.entries(view.cameras).map(([name, camera]) => {
+    const cards = Object.entries(view.cameras).sort(([a], [b]) => byName(a, b)).map(([name, camera]) => {
       const card = el("article", { className: "camera-card" });
       card.dataset.camera = name;
       card.append(el("h3", {}, name));
@@ -255,7 +256,7 @@
 
   function drawPeople() {
     const people = [...view.people.values()].sort(
-      (a, b) => Number(b.home) - Number(a.home) || (b.seen_at || "").localeCompare(a.seen_at || "") || a.name.localeCompare(b.name),
+      (a, b) => Number(b.home) - Number(a.home) || (b.seen_at || "").localeCompare(a.seen_at || "") || byName(a.name, b.name),
     );
     const rows = people.map((person) => {
       const where = el("span", { className: "where" }, person.home ? "Home" : "Away");
@@ -286,7 +287,7 @@
 
   function fill(select, names, everyone) {
     const chosen = select.value;
-    const sorted = [...names].sort((a, b) => a.localeCompare(b));
+    const sorted = [...names].sort(byName);
     const now = [...select.options].slice(1).map((option) => option.value);
     if (now.length === sorted.length && now.every((name, i) => name === sorted[i])) return;
     select.replaceChildren(el("option", { value: "" }, everyone), ...sorted.map((name) => el("option", { value: name }, name)));
@@ -333,7 +334,7 @@
 
   function drawChart() {
     const chart = view.chart;
-    const cameras = Object.keys(chart.cameras);
+    const cameras = Object.keys(chart.cameras).sort(byName);
     const xs = chart.hours.map((hour) => Date.parse(hour) / 1000 + 1800); // bars at the hour's middle
     drawChartTable(chart, cameras);
     if (typeof uPlot === "undefined") return;
