@@ -109,7 +109,6 @@ class PageState:
         """The `/recognition` reply read at start: who each camera sees."""
         for camera, people in reply.items():
             self.in_view[camera] = sorted(set(people))
-            self._known(camera)
 
     def history_entry(self, entry: LogEntry) -> None:
         """One entry of the history read at start (the last 24 hours, in time order)."""
@@ -188,7 +187,9 @@ class PageState:
         newest: dict[str, Event] = {}
         for index, event in enumerate(new):
             person = _person(event)
-            newest[person] = event
+            known = newest.get(person)
+            if known is None or (event.time or "") > (known.time or ""):
+                newest[person] = event
             if index >= len(new) - (self.recent.maxlen or RECENT):
                 self._add_recent(event.camera_id, person, event.time or "")
         for person, event in newest.items():
