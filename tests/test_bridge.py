@@ -18,7 +18,9 @@ from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import FileCheckpointStore
 from facespace_bridge.client import AsyncLogsAPI
 from facespace_bridge.schemas import validate
+from facespace_bridge.simulator import STOP_MESSAGE
 from facespace_bridge.sinks.file import FileSink
+from facespace_bridge.web.state import PageState
 from tests.fixtures.simulator import SIM_NOW
 
 BACKFILL = timedelta(hours=3)
@@ -88,7 +90,9 @@ async def test_backfill_then_tail_publishes_every_sighting_once(simulator_factor
     assert max(same_second.values()) > 1  # the world has entries sharing a second
     run = Run(sim, tmp_path)
     await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()))
-    await asyncio.sleep(0.5)  # a few more tail polls: nothing may be repeated
+    polls = run.bridge.logs_source.polls
+    # Three more tail polls, each re-reading the look-back window: nothing may be repeated.
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 3)
     await run.stop()
     events = read_events(run.output)
     assert sightings(events) == expected
@@ -226,14 +230,21 @@ async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_fa
     assert run.bridge.metrics.dead_letters.labels(source="logs")._value.get() == len(dead)
 
 
-@pytest.mark.parametrize("stop_reply", [True])
-async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply):
+@pytest.mark.parametrize(("stop_reply", "realtime_state"), [(True, "stopped"), (False, "polling")])
+async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply, realtime_state):
+    """The API's stop reply on /recognition pauses presence, not the bridge: the history tail
+    goes on, and /status shows the realtime source stopped but no problem (beside a run
+    without it, which must differ only there)."""
     sim = simulator_factory(visits_per_hour=30)
     sim.set_faults(stop_signal=stop_reply)
     run = Run(sim, tmp_path, backfill_from=None)
     bridge = run.bridge
-    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 1)
-    assert run.bridge.realtime_source.health.state == "stopped"
+    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 2)
+    status = bridge.status()
+    assert status["sources"]["realtime"]["state"] == realtime_state
+    assert status["sources"]["realtime"]["stop_reply"] == (STOP_MESSAGE if stop_reply else None)
+    assert status["sources"]["logs"]["state"] == "polling"
+    assert (status["state"], status["problems"]) == ("RUNNING", [])
     assert not run.task.done()
     await run.stop()
 
@@ -252,3 +263,61 @@ async def test_api_fault_storm_changes_nothing_in_what_is_published(simulator_fa
     assert sightings(events) == expected
     stats = sim.stats()
     assert sum(n for path in stats.values() for status, n in path.items() if status != "200") > 0, stats
+
+
+def page_chart(page: PageState) -> Counter:
+    """(camera, hour) -> sightings, as the page's chart has them."""
+    chart = page.snapshot({"state": "RUNNING", "problems": [], "sinks": {}, "sources": {}, "cameras": {}})[
+        "chart"
+    ]
+    return Counter(
+        {
+            (camera, hour): n
+            for camera, counts in chart["cameras"].items()
+            for hour, n in zip(chart["hours"], counts, strict=True)
+            if n
+        }
+    )
+
+
+def truth_chart(sim, hours: int = 24) -> Counter:
+    first = SIM_NOW.replace(minute=0) - timedelta(hours=hours - 1)
+    return Counter(
+        (camera, seen_at.replace(minute=0, second=0).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        for camera, _, seen_at in sim.world.entries(first, SIM_NOW)
+    )
+
+
+@pytest.mark.parametrize("backfill_hours", [30, 3])
+async def test_the_page_gets_the_history_once_from_the_read_or_the_backfill(
+    simulator_factory, tmp_path, backfill_hours
+):
+    sim = simulator_factory(visits_per_hour=60)
+    page = PageState(600.0, clock=SIM_NOW.timestamp)
+    client = AsyncLogsAPI(sim.api_key, base_url=sim.base_url)
+    bridge = Bridge(
+        client,
+        [FileSink(str(tmp_path / "events.jsonl"))],
+        FileCheckpointStore(tmp_path / "checkpoint.json"),
+        BridgeOptions(
+            backfill_from=SIM_NOW - timedelta(hours=backfill_hours), tail_interval=0.2, refresh=0.2
+        ),
+        clock=lambda: SIM_NOW,
+        page=page,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    backfilled = sum(truth(sim, SIM_NOW - timedelta(hours=backfill_hours), SIM_NOW).values())
+    while page_chart(page) != truth_chart(sim) or bridge.logs_source.polls < 2:
+        assert not task.done(), task
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await client.aclose()
+    # Every sighting of the last 24 hours counted once, and read from the API once: a backfill
+    # of more than a day is the page's only source; a shorter one adds to the read of the rest.
+    read = sim.simulator.app.entries_served
+    assert backfilled <= read <= backfilled + sum(truth(sim, SIM_NOW - timedelta(hours=24), SIM_NOW).values())
+    if backfill_hours > 24:
+        assert read < backfilled * 1.05  # the tail's look-back re-reads a few minutes, no more
+    page.close()

@@ -45,7 +45,7 @@ from facespace_bridge.commands._common import (
 from facespace_bridge.events import DEADLETTER_SCHEMA
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
-from facespace_bridge.sinks import Sink, SinkError
+from facespace_bridge.sinks import Role, Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
 from facespace_bridge.sources.base import Barrier, Batch
 from facespace_bridge.sources.logs import LogsSource
@@ -162,7 +162,12 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
     type=click.Choice(list(SINK_MODULES)),
     help=broker_help() + ". Not needed with --dry-run.",
 )
-@click.option("--dry-run", is_flag=True, help="Read, number and validate the range; publish nothing.")
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=False,
+    show_default=True,
+    help="Read, number and validate the range; publish nothing.",
+)
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -191,7 +196,7 @@ def command(**config: Any) -> None:
     dry_run = config["dry_run"]
     if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
-    sinks = build_sinks(config["broker"], config, replay=True)
+    sinks = build_sinks(config["broker"], config, role=Role.REPLAY)
     progress = config["progress"]
     if progress is None:
         progress = sys.stderr.isatty()

@@ -11,23 +11,32 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
+from facespace_bridge.settings import cli_options, from_options, setting
+from facespace_bridge.sinks.base import Ack, Role, Sink, SinkError
 
 HELP = "a JSON Lines file, one event per line, fsync'd"
 
-OPTIONS = [
-    click.option(
+
+@dataclass(frozen=True)
+class FileSettings:
+    """The file sink's one setting, with its CLI option (facespace_bridge/settings.py)."""
+
+    output: str | None = setting(
         "--output",
+        default=None,
         type=click.Path(dir_okay=False, allow_dash=True),
         help="File sink: JSON-lines file to append events to ('-' for stdout).",
-    ),
-]
+    )
+
+
+OPTIONS = cli_options(FileSettings)
 
 _BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight bound
 
@@ -115,8 +124,8 @@ class FileSink(Sink):
         self._handle = None
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> FileSink:
-    output = config.get("output")
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> FileSink:
+    output = from_options(FileSettings, config).output
     if not output:
         raise click.UsageError("--broker file needs --output PATH")
     return FileSink(str(output))

@@ -7,7 +7,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+
+import httpx
 
 
 def summary(stderr: str) -> dict[str, int]:
@@ -32,13 +35,30 @@ def test_demo_runs_the_whole_pipeline_and_stops_on_its_own():
     assert "Traceback" not in result.stderr
 
 
-def test_demo_stops_cleanly_on_ctrl_c():
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facespace_bridge", "demo", "--backfill-minutes", "1", "--no-mqtt"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(6)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+def test_demo_serves_the_page_and_stops_cleanly_on_ctrl_c():
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facespace_bridge", "demo", "--backfill-minutes", "1", "--no-mqtt"],
+            stdout=subprocess.DEVNULL, stderr=err, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        url = None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            err.seek(0)
+            found = re.search(r"web page: (http://127\.0\.0\.1:\d+/)", err.read())
+            url = found.group(1) if found else None
+        assert url, "the demo printed no web page URL"
+        # The page shows the demo's world: its four cameras.
+        cameras: set[str] = set()
+        while time.monotonic() < deadline and cameras != {"Camera1", "Camera2", "Camera3", "Camera4"}:
+            cameras = set(httpx.get(url + "api/state", timeout=10).json()["cameras"])
+            time.sleep(0.5)
+        assert cameras == {"Camera1", "Camera2", "Camera3", "Camera4"}
+        assert "FaceSpace bridge" in httpx.get(url, timeout=10).text
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        err.seek(0)
+        stderr = err.read()
     assert proc.returncode == 0, stderr[-2000:]
     assert summary(stderr)["kafka"] > 0

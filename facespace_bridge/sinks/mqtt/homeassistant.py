@@ -23,11 +23,11 @@ The event gate: Home Assistant fires an `event` entity, and every automation on 
 when Mary is at the door"), once per message on its topic. Only a sighting at most
 `event_max_age` seconds old by the bridge's clock when it is published goes there.
 
-The device tracker: `home` while any camera sees the person (presence, debounced by the
-realtime source's presence timeout) and until `away_after` seconds after they were last
-seen (by presence or by a sighting), `not_home` after that; the last camera and time as
-attributes. Its source type is `router`, a stationary tracker: Home Assistant's `person`
-takes its `home` over a phone's GPS, and a phone's location over its `not_home`.
+The device tracker: each person's whereabouts (whereabouts.py: `home` while a camera sees
+them and until `away_after` seconds after they were last seen, `not_home` after that), the
+last camera and time as attributes, retained on the person's tracker topic whenever they
+change. Its source type is `router`, a stationary tracker: Home Assistant's `person` takes
+its `home` over a phone's GPS, and a phone's location over its `not_home`.
 
 Everything published is retained in the connection, which re-sends it after a reconnect;
 when Home Assistant announces `online` on its status topic, it is re-sent after a short
@@ -42,14 +42,16 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
 
 from facespace_bridge._version import __version__
-from facespace_bridge.events import parse_rfc3339, seen_at_text
-from facespace_bridge.sinks.base import LastSeen
+from facespace_bridge.events import seen_at_text
+from facespace_bridge.settings import cli_options, from_options, setting
+from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.topics import (
     TopicLayout,
@@ -58,6 +60,7 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
+from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
     from facespace_bridge.events import Event
@@ -68,8 +71,6 @@ log = logging.getLogger(__name__)
 ORIGIN_NAME = "facespace-bridge"
 MODES = ("entity", "device")
 MIGRATE = orjson.dumps({"migrate_discovery": True})
-HOME, NOT_HOME = "home", "not_home"
-WHEREABOUTS_SCHEMA = "facespace.whereabouts/v1"  # the device tracker's state (schemas/whereabouts/)
 
 
 def jinja_literal(text: str) -> str:
@@ -77,6 +78,41 @@ def jinja_literal(text: str) -> str:
     (Python unicode-escape) string literals decode, and a `}}` inside a literal does not
     end the expression, so any name is safe to embed in a template."""
     return orjson.dumps(text).decode()
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    """The Home Assistant extension's settings, each with its CLI option (facespace_bridge/settings.py)."""
+
+    discovery: bool = setting(
+        "--ha-discovery/--no-ha-discovery", default=True, help="Home Assistant MQTT discovery."
+    )
+    prefix: str = setting(
+        "--ha-prefix",
+        default="homeassistant",
+        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
+    )
+    mode: str = setting(
+        "--ha-discovery-mode",
+        default="entity",
+        type=click.Choice(MODES),
+        help="entity: one config per entity (every Home Assistant); device: one per device "
+        "(Home Assistant 2024.11+). Switching migrates and keeps entity ids.",
+    )
+    event_max_age: float = setting(
+        "--ha-event-max-age",
+        default=300.0,
+        type=click.FloatRange(min=0),
+        help="Seconds: only a sighting at most this old when published fires its person's Home "
+        "Assistant event entity (history never does; replay fires none).",
+    )
+    away_after: float = setting(
+        "--away-after",
+        default=600.0,
+        type=click.FloatRange(min=0),
+        help="Seconds unseen by every camera after which a person's Home Assistant device "
+        "tracker turns not_home.",
+    )
 
 
 @dataclass(frozen=True)
@@ -99,18 +135,6 @@ class Entity:
     available: bool = True  # follows the bridge state (the connection sensor itself does not)
 
 
-@dataclass
-class _Whereabouts:
-    """What the device tracker of one person knows."""
-
-    cameras: set[str] = field(default_factory=set)  # cameras that see the person now
-    camera: str | None = None  # the last camera that saw them
-    seen_at: str | None = None  # when they were last seen (RFC 3339, seconds)
-    seen_ts: float = float("-inf")  # the same as a POSIX time
-    published: bytes | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
 class HomeAssistant(MqttExtension):
     """Home Assistant discovery, event gate and device trackers for one MQTT topic layout."""
 
@@ -119,15 +143,14 @@ class HomeAssistant(MqttExtension):
     def __init__(
         self,
         layout: TopicLayout,
-        ha_prefix: str = "homeassistant",
+        settings: HomeAssistantSettings | None = None,
         *,
-        mode: str = "entity",
-        event_max_age: float = 300.0,
-        away_after: float = 600.0,
         reannounce_delay: tuple[float, float] = (1.0, 5.0),
         migration_pause: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = settings or HomeAssistantSettings()
+        ha_prefix, mode = settings.prefix, settings.mode
         problem = check_base_topic(ha_prefix, "Home Assistant prefix")
         if problem:
             raise ValueError(problem)
@@ -140,8 +163,7 @@ class HomeAssistant(MqttExtension):
         self.layout = layout
         self.ha_prefix = ha_prefix
         self.mode = mode
-        self.event_max_age = event_max_age
-        self.away_after = away_after
+        self.event_max_age = settings.event_max_age
         self.reannounce_delay = reannounce_delay
         self.migration_pause = migration_pause
         self.clock = clock
@@ -156,13 +178,18 @@ class HomeAssistant(MqttExtension):
         self.held_back = 0  # sightings kept from the event entities as history
         self.reannounces = 0  # re-sends after Home Assistant came online
         self.migrated = 0  # configs moved over from the other discovery form at start
-        self._whereabouts: dict[str, _Whereabouts] = {}
+        # The device trackers' states, retained on each person's tracker topic as they change.
+        self.whereabouts = Whereabouts(settings.away_after, clock=clock, on_change=self._tracker_changed)
         self._cutoff_at = -1  # the wall-clock second `_cutoff` was computed for
         self._cutoff = ""
         self._connection: MqttConnection | None = None
         self._to_migrate: list[str] = []
         self._config_topics: dict[str, None] = {}  # every config published, in order: re-sent first
         self._reannounce_task: asyncio.Task[None] | None = None
+
+    @property
+    def away_after(self) -> float:
+        return self.whereabouts.away_after
 
     # -- life cycle (extension.py) ----------------------------------------------------------------
 
@@ -188,9 +215,9 @@ class HomeAssistant(MqttExtension):
     ) -> None:
         published = self._add_names(cameras, people)
         for person, seen in last_seen.items():
-            self._note_seen(person, seen.camera_id, seen_at_text(seen.at))
+            self.whereabouts.seen(person, seen.camera_id, seen.at)
         for person in sorted(self.people):
-            self._update_tracker(person)
+            self.whereabouts.update(person)
         if published is not None:
             await published
         if self._to_migrate:
@@ -203,19 +230,18 @@ class HomeAssistant(MqttExtension):
     def on_event(self, event: Event) -> Sequence[str]:
         kind = event.kind
         if kind == "sighting":
-            person, seen_at = event.person, event.time
-            assert person is not None and seen_at is not None  # every sighting has both
+            person, seen_at, text = event.person, event.seen_at, event.time
+            assert person is not None and seen_at is not None and text is not None  # every sighting's
             if event.camera_id not in self.cameras or person not in self.people:
                 self._add_names((event.camera_id,), (person,))
-            if self._note_seen(person, event.camera_id, seen_at):
-                self._update_tracker(person)
-            if self.fires(seen_at):
+            self.whereabouts.sighting(person, event.camera_id, seen_at)
+            if self.fires(text):
                 return (self.layout.person_sighting(person),)
         elif kind == "presence":
-            people, observed_at = event.people or (), event.time
+            people, observed_at = event.people or (), event.seen_at
             assert observed_at is not None  # every presence has it
             self._add_names((event.camera_id,), people)
-            self._presence(event.camera_id, people, observed_at)
+            self.whereabouts.presence(event.camera_id, people, observed_at)
         return ()
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -230,9 +256,7 @@ class HomeAssistant(MqttExtension):
     async def close(self) -> None:
         if self._reannounce_task is not None:
             self._reannounce_task.cancel()
-        for whereabouts in self._whereabouts.values():
-            if whereabouts.timer is not None:
-                whereabouts.timer.cancel()
+        self.whereabouts.close()
 
     def _publish_configs(self, configs: dict[str, bytes]) -> asyncio.Future[None]:
         """Retain these configs; the future completes once the broker has them all."""
@@ -283,7 +307,7 @@ class HomeAssistant(MqttExtension):
         configs = self.configs_for(new_cameras, new_people, sorted(self.cameras), sorted(self.people))
         published = self._publish_configs(configs)
         for person in new_people:  # the tracker's first state, once its config is out
-            self._update_tracker(person)
+            self.whereabouts.update(person)
         return published
 
     # -- the event gate ---------------------------------------------------------------------------
@@ -294,7 +318,7 @@ class HomeAssistant(MqttExtension):
         now = int(self.clock())
         if now != self._cutoff_at:  # the same text compares for every sighting of a second
             self._cutoff_at = now
-            self._cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.event_max_age))
+            self._cutoff = seen_at_text(datetime.fromtimestamp(now - self.event_max_age, timezone.utc))
         if seen_at >= self._cutoff:
             return True
         self.held_back += 1
@@ -302,60 +326,9 @@ class HomeAssistant(MqttExtension):
 
     # -- device trackers --------------------------------------------------------------------------
 
-    def _note_seen(self, person: str, camera_id: str, seen_at: str) -> bool:
-        """A sighting (or a presence) of `person`; True if it is newer than what was known."""
-        whereabouts = self._whereabouts_of(person)
-        if whereabouts.seen_at is not None and seen_at <= whereabouts.seen_at:
-            return False
-        whereabouts.seen_at, whereabouts.camera = seen_at, camera_id
-        # Not later than now: an API whose clock runs ahead must not keep someone home longer.
-        whereabouts.seen_ts = min(parse_rfc3339(seen_at).timestamp(), self.clock())
-        return True
-
-    def _whereabouts_of(self, person: str) -> _Whereabouts:
-        whereabouts = self._whereabouts.get(person)
-        if whereabouts is None:
-            whereabouts = self._whereabouts[person] = _Whereabouts()
-        return whereabouts
-
-    def _presence(self, camera_id: str, people: Iterable[str], observed_at: str) -> None:
-        in_view = set(people)
-        for person in in_view | {p for p, w in self._whereabouts.items() if camera_id in w.cameras}:
-            self._note_seen(person, camera_id, observed_at)
-            whereabouts = self._whereabouts[person]
-            if person in in_view:
-                whereabouts.cameras.add(camera_id)
-            else:
-                whereabouts.cameras.discard(camera_id)
-            self._update_tracker(person)
-
-    def _update_tracker(self, person: str) -> None:
-        """Publish the person's tracker state if it changed; set the timer that turns `home`
-        into `not_home` once they have not been seen for `away_after`."""
-        whereabouts = self._whereabouts_of(person)
-        if whereabouts.timer is not None:
-            whereabouts.timer.cancel()
-            whereabouts.timer = None
-        away_at = whereabouts.seen_ts + self.away_after
-        left = away_at - self.clock()
-        home = bool(whereabouts.cameras) or left > 0
-        if home and not whereabouts.cameras:
-            loop = asyncio.get_running_loop()
-            whereabouts.timer = loop.call_later(left, self._update_tracker, person)
-        state = orjson.dumps(
-            {
-                "schema": WHEREABOUTS_SCHEMA,
-                "person": person,
-                "state": HOME if home else NOT_HOME,
-                "cameras": sorted(whereabouts.cameras),
-                "camera_id": whereabouts.camera,
-                "seen_at": whereabouts.seen_at,
-            }
-        )
-        if state != whereabouts.published:
-            whereabouts.published = state
-            assert self._connection is not None
-            self._connection.retain(self.layout.person_tracker(person), state)
+    def _tracker_changed(self, person: str, state: bytes) -> None:
+        assert self._connection is not None
+        self._connection.retain(self.layout.person_tracker(person), state)
 
     # -- discovery configs ------------------------------------------------------------------------
 
@@ -596,74 +569,27 @@ class HomeAssistant(MqttExtension):
 
 # -- CLI --------------------------------------------------------------------------------------------
 
-OPTIONS = [
-    click.option(
-        "--ha-discovery/--no-ha-discovery",
-        default=True,
-        show_default=True,
-        help="Home Assistant MQTT discovery.",
-    ),
-    click.option(
-        "--ha-prefix",
-        default="homeassistant",
-        show_default=True,
-        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
-    ),
-    click.option(
-        "--ha-discovery-mode",
-        type=click.Choice(MODES),
-        default="entity",
-        show_default=True,
-        help="entity: one config per entity (every Home Assistant); device: one per device "
-        "(Home Assistant 2024.11+). Switching migrates and keeps entity ids.",
-    ),
-    click.option(
-        "--ha-event-max-age",
-        type=click.FloatRange(min=0),
-        default=300.0,
-        show_default=True,
-        help="Seconds: only a sighting at most this old when published fires its person's Home "
-        "Assistant event entity (history never does; replay fires none).",
-    ),
-    click.option(
-        "--away-after",
-        type=click.FloatRange(min=0),
-        default=600.0,
-        show_default=True,
-        help="Seconds unseen by every camera after which a person's Home Assistant device "
-        "tracker turns not_home.",
-    ),
-]
+OPTIONS = cli_options(HomeAssistantSettings)
 
 
 def from_config(
-    config: Mapping[str, Any], layout: TopicLayout, *, replay: bool = False
+    config: Mapping[str, Any], layout: TopicLayout, *, role: Role = Role.BRIDGE
 ) -> HomeAssistant | None:
-    """The extension for the parsed options, or None (discovery off, or a replay: history
-    published again touches nothing Home Assistant shows or acts on but last seen).
-    Raises click errors for bad input."""
-    ha_prefix = config.get("ha_prefix") or "homeassistant"
+    """The extension for the parsed options, or None: discovery off, or a side client (a
+    replay's history published again touches nothing Home Assistant shows or acts on but
+    last seen; a check publishes nothing). Raises click errors for bad input."""
+    settings = from_options(HomeAssistantSettings, config)
+    ha_prefix = settings.prefix
     problem = check_base_topic(ha_prefix, "--ha-prefix")
     if problem:
         raise click.BadParameter(problem, param_hint="--ha-prefix")
-    if not config.get("ha_discovery", True):
+    if not settings.discovery:
         return None
     if topics_overlap(layout.prefix, ha_prefix):
         raise click.UsageError(
             f"--topic-prefix {layout.prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}: "
             "choose another, or pass --no-ha-discovery"
         )
-    if replay:
+    if role.side:
         return None
-
-    def number(name: str, default: float) -> float:
-        value = config.get(name)
-        return default if value is None else float(value)
-
-    return HomeAssistant(
-        layout,
-        ha_prefix,
-        mode=config.get("ha_discovery_mode") or "entity",
-        event_max_age=number("ha_event_max_age", 300.0),
-        away_after=number("away_after", 600.0),
-    )
+    return HomeAssistant(layout, settings)
