@@ -155,6 +155,7 @@ def prepare(config: dict[str, Any]) -> tuple[str, list[Sink], BridgeOptions]:
         camera_id=config["camera_id"],
         realtime=not config["no_realtime"],
         quick_polls=config["quick_polls"],
+        instance_id=config["instance_id"],
     )
     return api_key, sinks, options
 
