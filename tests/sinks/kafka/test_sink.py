@@ -158,6 +158,8 @@ async def test_unreachable_broker_gives_up_with_one_line_and_one_log_line_per_re
     attempts = int(message.split("(")[1].split(" attempts")[0])
     assert attempts >= 2 and len(retries) == attempts - 1
     assert all(address in r.getMessage() for r in retries)
+    # From the first warning on, the user knows when it stops trying.
+    assert all(r.getMessage().endswith("giving up at 1.5 s (--kafka-connect-timeout)") for r in retries)
 
 
 async def test_a_record_larger_than_a_batch_is_sent_whole(client, kafka, kafka_topic, read_topic):
