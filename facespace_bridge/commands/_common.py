@@ -209,9 +209,25 @@ def tune_gc() -> None:
     gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), older, oldest)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is logged: while a rich progress bar shows,
+    that is the bar's console, which prints the line above the bar rather than across it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup_logging(log_format: str = "text", log_level: str = "info") -> None:
     """One stderr handler with the secret redactor on it: no line leaves with a key or password."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.addFilter(redactor)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -27,6 +27,13 @@ OPTIONS = [
         type=click.Path(dir_okay=False, allow_dash=True),
         help="File sink: JSON-lines file to append events to ('-' for stdout).",
     ),
+    click.option(
+        "--output-mode",
+        type=click.Choice(["append", "truncate"]),
+        default="append",
+        show_default=True,
+        help="File sink: add to what --output holds, or (replay only) start it empty.",
+    ),
 ]
 
 _BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight bound
@@ -35,8 +42,9 @@ _BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight
 class FileSink(Sink):
     name = "file"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, truncate: bool = False) -> None:
         self.path = path
+        self.truncate = truncate  # start the file empty (a replay's choice; the bridge always appends)
         self._lines: list[bytes] = []  # waiting for the next write
         self._batch: asyncio.Future[None] | None = None  # the ack every waiting line shares
         self._wake = asyncio.Event()  # lines are waiting
@@ -52,7 +60,7 @@ class FileSink(Sink):
         else:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._handle = await asyncio.to_thread(open, self.path, "ab")
+                self._handle = await asyncio.to_thread(open, self.path, "wb" if self.truncate else "ab")
             except OSError as exc:
                 raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
         self._writer = asyncio.create_task(self._write_batches(), name="file-sink")
@@ -119,4 +127,11 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> FileSink:
     output = config.get("output")
     if not output:
         raise click.UsageError("--broker file needs --output PATH")
-    return FileSink(str(output))
+    truncate = config.get("output_mode") == "truncate"
+    if truncate and not replay:
+        # The checkpoint says what the file already holds: emptying it on a restart would lose that.
+        raise click.BadParameter(
+            "truncate is for replay: the bridge appends, resuming after what the file holds",
+            param_hint="--output-mode",
+        )
+    return FileSink(str(output), truncate=truncate)
