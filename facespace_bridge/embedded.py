@@ -53,6 +53,10 @@ def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Pa
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a broker started here. Each runs in a session of its own (`start_new_session`): a
+    Ctrl-C at the terminal goes to the terminal's process group and so only to the program that
+    started the broker (the demo), which stops it here once the bridge has closed. Within that
+    group the broker would die first, and the closing bridge would warn of a lost broker."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -110,6 +114,7 @@ class TansuBroker:
                     "--storage-engine", "memory://tansu/",
                 ],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )  # fmt: skip
         _wait_port(self.listen_port, timeout, self.proc, self.log, "Tansu")
         return self
@@ -211,6 +216,7 @@ class MqttBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
+                start_new_session=True,
             )
         _wait_port(self.port, 10.0, self.proc, self.log, self.kind)
         return self
