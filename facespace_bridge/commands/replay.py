@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -122,8 +122,11 @@ async def publish_range(
     metrics = Metrics()
     publisher = Publisher(sinks, tracker, metrics, redeliver=False) if sinks else None
     tally = Tally()
+    stop = stop or asyncio.Event()
+    publishing = finished = False
 
     async def publish_all() -> None:
+        nonlocal publishing, finished
         async for chunk in chunks:
             if isinstance(chunk, Barrier):
                 if publisher is None:
@@ -137,10 +140,16 @@ async def publish_range(
                     tally.deadlettered += 1
             tally.published += len(chunk.events)
             if publisher is not None:
+                publishing = True
                 await publisher.publish(chunk)
+                publishing = False
+            if stop.is_set():
+                return
+        finished = True
 
     try:
-        tally.interrupted = not await _unless_stopped(publish_all(), stop)
+        await _until_stopped(publish_all(), stop, lambda: publishing)
+        tally.interrupted = not finished
 
         async def land() -> None:
             for sink in sinks:
@@ -177,23 +186,25 @@ def _acknowledged(metrics: Metrics, sinks: list[Sink], kind: str) -> int:
     return min(counts.values(), default=0)
 
 
-async def _unless_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event | None) -> bool:
-    """Run `work` to its end (True), or until `stop` is set (cancelled: False)."""
+async def _until_stopped(
+    work: Coroutine[Any, Any, None], stop: asyncio.Event, busy: Callable[[], bool]
+) -> None:
+    """Run `work` until it ends or `stop` is set. Stopped, a wait for the source is cancelled at
+    once; work that is `busy` handing a batch over gets up to STOP_WAIT to finish it (and then
+    ends by itself, seeing `stop`), so that no batch is cut in two when it need not be."""
     task = asyncio.ensure_future(work)
-    if stop is None:
-        await task
-        return True
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and busy():
+            await asyncio.wait([task], timeout=STOP_WAIT)
     finally:
         stopper.cancel()
-    if task.done():
-        task.result()  # (raises what it raised)
-        return True
-    task.cancel()
+    if not task.done():
+        task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    return False
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
 
 
 async def _then(
