@@ -117,16 +117,19 @@ async def publish_range(
     stop: asyncio.Event | None = None,
 ) -> Tally:
     """Publish what the logs source reads; a dry run (no sinks) only counts. `stop` set: stop
-    reading, let what was handed over land (within STOP_WAIT), and say how far it got."""
+    reading at the end of the window being published, let it land (within STOP_WAIT), and say
+    how far it got."""
     tracker = AckTracker(Checkpoint())
     metrics = Metrics()
     publisher = Publisher(sinks, tracker, metrics, redeliver=False) if sinks else None
     tally = Tally()
     stop = stop or asyncio.Event()
-    publishing = finished = False
+    # A stop lets the window being published finish (within STOP_WAIT), so that the range
+    # published ends at a window's end, where the command to continue starts: nothing twice.
+    in_window = finished = False
 
     async def publish_all() -> None:
-        nonlocal publishing, finished
+        nonlocal in_window, finished
         async for chunk in chunks:
             if isinstance(chunk, Barrier):
                 if publisher is None:
@@ -134,21 +137,21 @@ async def publish_range(
                 else:
                     tracker.barrier(chunk.through)
                 bar.update(chunk.through, tally.entries)
+                in_window = False
+                if stop.is_set():
+                    return
                 continue
+            in_window = True
             for event in chunk.events:  # (the publisher counts the same; a dry run has none)
                 if event.schema == DEADLETTER_SCHEMA:
                     tally.deadlettered += 1
             tally.published += len(chunk.events)
             if publisher is not None:
-                publishing = True
                 await publisher.publish(chunk)
-                publishing = False
-            if stop.is_set():
-                return
         finished = True
 
     try:
-        await _until_stopped(publish_all(), stop, lambda: publishing)
+        await _until_stopped(publish_all(), stop, lambda: in_window)
         tally.interrupted = not finished
 
         async def land() -> None:
@@ -189,9 +192,8 @@ def _acknowledged(metrics: Metrics, sinks: list[Sink], kind: str) -> int:
 async def _until_stopped(
     work: Coroutine[Any, Any, None], stop: asyncio.Event, busy: Callable[[], bool]
 ) -> None:
-    """Run `work` until it ends or `stop` is set. Stopped, a wait for the source is cancelled at
-    once; work that is `busy` handing a batch over gets up to STOP_WAIT to finish it (and then
-    ends by itself, seeing `stop`), so that no batch is cut in two when it need not be."""
+    """Run `work` until it ends or `stop` is set. Stopped, work that is not `busy` is cancelled
+    at once; `busy` work gets up to STOP_WAIT to end by itself (seeing `stop`)."""
     task = asyncio.ensure_future(work)
     stopper = asyncio.ensure_future(stop.wait())
     try:
@@ -317,15 +319,16 @@ def _moment(moment: datetime) -> str:
 
 
 def continue_command(argv: list[str], resume: datetime) -> str:
-    """This replay's command line with `--start-time` moved to `resume`, ready to paste."""
+    """This replay's command line with `--start-time` moved to `resume`, ready to paste. It
+    appends: `--output-mode truncate` would empty the file of what was published before."""
     args: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--start-time":
+        elif arg in ("--start-time", "--output-mode"):
             skip = True
-        elif not arg.startswith("--start-time="):
+        elif not arg.startswith(("--start-time=", "--output-mode=")):
             args.append(arg)
     if args[:1] == ["replay"]:
         args = args[1:]
