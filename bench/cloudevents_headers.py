@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # the tests' broker launcher
 from facespace_bridge.client.entries import LogEntry  # noqa: E402
 from facespace_bridge.cloudevents import CloudEvents, source_uri  # noqa: E402
 from facespace_bridge.events import Event, sighting_event  # noqa: E402
-from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink  # noqa: E402
+from facespace_bridge.sinks.kafka import KafkaSettings, create_sink  # noqa: E402
 from facespace_bridge.sources.listing import BATCH_EVENTS  # noqa: E402
 from tests.fixtures.kafka import start_tansu  # noqa: E402
 
@@ -74,9 +74,9 @@ async def sink_rate(
 ) -> float:
     """Events/s of `events` published through the sink in batches of BATCH_EVENTS, as the
     publisher hands them over, until every batch is acknowledged."""
-    sink = KafkaSink(
+    sink = create_sink(
         KafkaSettings(
-            bootstrap_servers=bootstrap, client=client, topics={"sighting": topic}, cloudevents_source=source
+            bootstrap_servers=bootstrap, client=client, sighting_topic=topic, cloudevents_source=source
         )
     )
     await sink.start()

@@ -42,7 +42,7 @@ from _bridge_harness import child_env, start_simulator, stop  # noqa: E402
 
 from facespace_bridge.embedded import MqttBroker  # noqa: E402
 from facespace_bridge.simulator._world import World, WorldConfig  # noqa: E402
-from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant  # noqa: E402
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant, HomeAssistantSettings  # noqa: E402
 from facespace_bridge.sinks.mqtt.topics import TopicLayout  # noqa: E402
 
 
@@ -135,7 +135,8 @@ def main() -> int:
     print(f"\nretained discovery configs, default world ({len(cameras)} cameras, {len(people)} people):")
     print("\n| --ha-discovery-mode | configs | bytes |\n|---|---:|---:|")
     for mode in ("entity", "device"):
-        configs = HomeAssistant(TopicLayout("facespace"), mode=mode).configs(cameras, people)
+        discovery = HomeAssistant(TopicLayout("facespace"), HomeAssistantSettings(mode=mode))
+        configs = discovery.configs(cameras, people)
         print(f"| {mode} | {len(configs)} | {sum(map(len, configs.values())):,} |")
     return 0
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's tests
 
 from facespace_bridge.client import LogEntry
 from facespace_bridge.events import Event, sighting_event
-from facespace_bridge.sinks.mqtt import MqttSink, TopicLayout
-from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+from facespace_bridge.sinks.mqtt import MqttSettings, MqttSink, TopicLayout
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant, HomeAssistantSettings
 from tests.fixtures.mqtt import MqttBroker
 
 CAMERA = "Camera1"
@@ -140,14 +140,15 @@ def run_sink(broker: MqttBroker, events: list[Event], prefix: str, inflight: int
     async def main() -> float:
         # With Home Assistant on, every sighting also feeds its person's event entity (the
         # history gate opened wide: these sightings are from 2023), so two messages each.
-        extensions = [HomeAssistant(TopicLayout(prefix), event_max_age=1e12)] if ha else []
-        sink = MqttSink(
-            broker.url,
+        gate_open = HomeAssistantSettings(event_max_age=1e12)
+        extensions = [HomeAssistant(TopicLayout(prefix), gate_open)] if ha else []
+        settings = MqttSettings(
+            url=broker.url,
             topic_prefix=prefix,
-            extensions=extensions,
             max_inflight=inflight,
             client_id=f"bench-sink-{prefix.replace('/', '-')}",
         )
+        sink = MqttSink(settings, extensions=extensions)
         await sink.start()
         if ha:
             await sink.announce([CAMERA], sorted({e.fields["person"] for e in events}))

@@ -22,6 +22,7 @@ from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, 
 from facespace_bridge.checkpoints.acks import AckTracker
 from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
+from facespace_bridge.events import seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import LastSeen, Sink
@@ -215,7 +216,7 @@ class Bridge:
         if loaded is not None:
             log.info("resuming from checkpoint (%s)", self.store.describe())
             if backfill_from is not None and not _holds_backfill_from(loaded, backfill_from):
-                written = f" (written {_text(loaded.written_at)})" if loaded.written_at else ""
+                written = f" (written {seen_at_text(loaded.written_at)})" if loaded.written_at else ""
                 log.warning(
                     "checkpoint of %s exists%s: --backfill-from ignored; 'checkpoint reset' to start over",
                     self.options.instance_id,
@@ -230,8 +231,8 @@ class Bridge:
                 raise CheckpointError("--backfill-from is not in the past")
             log.info(
                 "no checkpoint yet: backfilling from %s up to %s, then tailing",
-                _text(backfill_from),
-                _text(t0),
+                seen_at_text(backfill_from),
+                seen_at_text(t0),
             )
             return Checkpoint(through=backfill_from, backfill=Backfill(backfill_from, t0))
         log.info("no checkpoint yet: starting at now, no backfill")
@@ -292,7 +293,7 @@ class Bridge:
             await self.tracker.idle()
             self.tracker.set_backfill(replace(backfill, complete=True), through=backfill.t0)
             await self.writer.save()
-            log.info("backfill complete up to %s; tailing", _text(backfill.t0))
+            log.info("backfill complete up to %s; tailing", seen_at_text(backfill.t0))
         await self._publish_from(self.logs_source.tail(self.tracker.checkpoint, stop))
 
     async def _publish_from(self, chunks: AsyncIterator[Batch | Barrier]) -> None:
@@ -317,10 +318,6 @@ class Bridge:
     def status(self) -> dict[str, Any]:
         """The `/status` document (facespace_bridge/status.py)."""
         return bridge_status(self)
-
-
-def _text(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _holds_backfill_from(checkpoint: Checkpoint, backfill_from: datetime) -> bool:

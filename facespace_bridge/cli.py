@@ -18,12 +18,16 @@ PROG = "facespace-bridge"
 
 
 class DefaultGroup(click.Group):
-    """Default command `run`: `facespace-bridge --broker kafka` means `run --broker kafka`."""
+    """Default command `run`: `facespace-bridge --broker kafka` means `run --broker kafka`;
+    `facespace-bridge` alone prints the usage."""
 
     default_command = "run"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        first = args[0] if args else None
+        if not args:  # nothing to run yet: what there is to run, as kcat and git say it (exit 2)
+            click.echo(ctx.get_help(), err=True)
+            ctx.exit(2)
+        first = args[0]
         if (
             first not in self.commands
             and first not in ("--help", "-h", "--version")

@@ -59,9 +59,10 @@ _MAX_CAMERAS = 100_000
 
 OPTIONS: list[Callable[[Any], Any]] = [
     click.option(
-        "--no-cloudevents",
-        is_flag=True,
-        help="Do not add the CloudEvents attributes (ce_ Kafka headers, ce- webhook headers).",
+        "--cloudevents/--no-cloudevents",
+        default=True,
+        show_default=True,
+        help="The CloudEvents attributes: ce_ Kafka headers, ce- webhook headers.",
     ),
 ]
 
@@ -228,10 +229,10 @@ class CloudEvents:
 
 
 def source_from_config(config: Mapping[str, Any]) -> str | None:
-    """The `source` for the sinks from parsed CLI options (`api_url`, `no_cloudevents`); None
+    """The `source` for the sinks from parsed CLI options (`api_url`, `cloudevents`); None
     when the headers are off: `--no-cloudevents`, or a config without an API URL (a sink built
     outside the CLI). A bad `--api-url` is bad input (click.BadParameter)."""
-    if config.get("no_cloudevents"):
+    if not config.get("cloudevents", True):
         return None
     api_url = config.get("api_url")
     if not api_url:

@@ -102,7 +102,9 @@ def _toml_type(param: click.Option) -> str:
         return "array of strings"
     if param.is_flag or isinstance(param.type, click.types.BoolParamType):
         return "boolean"
-    if isinstance(param.type, click.types.IntParamType):
+    if isinstance(param.type, click.types.IntParamType) or (
+        isinstance(param.type, click.Choice) and all(isinstance(c, int) for c in param.type.choices)
+    ):
         return "integer"
     if isinstance(param.type, click.types.FloatParamType):
         return "float"

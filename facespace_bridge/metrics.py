@@ -87,6 +87,12 @@ class Metrics:
             "Sightings kept from Home Assistant event entities as history (too old, or replayed)",
             registry=r,
         )
+        self.sink_reconnects = Counter(
+            f"{PREFIX}_sink_reconnects",
+            "Times a sink's connection came back after it was lost (MQTT)",
+            ["sink"],
+            registry=r,
+        )
         self.state = Gauge(
             f"{PREFIX}_state",
             "1 for the bridge's current state (STARTING, RUNNING, DEGRADED, FAILED, STOPPING), else 0",
@@ -94,6 +100,7 @@ class Metrics:
             registry=r,
         )
         self._held_back = 0
+        self._reconnects: dict[str, int] = {}
 
     def saved(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was made durable."""
@@ -110,6 +117,10 @@ class Metrics:
         for name, sink in status["sinks"].items():
             self.sink_connected.labels(sink=name).set(1 if sink["connected"] else 0)
             held_back += sink.get("ha_events_held_back", 0)
+            reconnects = sink.get("reconnects", 0)  # counters that follow the sink's own count
+            if reconnects > self._reconnects.get(name, 0):
+                self.sink_reconnects.labels(sink=name).inc(reconnects - self._reconnects.get(name, 0))
+                self._reconnects[name] = reconnects
         # A counter that follows the sinks' own count (it only ever grows).
         if held_back > self._held_back:
             self.ha_events_held_back.inc(held_back - self._held_back)

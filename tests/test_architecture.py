@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "facespace_bridge"
 
 # Lowest first, as the table in docs/architecture.md.
 LAYERS: list[set[str]] = [
-    {"_version", "backoff", "schemas", "simulator"},
+    {"_version", "backoff", "schemas", "settings", "simulator"},
     {"client"},
     {"events", "cloudevents", "kafka"},
     {"checkpoints", "sources"},
@@ -78,3 +78,22 @@ def test_the_documented_layers_are_these():
         row = next(line for line in table.splitlines() if line.startswith(f"| {level} |"))
         named = {part.strip("` /") for part in row.split("|")[2].split(",")}
         assert named == units, f"layer {level}: docs say {named}, the test {units}"
+
+
+# The MQTT connection's parts, lowest first, as docs/architecture.md lists them: each imports
+# only the ones before it, and none of them the connection or the sink on top.
+MQTT_CONNECTION_PARTS = ["address", "driver", "outbox", "retained", "connection"]
+
+
+def test_the_mqtt_connection_is_built_from_its_parts_upwards():
+    package = "facespace_bridge.sinks.mqtt"
+    upward = []
+    for level, part in enumerate(MQTT_CONNECTION_PARTS):
+        source = PACKAGE / "sinks" / "mqtt" / f"{part}.py"
+        for line, name in runtime_imports(ast.parse(source.read_text())):
+            if name == package or (name.startswith(f"{package}.") and name.split(".")[3] not in
+                                   MQTT_CONNECTION_PARTS[:level]):  # fmt: skip
+                upward.append(f"{part}.py line {line}: {name}")
+    assert not upward, "\n".join(upward)
+    listed = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert all(f"{part}.py`" in listed for part in MQTT_CONNECTION_PARTS)

@@ -19,10 +19,12 @@ from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.checkpoints import FileCheckpointStore
 from facespace_bridge.client import AsyncLogsAPI
 from facespace_bridge.schemas import validate
+from facespace_bridge.simulator import STOP_MESSAGE
 from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.file import FileSink
-from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink
+from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink, create_sink
 from facespace_bridge.sinks.mqtt import MqttSink
+from facespace_bridge.sinks.mqtt.settings import MqttSettings
 from tests.fixtures.mqtt import MqttCollector
 from tests.fixtures.simulator import SIM_NOW
 
@@ -98,7 +100,9 @@ async def test_backfill_then_tail_publishes_every_sighting_once(simulator_factor
     assert max(same_second.values()) > 1  # the world has entries sharing a second
     run = Run(sim, tmp_path)
     await run.wait_for(lambda events: sum(sightings(events).values()) >= sum(expected.values()))
-    await asyncio.sleep(0.5)  # a few more tail polls: nothing may be repeated
+    polls = run.bridge.logs_source.polls
+    # Three more tail polls, each re-reading the look-back window: nothing may be repeated.
+    await run.wait_for(lambda events: run.bridge.logs_source.polls >= polls + 3)
     await run.stop()
     events = read_events(run.output)
     assert sightings(events) == expected
@@ -236,14 +240,21 @@ async def test_malformed_entries_are_dead_lettered_once_and_counted(simulator_fa
     assert run.bridge.metrics.dead_letters.labels(source="logs")._value.get() == len(dead)
 
 
-@pytest.mark.parametrize("stop_reply", [True])
-async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply):
+@pytest.mark.parametrize(("stop_reply", "realtime_state"), [(True, "stopped"), (False, "polling")])
+async def test_stop_reply_is_not_an_error(simulator_factory, tmp_path, stop_reply, realtime_state):
+    """The API's stop reply on /recognition pauses presence, not the bridge: the history tail
+    goes on, and /status shows the realtime source stopped but no problem (beside a run
+    without it, which must differ only there)."""
     sim = simulator_factory(visits_per_hour=30)
     sim.set_faults(stop_signal=stop_reply)
     run = Run(sim, tmp_path, backfill_from=None)
     bridge = run.bridge
-    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 1)
-    assert run.bridge.realtime_source.health.state == "stopped"
+    await run.wait_for(lambda events: bridge.realtime_source.polls >= 2 and bridge.logs_source.polls >= 2)
+    status = bridge.status()
+    assert status["sources"]["realtime"]["state"] == realtime_state
+    assert status["sources"]["realtime"]["stop_reply"] == (STOP_MESSAGE if stop_reply else None)
+    assert status["sources"]["logs"]["state"] == "polling"
+    assert (status["state"], status["problems"]) == ("RUNNING", [])
     assert not run.task.done()
     await run.stop()
 
@@ -298,14 +309,16 @@ async def test_a_start_that_never_reached_kafka_leaves_the_backfill_to_the_next(
     simulator_factory, kafka, kafka_topic, read_topic, tmp_path
 ):
     sim = simulator_factory(visits_per_hour=120)
-    topics = {
-        "sighting": kafka_topic,
-        "presence": f"{kafka_topic}.presence",
-        "deadletter": f"{kafka_topic}.dl",
-    }
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap,
+        sighting_topic=kafka_topic,
+        presence_topic=f"{kafka_topic}.presence",
+        deadletter_topic=f"{kafka_topic}.dl",
+        connect_timeout=1.0,
+    )
 
     def sink() -> KafkaSink:
-        return KafkaSink(KafkaSettings(bootstrap_servers=kafka.bootstrap, topics=topics, connect_timeout=1.0))
+        return create_sink(settings)
 
     await failed_then_good_start(sim, tmp_path, sink, kafka.down, kafka.up)
     run = Run(sim, tmp_path, [sink()], backfill_from=SIM_NOW - timedelta(hours=1), realtime=False)
@@ -323,7 +336,7 @@ async def test_a_start_that_never_reached_mqtt_leaves_the_backfill_to_the_next(
     sim = simulator_factory(visits_per_hour=120)
 
     def sink() -> MqttSink:
-        return MqttSink(mqtt_broker.url, connect_timeout=1.0, reconnect_delay=(0.1, 0.5))
+        return MqttSink(MqttSettings(url=mqtt_broker.url), connect_timeout=1.0, reconnect_delay=(0.1, 0.5))
 
     await failed_then_good_start(sim, tmp_path, sink, mqtt_broker.stop, mqtt_broker.start)
     with MqttCollector(mqtt_broker, "facespace/+/sighting", persistent=True) as collector:

@@ -83,7 +83,7 @@ def test_source_of_a_url_that_is_not_http_with_a_host_is_an_error(api_url: str) 
 
 def test_source_from_config() -> None:
     assert source_from_config({"api_url": "HTTP://Example.com/facespace/"}) == "http://example.com/facespace"
-    assert source_from_config({"api_url": SOURCE, "no_cloudevents": True}) is None
+    assert source_from_config({"api_url": SOURCE, "cloudevents": False}) is None
     assert source_from_config({}) is None  # a sink built outside the CLI, without an API URL
     with pytest.raises(click.BadParameter) as raised:
         source_from_config({"api_url": "ftp://user:hunter2@example.com/"})

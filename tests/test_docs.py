@@ -130,6 +130,7 @@ FOREIGN_FLAGS = {
     "--profile": "docker compose",
     "--from-literal": "kubectl",
     "--wheel": "pip",
+    "--producer-property": "kafka-console-producer",
 }
 
 

@@ -156,7 +156,7 @@ async def test_a_broker_outage_degrades_within_seconds_and_recovers(
     simulator_factory, kafka, kafka_topic, tmp_path, bridges
 ):
     if not kafka.can_interrupt:
-        pytest.skip("this broker cannot be interrupted")  # never the case with Tansu (the machines here)
+        pytest.skip(kafka.why_not_interruptible())
     live = {
         "now": None,
         "speed": 1.0,

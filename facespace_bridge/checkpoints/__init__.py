@@ -9,6 +9,7 @@ from facespace_bridge.checkpoints.base import (
     Position,
     rfc3339,
 )
+from facespace_bridge.checkpoints.config import store_from_config
 from facespace_bridge.checkpoints.file import FileCheckpointStore, default_path
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "Position",
     "default_path",
     "rfc3339",
+    "store_from_config",
 ]

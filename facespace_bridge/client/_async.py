@@ -33,17 +33,13 @@ from tenacity import (
 
 from facespace_bridge.client._logging import ClientLogging, redactor
 from facespace_bridge.client._timefmt import (
-    MINUTE,
-    SECOND,
     WIRE_MAX,
     WIRE_MIN,
-    ceil_minute,
-    floor_minute,
     parse_user_time,
     wire_params,
 )
-from facespace_bridge.client._windows import Window, WindowPlanner, entries_in
-from facespace_bridge.client.entries import BadEntry, LogEntry, newest_in
+from facespace_bridge.client._windows import ReplyTooLarge, Window, count_entries, entries_in, walk_windows
+from facespace_bridge.client.entries import BadEntry, LogEntry
 from facespace_bridge.client.errors import (
     APIKeyError,
     HTTPRequestError,
@@ -65,14 +61,6 @@ class _RetryableStatus(Exception):
     def __init__(self, status: int, error: str, retry_after: float | None) -> None:
         super().__init__(f"HTTP {status}: {error}")
         self.status, self.error, self.retry_after = status, error, retry_after
-
-
-class _TooLarge(Exception):
-    """A reply exceeded the byte cap of a window; `body_bytes` is its size when announced."""
-
-    def __init__(self, body_bytes: int | None) -> None:
-        super().__init__(f"reply larger than the window's cap ({body_bytes or 'unknown'} bytes)")
-        self.body_bytes = body_bytes
 
 
 @dataclass(slots=True)
@@ -126,10 +114,6 @@ def _check_logs(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPRequestError(f"unexpected /logs reply: a JSON {type(data).__name__}, not an object")
     return data
-
-
-def _count(data: dict[str, Any]) -> int:
-    return sum(len(v) if isinstance(v, list) else 1 for v in data.values())
 
 
 class _StopSwitch:
@@ -347,13 +331,13 @@ class AsyncLogsAPI:
             else:
                 announced = response.headers.get("content-length", "")
                 if announced.isdigit() and int(announced) > max_bytes:
-                    raise _TooLarge(int(announced))
+                    raise ReplyTooLarge(int(announced))
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise _TooLarge(None)
+                        raise ReplyTooLarge(None)
                     chunks.append(chunk)
                 body = b"".join(chunks)
         self.log.debug(
@@ -416,7 +400,7 @@ class AsyncLogsAPI:
             start_time,
             end_time,
             f" camera {camera_id}" if camera_id else "",
-            _count(data),
+            count_entries(data),
         )
         if self.post_logs and self._webhook is not None:
             await self._webhook.post(data)
@@ -482,9 +466,9 @@ class AsyncLogsAPI:
         """`[start, end)` as consecutive windows with minute-aligned inner boundaries, one in
         memory at a time (two with `read_ahead`: the next window is fetched while the caller
         works on this one, so the API's time and ours overlap); spans adapt to density (see
-        `_windows.WindowPlanner`). A reply
-        larger than about 2 × `target_entries` is refused while it streams in and asked
-        again with a smaller span (a single minute is always accepted).
+        `_windows.WindowPlanner`). A reply larger than about 2 × `target_entries` is refused
+        while it streams in and asked again with a smaller span (a single minute is always
+        accepted).
 
         `end=None` means up to the latest entry, decided by the API: the client asks the
         open range `[cursor, ∞)` with the same byte cap; when the reply fits it is the last
@@ -497,59 +481,18 @@ class AsyncLogsAPI:
     async def _windows(
         self, start: datetime, end: datetime | None, camera_id: str | None, target_entries: int
     ) -> AsyncIterator[Window]:
+        """`iter_windows`'s arguments checked (on first use), then the walk (`_windows.walk_windows`)."""
         lo = max(_as_utc(start, "start"), WIRE_MIN)
         hi = None if end is None else min(_as_utc(end, "end"), WIRE_MAX)
         camera_id = _check_camera(camera_id)
         if isinstance(target_entries, bool) or not isinstance(target_entries, int) or target_entries < 1:
             raise InvalidUsageError(f"target_entries must be a positive integer, not {target_entries!r}")
-        planner = WindowPlanner(target_entries)
-        cursor = lo
-        ask_open = hi is None  # end=None: try the open range first (a tail's poll is one request)
-        remainder: int | None = None  # bytes the open range had when it was last refused
-        since_refusal = 0  # bytes read since then
-        windows_since = 0
-        patience = 4  # windows between open-range asks when its size is unknown
-        while hi is None or cursor < hi:
-            if ask_open:
-                try:
-                    data, _, size = await self._logs(cursor, None, camera_id, max_bytes=planner.byte_cap)
-                except _TooLarge as refused:
-                    ask_open, remainder, since_refusal, windows_since = False, refused.body_bytes, 0, 0
-                    patience *= 2
-                    self.log.debug(
-                        "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
-                    )
-                    continue
-                newest = newest_in(data)
-                yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, data)
-                return
-            wire_start = floor_minute(cursor)
-            window_end = min(wire_start + planner.span, WIRE_MAX)
-            if hi is not None:
-                window_end = min(window_end, hi)
-            asked = ceil_minute(window_end) - wire_start
-            try:
-                data, _, size = await self._logs(
-                    cursor, window_end, camera_id, max_bytes=planner.byte_cap if asked > MINUTE else None
-                )
-            except _TooLarge as refused:
-                planner.refused(asked, refused.body_bytes, wire_start)
-                continue
-            planner.observed(asked, _count(data), size, wire_start + asked)
-            window = Window(cursor, window_end, data)
-            del data
-            yield window
-            del window
-            cursor = window_end
-            if cursor >= WIRE_MAX:
-                return
-            if hi is None:
-                since_refusal += size
-                windows_since += 1
-                if remainder is not None:
-                    ask_open = remainder - since_refusal <= planner.byte_cap // 2
-                else:
-                    ask_open = windows_since >= patience
+        async with contextlib.aclosing(
+            walk_windows(self._logs, lo, hi, camera_id, target_entries, self.log)
+        ) as windows:
+            async for window in windows:
+                yield window
+                del window  # not kept alive while the next window is fetched
 
     async def iter_entries(
         self,

@@ -1,23 +1,35 @@
-"""Window planning for streaming a history range: pure arithmetic, no I/O.
+"""Streaming a history range as windows: the planner (pure arithmetic) and the walk.
 
 A range is read as consecutive half-open windows whose inner boundaries are whole
 minutes (the API's query resolution), so a second is never split between two windows.
 Each window's span adapts to the density just seen: aim at `target` entries, shrink at
-once when a window came back larger, grow at most `GROWTH`× per step when sparse.
+once when a window came back larger, grow at most `GROWTH`× per step when sparse
+(`WindowPlanner`). `walk_windows` asks for them one after another through a fetch function
+(the client's `/logs` request), so this module does no I/O of its own.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from facespace_bridge.client._timefmt import MINUTE
-from facespace_bridge.client.entries import BadEntry, LogEntry, parse_entry
+from facespace_bridge.client._timefmt import MINUTE, SECOND, WIRE_MAX, ceil_minute, floor_minute
+from facespace_bridge.client.entries import BadEntry, LogEntry, newest_in, parse_entry
 
 CAP_FACTOR = 2  # a reply of more than about this × target entries is refused (bounds a window's memory)
 GROWTH = 4  # how much faster the span may grow per window when sparse or empty
 BYTES_PER_ENTRY_GUESS = 48  # JSON bytes of one entry before any were seen ("Alice @ ..." + quotes)
+
+
+class ReplyTooLarge(Exception):
+    """A reply exceeded the byte cap of a window; `body_bytes` is its size when announced."""
+
+    def __init__(self, body_bytes: int | None) -> None:
+        super().__init__(f"reply larger than the window's cap ({body_bytes or 'unknown'} bytes)")
+        self.body_bytes = body_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,11 @@ def entries_in(
             ):
                 out.append(entry)
     return out
+
+
+def count_entries(reply: dict[str, Any]) -> int:
+    """How many entries a `/logs` reply holds (a camera's value that is not a list counts once)."""
+    return sum(len(v) if isinstance(v, list) else 1 for v in reply.values())
 
 
 def _whole_minutes(span: timedelta) -> timedelta:
@@ -112,3 +129,69 @@ class WindowPlanner:
             self.span = _whole_minutes(min(span / 2, span * (self.target / estimate)))
         else:
             self.span = _whole_minutes(span / 8)
+
+
+# (start, end, camera id, max_bytes=) -> (the `/logs` reply for the minutes enclosing
+# [start, end), whether it is exact, its size in bytes); raises ReplyTooLarge past max_bytes.
+FetchLogs = Callable[..., Awaitable[tuple[dict[str, Any], bool, int]]]
+
+
+async def walk_windows(
+    fetch: FetchLogs,
+    start: datetime,
+    end: datetime | None,
+    camera_id: str | None,
+    target_entries: int,
+    log: logging.Logger,
+) -> AsyncIterator[Window]:
+    """`[start, end)` (within the wire's range) as consecutive windows, one in memory at a
+    time, as `AsyncLogsAPI.iter_windows` describes: planned by a `WindowPlanner`, a reply
+    over its byte cap asked again smaller; `end=None` asks the open range first."""
+    planner = WindowPlanner(target_entries)
+    cursor = start
+    ask_open = end is None  # end=None: try the open range first (a tail's poll is one request)
+    remainder: int | None = None  # bytes the open range had when it was last refused
+    since_refusal = 0  # bytes read since then
+    windows_since = 0
+    patience = 4  # windows between open-range asks when its size is unknown
+    while end is None or cursor < end:
+        if ask_open:
+            try:
+                data, _, size = await fetch(cursor, None, camera_id, max_bytes=planner.byte_cap)
+            except ReplyTooLarge as refused:
+                ask_open, remainder, since_refusal, windows_since = False, refused.body_bytes, 0, 0
+                patience *= 2
+                log.debug(
+                    "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
+                )
+                continue
+            newest = newest_in(data)
+            yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, data)
+            return
+        wire_start = floor_minute(cursor)
+        window_end = min(wire_start + planner.span, WIRE_MAX)
+        if end is not None:
+            window_end = min(window_end, end)
+        asked = ceil_minute(window_end) - wire_start
+        try:
+            data, _, size = await fetch(
+                cursor, window_end, camera_id, max_bytes=planner.byte_cap if asked > MINUTE else None
+            )
+        except ReplyTooLarge as refused:
+            planner.refused(asked, refused.body_bytes, wire_start)
+            continue
+        planner.observed(asked, count_entries(data), size, wire_start + asked)
+        window = Window(cursor, window_end, data)
+        del data
+        yield window
+        del window
+        cursor = window_end
+        if cursor >= WIRE_MAX:
+            return
+        if end is None:
+            since_refusal += size
+            windows_since += 1
+            if remainder is not None:
+                ask_open = remainder - since_refusal <= planner.byte_cap // 2
+            else:
+                ask_open = windows_since >= patience

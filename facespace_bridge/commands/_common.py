@@ -1,4 +1,6 @@
-"""What several commands share: API connection options, configuration sources, logging.
+"""What several commands share: API connection options, configuration sources, logging, and
+the wiring of `run` that `check` and `demo` repeat (`prepare`, `preflight`,
+`require_transactions`).
 
 Configuration precedence is flag > environment > TOML file > default, as click applies
 it: every option also reads `FACESPACE_BRIDGE_<OPTION>` (added by `with_env`), and
@@ -12,15 +14,29 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import orjson
+from click.core import ParameterSource
 
-from facespace_bridge.client import DEFAULT_BASE_URL, redactor
+from facespace_bridge.bridge import BridgeOptions
+from facespace_bridge.client import (
+    DEFAULT_BASE_URL,
+    APIKeyError,
+    AsyncLogsAPI,
+    FaceSpaceError,
+    HTTPRequestError,
+    parse_user_time,
+    redactor,
+)
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
+from facespace_bridge.metrics import CountingTransport, Metrics
+from facespace_bridge.sinks import Role, Sink
+from facespace_bridge.sinks.registry import build_sinks
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +44,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "FACESPACE_BRIDGE"
+# Boolean options once spelled only as their negation (`--no-realtime`). The pair form
+# (`--realtime/--no-realtime`) takes both flags; the old key keeps working, its meaning turned
+# around, in a --config file (`no_realtime = true`) and in the environment
+# (FACESPACE_BRIDGE_NO_REALTIME=1).
+NEGATED_KEYS = {"no_realtime": "realtime", "no_cloudevents": "cloudevents"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,6 +76,11 @@ def _load_config(
     for key, item in data.items():
         name = key.replace("-", "_")
         if name in ignored:
+            continue
+        if NEGATED_KEYS.get(name) in known:
+            if not isinstance(item, bool):
+                raise click.BadParameter(f"{value}: {key} must be true or false", param_hint="--config")
+            defaults[NEGATED_KEYS[name]] = not item
             continue
         if name not in known:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
@@ -96,7 +122,19 @@ def with_env(command: click.Command) -> click.Command:
             elif ours not in existing:
                 param.envvar = [*existing, ours]
             param.show_envvar = True
+            old = next((key for key, name in NEGATED_KEYS.items() if name == param.name), None)
+            if old is not None:
+                param.callback = partial(_negated_variable, f"{ENV_PREFIX}_{old.upper()}")
     return command
+
+
+def _negated_variable(variable: str, ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A boolean option left to its default (or the --config file's) takes the old negated
+    variable's opposite, if that is set (NEGATED_KEYS)."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP) and os.environ.get(variable):
+        return not click.BOOL.convert(os.environ[variable], param, ctx)
+    return value
 
 
 def api_options(command: F) -> F:
@@ -250,3 +288,93 @@ def register_secret(secret: str | None) -> None:
     """Broker passwords and the like: redacted from every log line from now on."""
     if secret:
         redactor.add(secret)
+
+
+# -- the wiring of `run`, which `check` and `demo` share -------------------------------------------
+
+
+def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list[Sink], BridgeOptions]:
+    """Everything that can be checked without the network, checked before any side effect;
+    bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
+    api_key = api_key_from(config)
+    backfill_from = None
+    if config["backfill_from"]:
+        try:
+            backfill_from = parse_user_time(config["backfill_from"])
+        except FaceSpaceError as exc:
+            raise click.BadParameter(str(exc), param_hint="--backfill-from") from None
+        if backfill_from >= datetime.now(timezone.utc):
+            raise click.BadParameter("must be in the past", param_hint="--backfill-from")
+    if config["exactly_once"]:
+        if tuple(config["broker"]) != ("kafka",):
+            raise click.UsageError("--exactly-once needs --broker kafka and no other broker")
+        if config.get("checkpoint") not in (None, "kafka"):
+            raise click.UsageError(
+                "--exactly-once keeps the checkpoint in Kafka, in the events' transaction; drop --checkpoint"
+            )
+    if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
+        raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+    sinks = build_sinks(config["broker"], config, role=role)
+    options = BridgeOptions(
+        refresh=config["refresh"],
+        tail_interval=config["tail_interval"],
+        backfill_from=backfill_from,
+        lateness=timedelta(seconds=config["lateness"]),
+        presence_timeout=config["presence_timeout"],
+        camera_id=config["camera_id"],
+        realtime=config["realtime"],
+        quick_polls=config["quick_polls"],
+        instance_id=config["instance_id"],
+    )
+    return api_key, sinks, options
+
+
+def make_client(
+    config: dict[str, Any], api_key: str, metrics: Metrics | None = None, **retry: Any
+) -> AsyncLogsAPI:
+    return AsyncLogsAPI(
+        api_key,
+        base_url=config["api_url"],
+        timeout=config["api_timeout"],
+        transport=CountingTransport(metrics) if metrics else None,
+        **retry,
+    )
+
+
+async def preflight(config: dict[str, Any], api_key: str) -> dict[str, list[str]]:
+    """Reach the API once: a wrong key or URL is a configuration error (exit 2), before any side effect.
+    A short retry budget: this answers "is it there at all", the run itself retries patiently."""
+    api_url = config["api_url"]
+    client = make_client(config, api_key, max_retries=2, retry_max_seconds=5.0)
+    try:
+        return await client.get_realtime()
+    except APIKeyError as exc:
+        raise click.UsageError(str(exc)) from None  # "the FaceSpace API refused the key (HTTP 401): ..."
+    except HTTPRequestError as exc:
+        raise click.UsageError(f"cannot reach the FaceSpace API at {api_url}: {exc}") from None
+    except FaceSpaceError:
+        return {}  # the stop reply: the API is there, just idle
+    finally:
+        await client.aclose()
+
+
+async def require_transactions(sinks: list[Sink]) -> str:
+    """`--exactly-once` needs a broker whose transactions work: an aborted write that a
+    read_committed reader must not see (the Kafka sink's probe). Say so at start rather than
+    pretend; returns the probe's words when they work."""
+    from facespace_bridge.sinks.kafka import KafkaSink
+
+    for sink in sinks:
+        if isinstance(sink, KafkaSink):
+            try:
+                works, why = await sink.transactions_work()
+            except Exception as exc:
+                raise click.UsageError(f"--exactly-once: cannot ask the Kafka broker: {exc}") from None
+            if not works:
+                raise click.UsageError(
+                    f"--exactly-once: the Kafka broker at {sink.settings.bootstrap_servers} has no working "
+                    f"transactions ({why}); run without it (at-least-once: duplicates carry the same "
+                    "event_id)"
+                )
+            return why
+    return "no Kafka sink"

@@ -2,6 +2,11 @@
 
 Takes exactly the options of `run`, prints one line per check, exits 0 when all pass
 and 1 otherwise (bad input still exits 2 before any check).
+
+A side client (sinks/base.Role.CHECK): it may run beside the bridge it checks, so its sinks
+connect with their own client ids, publish no availability, run no extensions, retain
+nothing and take no Kafka transactional id; the transactions probe of `--exactly-once`
+writes only to its own probe topic.
 """
 
 from __future__ import annotations
@@ -11,17 +16,14 @@ from typing import Any
 
 import click
 
+from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
-from facespace_bridge.commands._common import warn_if_short
-from facespace_bridge.sinks import Sink
+from facespace_bridge.commands._common import preflight, prepare, require_transactions, warn_if_short
+from facespace_bridge.sinks import Role, Sink
 
 
 def _check(**config: Any) -> int:
-    # Never with a transactional id: that would fence a bridge running as this instance.
-    # Whether the broker can do transactions is checked on its own (`run.require_transactions`).
-    api_key, sinks, _ = run.prepare({**config, "exactly_once": False})
-    if config["exactly_once"]:
-        run.prepare(config)  # the --exactly-once usage rules (exit 2)
+    api_key, sinks, _ = prepare(config, Role.CHECK)
     warn_if_short(api_key)
     return asyncio.run(_reach(config, api_key, sinks))
 
@@ -36,13 +38,13 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
 
     line("config", True, f"brokers {', '.join(config['broker'])}")
     try:
-        snapshot = await run.preflight(config, api_key)
+        snapshot = await preflight(config, api_key)
         line("api", True, f"{config['api_url']} answered ({len(snapshot)} cameras in view)")
     except click.UsageError as exc:
         line("api", False, exc.format_message())
     if config["exactly_once"]:
         try:
-            why = await run.require_transactions(sinks)
+            why = await require_transactions(sinks)
             line("exactly-once", True, f"the Kafka broker's transactions work: {why}")
         except click.UsageError as exc:
             line("exactly-once", False, exc.format_message())
@@ -58,7 +60,7 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
             except Exception:  # closing a sink that never started
                 pass
     try:
-        store = run.checkpoint_store(config)
+        store = store_from_config(config)
         # A running bridge holds the file store's lock: then only read, as `checkpoint show` does.
         holder = store.holder()
         if holder is None:

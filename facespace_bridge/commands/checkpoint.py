@@ -1,6 +1,6 @@
 """`facespace-bridge checkpoint show | set | reset`: read and move a bridge instance's resume point.
 
-The store is chosen exactly as `run` chooses it (`run.checkpoint_store`), from the same
+The store is chosen exactly as `run` chooses it (`checkpoints.store_from_config`), from the same
 options (`--checkpoint`, `--instance-id`, `--exactly-once`, the Kafka connection options),
 environment variables and `--config` file; a file written for `run` works here unchanged.
 Changes are written by the store's own `save` / `forget`, as the bridge writes them.
@@ -33,6 +33,7 @@ from facespace_bridge.checkpoints import (
     FileCheckpointStore,
     Position,
     rfc3339,
+    store_from_config,
 )
 from facespace_bridge.checkpoints.kafka import KafkaCheckpointStore
 from facespace_bridge.client import FaceSpaceError, parse_user_time
@@ -178,7 +179,7 @@ def _store(config: dict[str, Any]) -> CheckpointStore:
     for variable in kafka.SECRET_VARIABLES:
         register_secret(os.environ.get(variable))
     try:
-        return run.checkpoint_store(config)
+        return store_from_config(config)
     except CheckpointError as exc:
         raise click.UsageError(str(exc)) from None
 

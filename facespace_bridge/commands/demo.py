@@ -27,10 +27,11 @@ from rich.live import Live
 from rich.table import Table
 
 from facespace_bridge.bridge import Bridge
+from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
-from facespace_bridge.commands._common import setup_logging
+from facespace_bridge.commands._common import make_client, prepare, setup_logging
 from facespace_bridge.embedded import EmbeddedBrokerError, MqttBroker, TansuBroker
-from facespace_bridge.events import Event
+from facespace_bridge.events import Event, parse_rfc3339
 from facespace_bridge.sinks.base import Ack, Sink
 
 
@@ -68,7 +69,7 @@ class ViewSink(Sink):
                 fields = event.fields
                 row.sightings += 1
                 row.last = f"{fields['person']} @ {fields['seen_at'][11:19]}"
-                seen_at = datetime.fromisoformat(fields["seen_at"].replace("Z", "+00:00")).timestamp()
+                seen_at = parse_rfc3339(fields["seen_at"]).timestamp()
                 if time.time() - seen_at < 60:
                     row.times.append(seen_at)
                     del row.times[:-200]
@@ -184,7 +185,7 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
         os.environ.setdefault("FACESPACE_API_KEY", simulator.api_key)
         with run.command.make_context("run", argv) as ctx:
             config = ctx.params
-        api_key, sinks, options = run.prepare(config)
+        api_key, sinks, options = prepare(config)
         where = " · ".join(
             [f"Kafka {config['bootstrap_servers']}"] * kafka + [f"MQTT {config['mqtt_url']}"] * mqtt
         )
@@ -206,8 +207,8 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
 
 async def _show(config: dict[str, Any], api_key: str, sinks: list[Sink], options: Any, view: ViewSink,
                 where: str, duration: float | None, console: Console) -> int:  # fmt: skip
-    client = run.make_client(config, api_key)
-    bridge = Bridge(client, sinks, run.checkpoint_store(config), options)
+    client = make_client(config, api_key)
+    bridge = Bridge(client, sinks, store_from_config(config), options)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

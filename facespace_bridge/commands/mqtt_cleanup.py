@@ -31,18 +31,12 @@ from facespace_bridge.commands._common import (
     setup_logging,
     with_env,
 )
-from facespace_bridge.sinks import SinkError
+from facespace_bridge.sinks import Role, SinkError
 from facespace_bridge.sinks.mqtt import (
     OPTIONS as MQTT_OPTIONS,
 )
-from facespace_bridge.sinks.mqtt import (
-    MqttConnection,
-    TopicLayout,
-    connection_kwargs,
-    homeassistant,
-    parse_mqtt_url,
-    side_client_id,
-)
+from facespace_bridge.sinks.mqtt import MqttConnection, TopicLayout, client_id_of, homeassistant
+from facespace_bridge.sinks.mqtt.settings import settings_from_config
 
 
 @dataclass(frozen=True)
@@ -141,7 +135,12 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
     show_default=True,
     help="Without --keep: people and cameras seen in this much history are kept.",
 )
-@click.option("--dry-run", is_flag=True, help="List what would be removed; change nothing.")
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=False,
+    show_default=True,
+    help="List what would be removed; change nothing.",
+)
 @click.option(
     "--timeout",
     "mqtt_timeout",
@@ -155,9 +154,9 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
 def command(**config: Any) -> None:
     """Remove retained Home Assistant configs and states of cameras and people the bridge no longer knows."""
     setup_logging(config["log_format"], config["log_level"])
-    kwargs = connection_kwargs(config)  # validates everything (exit 2) before any side effect
-    layout = TopicLayout(kwargs["topic_prefix"])
-    ha = homeassistant.from_config(config, layout)
+    settings = settings_from_config(config)  # validates everything (exit 2) before any side effect
+    layout = TopicLayout(settings.topic_prefix)
+    ha = homeassistant.from_config(config, layout)  # the bridge's topics, to know them: never started
     if config["keep_file"]:
         known = known_from_file(config["keep_file"])
     else:
@@ -173,12 +172,15 @@ def command(**config: Any) -> None:
 
     timeout = config["mqtt_timeout"]
     connection = MqttConnection(
-        parse_mqtt_url(kwargs["url"], kwargs["username"], kwargs["password"]),
+        settings.address,
         # Its own client id, never the running bridge's, and no hand on its availability.
-        client_id=side_client_id(kwargs["client_id"], layout.prefix, "cleanup"),
-        tls=kwargs["tls"],
-        keepalive=kwargs["keepalive"],
-        protocol=kwargs["protocol"],
+        client_id=client_id_of(Role.CLEANUP, settings.client_id, layout.prefix),
+        tls=settings.tls,
+        keepalive=settings.keepalive,
+        qos=1,  # clearing waits for each PUBACK
+        protocol=settings.protocol,
+        max_inflight=settings.max_inflight,
+        max_queued=settings.max_queued,
         connect_timeout=timeout,
         reconnect_delay=(0.5, 2.0),
         close_timeout=timeout,

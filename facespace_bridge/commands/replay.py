@@ -45,10 +45,10 @@ from facespace_bridge.commands._common import (
     warn_if_short,
     with_env,
 )
-from facespace_bridge.events import DEADLETTER_SCHEMA
+from facespace_bridge.events import DEADLETTER_SCHEMA, seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
-from facespace_bridge.sinks import Sink, SinkError
+from facespace_bridge.sinks import Role, Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
 from facespace_bridge.sources.base import Barrier, Batch
 from facespace_bridge.sources.logs import LogsSource
@@ -245,7 +245,12 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
     type=click.Choice(list(SINK_MODULES)),
     help=broker_help() + ". Not needed with --dry-run.",
 )
-@click.option("--dry-run", is_flag=True, help="Read, number and validate the range; publish nothing.")
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=False,
+    show_default=True,
+    help="Read, number and validate the range; publish nothing.",
+)
 @click.option(
     "--progress/--no-progress",
     default=None,
@@ -274,7 +279,7 @@ def command(**config: Any) -> None:
     dry_run = config["dry_run"]
     if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
-    sinks = build_sinks(config["broker"], config, replay=True)
+    sinks = build_sinks(config["broker"], config, role=Role.REPLAY)
     progress = config["progress"]
     if progress is None:
         progress = sys.stderr.isatty()
@@ -332,8 +337,7 @@ def continue_command(argv: list[str], resume: datetime) -> str:
             args.append(arg)
     if args[:1] == ["replay"]:
         args = args[1:]
-    at = resume.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return shlex.join(["facespace-bridge", "replay", "--start-time", at, *args])
+    return shlex.join(["facespace-bridge", "replay", "--start-time", seen_at_text(resume), *args])
 
 
 async def _nothing_there(client: AsyncLogsAPI, camera_id: str | None) -> str:

@@ -13,6 +13,7 @@ from facespace_bridge.kafka.capabilities import (
 )
 from facespace_bridge.kafka.connection import (
     CONNECTION_OPTIONS,
+    DEFAULT_BOOTSTRAP,
     SASL_MECHANISMS,
     SECRET_VARIABLES,
     SECURITY_PROTOCOLS,
@@ -24,6 +25,7 @@ from facespace_bridge.kafka.topics import TopicError, ensure_topic
 __all__ = [
     "CLIENTS",
     "CONNECTION_OPTIONS",
+    "DEFAULT_BOOTSTRAP",
     "PROBE_TOPIC",
     "SASL_MECHANISMS",
     "SECRET_VARIABLES",

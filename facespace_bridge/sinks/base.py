@@ -14,6 +14,7 @@ the sending.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,27 @@ class LastSeen(NamedTuple):
 
     at: datetime
     camera_id: str
+
+
+class Role(enum.Enum):
+    """Who builds the sinks, which decides what they may touch besides the events they publish.
+
+    Only the bridge owns the destination's shared state: its client id, its availability
+    topic, what its extensions (Home Assistant) publish and retain, its Kafka transactional
+    id. Every other role is a side client that runs beside a live bridge and must never
+    disturb it: its own client id, no availability, no extensions, nothing retained that it
+    does not own.
+    """
+
+    BRIDGE = "bridge"  # `run`: the one bridge of an instance
+    REPLAY = "replay"  # history published again: data topics and last seen, nothing that acts
+    CHECK = "check"  # connects and disconnects; publishes nothing
+    CLEANUP = "cleanup"  # `mqtt-cleanup`: reads and clears stale retained topics
+
+    @property
+    def side(self) -> bool:
+        """Whether this is a side client, running beside the bridge."""
+        return self is not Role.BRIDGE
 
 
 class SinkError(Exception):

@@ -11,30 +11,38 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import click
 
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
+from facespace_bridge.settings import cli_options, from_options, setting
+from facespace_bridge.sinks.base import Ack, Role, Sink, SinkError
 
 HELP = "a JSON Lines file, one event per line, fsync'd"
 
-OPTIONS = [
-    click.option(
+
+@dataclass(frozen=True)
+class FileSettings:
+    """The file sink's settings, with their CLI options (facespace_bridge/settings.py)."""
+
+    output: str | None = setting(
         "--output",
+        default=None,
         type=click.Path(dir_okay=False, allow_dash=True),
         help="File sink: JSON-lines file to append events to ('-' for stdout).",
-    ),
-    click.option(
+    )
+    output_mode: str = setting(
         "--output-mode",
-        type=click.Choice(["append", "truncate"]),
         default="append",
-        show_default=True,
+        type=click.Choice(["append", "truncate"]),
         help="File sink: add to what --output holds, or (replay only) start it empty.",
-    ),
-]
+    )
+
+
+OPTIONS = cli_options(FileSettings)
 
 _BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight bound
 
@@ -123,15 +131,16 @@ class FileSink(Sink):
         self._handle = None
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> FileSink:
-    output = config.get("output")
-    if not output:
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> FileSink:
+    settings = from_options(FileSettings, config)
+    if not settings.output:
         raise click.UsageError("--broker file needs --output PATH")
-    truncate = config.get("output_mode") == "truncate"
-    if truncate and not replay:
+    truncate = settings.output_mode == "truncate"
+    if truncate and role is Role.BRIDGE:
         # The checkpoint says what the file already holds: emptying it on a restart would lose that.
         raise click.BadParameter(
             "truncate is for replay: the bridge appends, resuming after what the file holds",
             param_hint="--output-mode",
         )
-    return FileSink(str(output), truncate=truncate)
+    # (`check` only opens the file: it never empties it.)
+    return FileSink(str(settings.output), truncate=truncate and role is Role.REPLAY)

@@ -3,16 +3,20 @@
 Each sink module (sinks/<name>.py) provides, beside its `Sink` subclass:
 
     HELP: one line for the `--broker` help (what the sink is)
-    OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`
+    OPTIONS: list of click.option decorators -- the flags it adds to `run` and `replay`,
+        made from its settings dataclass (`settings.cli_options`), whose `from_options`
+        `from_config` reads back, so each option's default is written once
     SECRET_VARIABLES: environment variables holding secrets (passwords); their values are
         redacted from every log line once the sink is chosen
-    def from_config(config: Mapping[str, Any], *, replay: bool = False) -> Sink
+    def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> Sink
         builds the sink from the parsed options (all commands' options, by click
         parameter name). It validates and raises `click.BadParameter` /
         `click.UsageError` for bad input, and does no I/O: connecting is `start()`.
-        `replay` is True for `facespace-bridge replay`: the events are history published
-        again, not happening now (a sink that triggers actions, such as Home Assistant
-        event entities, must not act on them).
+        `role` says who runs it (sinks/base.Role): only the bridge touches what the
+        bridge owns (client id, availability, extensions, transactions); a replay's events
+        are history published again, not happening now (a sink that triggers actions,
+        such as Home Assistant event entities, must not act on them); a check only
+        connects.
 
 Options that several sinks read are defined once, beside the code that reads them, and
 listed in SHARED_OPTIONS: `--no-cloudevents` (facespace_bridge/cloudevents.py) turns off
@@ -33,7 +37,7 @@ from typing import Any, TypeVar
 
 from facespace_bridge import cloudevents
 from facespace_bridge.client import redactor
-from facespace_bridge.sinks.base import Sink
+from facespace_bridge.sinks.base import Role, Sink
 
 _NOT_SINKS = frozenset({"base", "registry"})
 
@@ -78,12 +82,12 @@ def sink_options(command: F) -> F:
     return command
 
 
-def build_sinks(names: Iterable[str], config: Mapping[str, Any], *, replay: bool = False) -> list[Sink]:
-    """One sink per distinct `--broker` name, validated, not yet started (`replay`: see above).
+def build_sinks(names: Iterable[str], config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> list[Sink]:
+    """One sink per distinct `--broker` name, validated, not yet started, for `role` (see above).
     The chosen sinks' secrets are registered for redaction first, before anything can log."""
     modules = [_module(name) for name in dict.fromkeys(names)]
     for module in modules:
         for variable in getattr(module, "SECRET_VARIABLES", ()):
             if os.environ.get(variable):
                 redactor.add(os.environ[variable])
-    return [module.from_config(config, replay=replay) for module in modules]
+    return [module.from_config(config, role=role) for module in modules]

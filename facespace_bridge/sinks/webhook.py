@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -23,27 +24,37 @@ import orjson
 from facespace_bridge.client.webhook import WebhookPoster
 from facespace_bridge.cloudevents import CloudEvents, source_from_config
 from facespace_bridge.events import Event
-from facespace_bridge.sinks.base import Ack, Sink, SinkError
+from facespace_bridge.settings import cli_options, from_options, setting
+from facespace_bridge.sinks.base import Ack, Role, Sink, SinkError
 
 HELP = "an HTTP POST per event"
 
-OPTIONS = [
-    click.option("--webhook-url", help="Webhook sink: URL that receives each event as a JSON POST."),
-    click.option(
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The webhook sink's settings, each with its CLI option (facespace_bridge/settings.py)."""
+
+    url: str | None = setting(
+        "--webhook-url", default=None, help="Webhook sink: URL that receives each event as a JSON POST."
+    )
+    headers: tuple[str, ...] = setting(
         "--webhook-header",
         "webhook_headers",
+        default=(),
         multiple=True,
         metavar="NAME:VALUE",
+        show_default=False,
         help="Webhook sink: extra header for every POST (repeatable).",
-    ),
-    click.option(
+    )
+    concurrency: int = setting(
         "--webhook-concurrency",
-        type=click.IntRange(1, 256),
         default=4,
-        show_default=True,
+        type=click.IntRange(1, 256),
         help="Webhook sink: POSTs in flight at once.",
-    ),
-]
+    )
+
+
+OPTIONS = cli_options(WebhookSettings)
 
 
 class WebhookSink(Sink):
@@ -53,7 +64,7 @@ class WebhookSink(Sink):
         self,
         url: str,
         headers: Mapping[str, str] | None = None,
-        concurrency: int = 4,
+        concurrency: int = WebhookSettings.concurrency,
         transport: httpx.AsyncBaseTransport | None = None,
         cloudevents_source: str | None = None,  # None: no ce- headers (--no-cloudevents)
     ) -> None:
@@ -100,8 +111,9 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return headers
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> WebhookSink:
-    url = config.get("webhook_url")
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> WebhookSink:
+    settings = from_options(WebhookSettings, config)
+    url = settings.url
     if not url:
         raise click.UsageError("--broker webhook needs --webhook-url URL")
     try:
@@ -112,7 +124,7 @@ def from_config(config: Mapping[str, Any], *, replay: bool = False) -> WebhookSi
         raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--webhook-url")
     return WebhookSink(
         url,
-        _headers(tuple(config.get("webhook_headers") or ())),
-        config.get("webhook_concurrency") or 4,
+        _headers(tuple(settings.headers)),
+        settings.concurrency,
         cloudevents_source=source_from_config(config),
     )

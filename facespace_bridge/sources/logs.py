@@ -150,8 +150,9 @@ class LogsSource:
     async def _quick_poll(
         self, cameras: list[str], query_from: datetime, memory: TailMemory
     ) -> AsyncIterator[Batch]:
-        """One request for the cameras someone arrived at, from their newest minute read (never
-        before the look-back window, whose memory would be gone); one camera is asked by id."""
+        """One request for the cameras where someone is in view (`poll_soon`), from their newest
+        minute read (never before the look-back window, whose memory would be gone); one camera
+        is asked by id."""
         newest = [minute_floor(self.newest_seen[c]) if c in self.newest_seen else query_from for c in cameras]
         start = max(query_from, min(newest))
         camera = cameras[0] if len(cameras) == 1 else self.camera_id

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from facespace_bridge.commands import run
+from facespace_bridge.commands._common import prepare
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 
@@ -95,6 +96,46 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             {"FACESPACE_API_KEY": "k"},
             "drop --checkpoint",
         ),
+        # Producer properties are checked against librdkafka, without a broker: each named.
+        (
+            ["--broker", "kafka", "--kafka-property", "linger.ms=5", "--kafka-property", "lingr.ms=5"],
+            {"FACESPACE_API_KEY": "k"},
+            'No such configuration property: "lingr.ms"',
+        ),
+        (
+            ["--broker", "kafka", "--kafka-property", "compression.type=brotli"],
+            {"FACESPACE_API_KEY": "k"},
+            'Invalid value "brotli"',
+        ),
+        (["--broker", "kafka", "--kafka-property", "linger.ms"], {"FACESPACE_API_KEY": "k"}, "KEY=VALUE"),
+        (
+            ["--broker", "kafka", "--kafka-property", "acks=1"],
+            {"FACESPACE_API_KEY": "k"},
+            "acks is set by the bridge",
+        ),
+        (
+            ["--broker", "kafka", "--kafka-property", "sasl.password=hunter2"],
+            {"FACESPACE_API_KEY": "k"},
+            "KAFKA_SASL_PASSWORD",
+        ),
+        (
+            [
+                "--broker",
+                "kafka",
+                "--kafka-client",
+                "aiokafka",
+                "--kafka-property",
+                "message.copy.max.bytes=1",
+            ],
+            {"FACESPACE_API_KEY": "k"},
+            "message.copy.max.bytes has no equivalent in aiokafka",
+        ),
+        (
+            ["--broker", "kafka", "--kafka-client", "aiokafka", "--kafka-property", "linger.ms=soon"],
+            {"FACESPACE_API_KEY": "k"},
+            "--kafka-property",  # librdkafka's own words: an invalid value of linger.ms
+        ),
+        (["--broker", "mqtt", "--mqtt-qos", "3"], {"FACESPACE_API_KEY": "k"}, "--mqtt-qos"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):
@@ -146,8 +187,67 @@ def test_quick_polls_are_on_by_default_and_can_be_turned_off(tmp_path, monkeypat
     monkeypatch.setenv("FACESPACE_API_KEY", "k")
     args = ["--broker", "file", "--output", str(tmp_path / "out.jsonl"), *flags]
     with run.command.make_context("run", args) as ctx:
-        _, _, options = run.prepare(ctx.params)
+        _, _, options = prepare(ctx.params)
     assert options.quick_polls is expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "file", "env", "expected"),
+    [
+        ([], "", {}, True),
+        (["--no-realtime"], "", {}, False),
+        (["--realtime"], "realtime = false\n", {}, True),
+        ([], "realtime = false\n", {}, False),
+        # Today's spellings of the key in a file and in the environment, turned around.
+        ([], "no_realtime = true\n", {}, False),
+        ([], "", {"FACESPACE_BRIDGE_NO_REALTIME": "1"}, False),
+        ([], "no_realtime = true\n", {"FACESPACE_BRIDGE_REALTIME": "true"}, True),
+        (["--realtime"], "", {"FACESPACE_BRIDGE_NO_REALTIME": "1"}, True),
+    ],
+)
+def test_boolean_options_take_both_spellings(tmp_path, monkeypatch, flags, file, env, expected):
+    config = tmp_path / "bridge.toml"
+    config.write_text(file)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with run.command.make_context("run", ["--config", str(config), "--broker", "file", *flags]) as ctx:
+        assert ctx.params["realtime"] is expected
+
+
+def test_producer_properties_reach_the_client_library(monkeypatch):
+    from facespace_bridge.sinks.kafka import from_config
+
+    monkeypatch.setenv("FACESPACE_API_KEY", "k")
+    args = ["--broker", "kafka", "--kafka-linger-ms", "7", "--kafka-property", "linger.ms=20",
+            "--kafka-property", "queue.buffering.max.kbytes=2048",
+            "--kafka-property", "client.id=door"]  # fmt: skip
+    with run.command.make_context("run", list(args)) as ctx:
+        config = ctx.params
+    librdkafka = from_config(config)._config()  # type: ignore[attr-defined]
+    assert (librdkafka["linger.ms"], librdkafka["queue.buffering.max.kbytes"], librdkafka["client.id"]) == (
+        "20",  # the property wins over --kafka-linger-ms
+        "2048",
+        "door",
+    )
+    with run.command.make_context("run", [*args[:6], *args[8:], "--kafka-client", "aiokafka"]) as ctx:
+        sink = from_config(ctx.params)
+    from facespace_bridge.sinks.kafka.properties import aiokafka_kwargs
+
+    assert aiokafka_kwargs(sink.settings.producer_properties()) == {"linger_ms": 20, "client_id": "door"}
+
+
+def test_mqtt_qos_is_an_integer():
+    with run.command.make_context("run", ["--broker", "mqtt", "--mqtt-qos", "0"]) as ctx:
+        assert ctx.params["mqtt_qos"] == 0
+
+
+def test_bare_command_prints_usage_and_exits_2():
+    result = cli()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: facespace-bridge [OPTIONS] COMMAND [ARGS]...")
+    assert "run " in result.stderr and "Traceback" not in result.stderr
+    # The default command still takes `run`'s options without its name.
+    assert "no API key" in one_line_error(cli("--broker", "kafka"))
 
 
 def test_unknown_setting_in_config_file_is_bad_input(tmp_path):

@@ -132,7 +132,7 @@ async def test_a_camera_id_with_a_line_break_injects_no_header(receiver):
 
 async def test_no_cloudevents_sends_no_ce_headers(receiver):
     event = sighting("Camera1")
-    await deliver(sink_for(receiver, no_cloudevents=True, webhook_headers=("X-Team: faces",)), [event])
+    await deliver(sink_for(receiver, cloudevents=False, webhook_headers=("X-Team: faces",)), [event])
     (post,) = receiver.posts
     assert [name for name in post.headers if name.lower().startswith("ce-")] == []
     assert post.headers["x-team"] == "faces" and post.body == event.payload

@@ -29,7 +29,7 @@ import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -43,6 +43,7 @@ from facespace_bridge.events import Event
 from facespace_bridge.kafka import (
     CLIENTS,
     CONNECTION_OPTIONS,
+    DEFAULT_BOOTSTRAP,
     BrokerCapabilities,
     Client,
     KafkaConnection,
@@ -52,19 +53,13 @@ from facespace_bridge.kafka import (
     ensure_topic,
     transactions_work,
 )
-from facespace_bridge.sinks.base import Sink, SinkError
+from facespace_bridge.settings import cli_options, flag, from_options, setting
+from facespace_bridge.sinks.base import Role, Sink, SinkError
+from facespace_bridge.sinks.kafka.properties import check_properties, parse_properties
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIENT: Client = "librdkafka"
-DEFAULT_TOPICS = {
-    "sighting": "facespace.sightings",
-    "presence": "facespace.presence",
-    "deadletter": "facespace.deadletter",
-}
-DEFAULT_PARTITIONS = 3
-DEFAULT_MAX_IN_FLIGHT = 16_000
-DEFAULT_CONNECT_TIMEOUT = 30.0
 # How long a record may wait for the broker's acknowledgement before its batch fails (and
 # the publisher sends it again); the Java client's delivery.timeout.ms.
 DEFAULT_DELIVERY_TIMEOUT_MS = 120_000
@@ -102,7 +97,8 @@ def compressions(client: Client) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    """Everything the Kafka sink needs; `from_config` builds it from the CLI options.
+    """Everything the Kafka sink needs; its CLI options are made from the fields declared with
+    `setting` (facespace_bridge/settings.py), and `from_config` builds it from them.
 
     `bootstrap_servers` alone (no `connection`) is a plaintext connection to those brokers.
     `linger_ms` and `batch_size` None: the client library's default (CLIENT_DEFAULTS).
@@ -110,15 +106,77 @@ class KafkaSettings:
 
     connection: KafkaConnection | None = None
     bootstrap_servers: str | None = None
-    client: Client = DEFAULT_CLIENT
-    topics: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
-    partitions: int = DEFAULT_PARTITIONS
-    replication_factor: int | None = None  # None: min(3, brokers in the cluster)
-    linger_ms: int | None = None
-    batch_size: int | None = None
-    compression: str = "none"
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    client: Client = setting(  # noqa: RUF009 - a dataclasses.field, like the others
+        "--kafka-client",
+        default=DEFAULT_CLIENT,
+        type=click.Choice(CLIENTS),
+        help="Kafka client library: librdkafka (confluent-kafka) or aiokafka (docs/kafka.md).",
+    )
+    sighting_topic: str = setting("--topic", default="facespace.sightings", help="Kafka topic for sightings.")
+    presence_topic: str = setting(
+        "--presence-topic", default="facespace.presence", help="Kafka topic for presence changes."
+    )
+    deadletter_topic: str = setting(
+        "--deadletter-topic",
+        default="facespace.deadletter",
+        help="Kafka topic for entries that could not be published as events.",
+    )
+    partitions: int = setting(
+        "--partitions",
+        default=3,
+        type=click.IntRange(min=1),
+        help="Partitions of a topic the bridge creates (existing topics are used as they are).",
+    )
+    replication_factor: int | None = setting(  # None: min(3, brokers in the cluster)
+        "--replication-factor",
+        default=None,
+        type=click.IntRange(min=1),
+        help="Replication factor of a Kafka topic the bridge creates [default: min(3, brokers)].",
+    )
+    linger_ms: int | None = setting(
+        "--kafka-linger-ms",
+        default=None,
+        type=click.IntRange(min=0),
+        help="How long the producer waits to fill a batch "
+        f"[default: {CLIENT_DEFAULTS['librdkafka'].linger_ms} with librdkafka, "
+        f"{CLIENT_DEFAULTS['aiokafka'].linger_ms} with aiokafka].",
+    )
+    batch_size: int | None = setting(
+        "--kafka-batch-size",
+        default=None,
+        type=click.IntRange(min=1024),
+        help="Maximum bytes of one producer batch (per partition) "
+        f"[default: {CLIENT_DEFAULTS['librdkafka'].batch_size} with librdkafka, "
+        f"{CLIENT_DEFAULTS['aiokafka'].batch_size} with aiokafka].",
+    )
+    compression: str = setting(
+        "--kafka-compression",
+        default="none",
+        type=click.Choice(COMPRESSIONS),
+        help="Compression of producer batches (aiokafka writes snappy, lz4 and zstd only with cramjam).",
+    )
+    max_in_flight: int = setting(
+        "--kafka-max-in-flight",
+        default=16_000,
+        type=click.IntRange(min=1),
+        help="Unacknowledged records before publishing waits (bounds memory).",
+    )
+    connect_timeout: float = setting(
+        "--kafka-connect-timeout",
+        default=30.0,
+        type=click.FloatRange(min=0),
+        help="Seconds to keep retrying an unreachable broker at start.",
+    )
+    properties: tuple[str, ...] = setting(
+        "--kafka-property",
+        "kafka_properties",
+        default=(),
+        multiple=True,
+        metavar="KEY=VALUE",
+        show_default=False,
+        help="A librdkafka producer property, as kcat's -X (repeatable; mapped for aiokafka where "
+        "it has one): docs/kafka.md.",
+    )
     delivery_timeout_ms: int = DEFAULT_DELIVERY_TIMEOUT_MS
     idempotence: bool = True  # asked for; used only where the broker grants it
     # --exactly-once: events go out in transactions that the bridge commits together with
@@ -128,12 +186,27 @@ class KafkaSettings:
     # cloudevents.source_uri); None: no ce_ headers (--no-cloudevents).
     cloudevents_source: str | None = None
 
+    def producer_properties(self) -> dict[str, str]:
+        """`--kafka-property` as a dict (checked by `from_config`)."""
+        return parse_properties(self.properties)
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """The topic of each event kind."""
+        return {
+            "sighting": self.sighting_topic,
+            "presence": self.presence_topic,
+            "deadletter": self.deadletter_topic,
+        }
+
     def __post_init__(self) -> None:
         connection = self.connection
         if connection is None:
-            connection = KafkaConnection(bootstrap_servers=self.bootstrap_servers or "localhost:9092")
+            connection = KafkaConnection(bootstrap_servers=self.bootstrap_servers or DEFAULT_BOOTSTRAP)
         elif self.bootstrap_servers not in (None, connection.bootstrap_servers):
             connection = replace(connection, bootstrap_servers=self.bootstrap_servers)
+        if self.client not in CLIENTS:
+            raise ValueError(f"{self.client!r} is not one of {', '.join(CLIENTS)}")
         defaults = CLIENT_DEFAULTS[self.client]
         object.__setattr__(self, "connection", connection)
         object.__setattr__(self, "bootstrap_servers", connection.bootstrap_servers)
@@ -163,19 +236,19 @@ def _wait_until(deadline: float) -> Callable[[RetryCallState], float]:
     return wait
 
 
+class FencedError(SinkError):
+    """Another bridge with the same transactional id took over: this one stops."""
+
+
 class KafkaSink(Sink):
-    """Publishes events to Kafka. `KafkaSink(settings)` is the sink of `settings.client`.
+    """Publishes events to Kafka; one subclass per client library (`create_sink` makes the one
+    of `settings.client`).
 
     `start()` connects (with retries for `connect_timeout`), asks the broker whether it
     grants the client an idempotent producer, and starts the producer it can support.
     """
 
     name = "kafka"
-
-    def __new__(cls, settings: KafkaSettings) -> KafkaSink:
-        if cls is KafkaSink:
-            cls = _implementation(settings.client)
-        return super().__new__(cls)
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
@@ -301,16 +374,18 @@ class KafkaSink(Sink):
                 self._lost = False
                 log.info("Kafka broker %s reachable again", self.settings.bootstrap_servers)
 
-    def _unreachable(self, why: str) -> None:
-        """The client lost the cluster, or a delivery failed: logged once per outage."""
+    def _unreachable(self, why: BaseException | str) -> None:
+        """The client lost the cluster, or a delivery failed: logged once per outage. Being
+        fenced is no outage: the run ends, and its last line says why (once)."""
         self.note_error(why)
         if self._connected:
             self._connected = False
             self._lost = True
-            log.warning("Kafka broker %s: %s", self.settings.bootstrap_servers, why)
+            if not isinstance(why, FencedError):
+                log.warning("Kafka broker %s: %s", self.settings.bootstrap_servers, why)
 
-    def fenced_error(self) -> SinkError:
-        return SinkError(
+    def fenced_error(self) -> FencedError:
+        return FencedError(
             f"another bridge with transactional id {self.settings.transactional_id} took over "
             "(same --instance-id); this one stops"
         )
@@ -365,16 +440,17 @@ class KafkaSink(Sink):
         return headers
 
 
-def _implementation(client: Client) -> type[KafkaSink]:
-    if client == "librdkafka":
+def create_sink(settings: KafkaSettings) -> KafkaSink:
+    """The Kafka sink of `settings.client` (each client library's module is imported only when chosen)."""
+    if settings.client == "librdkafka":
         from facespace_bridge.sinks.kafka._librdkafka import LibrdkafkaSink
 
-        return LibrdkafkaSink
-    if client == "aiokafka":
+        return LibrdkafkaSink(settings)
+    if settings.client == "aiokafka":
         from facespace_bridge.sinks.kafka._aiokafka import AiokafkaSink
 
-        return AiokafkaSink
-    raise ValueError(f"no Kafka client {client!r}")
+        return AiokafkaSink(settings)
+    raise ValueError(f"no Kafka client {settings.client!r}")
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -383,123 +459,45 @@ HELP = "Kafka topics, keyed by camera id"
 SECRET_VARIABLES = kafka_connection.SECRET_VARIABLES
 
 OPTIONS: list[Callable[[Any], Any]] = [
-    CONNECTION_OPTIONS[0],  # --bootstrap-servers first, as before
-    click.option(
-        "--kafka-client",
-        type=click.Choice(CLIENTS),
-        default=DEFAULT_CLIENT,
-        show_default=True,
-        help="Kafka client library: librdkafka (confluent-kafka) or aiokafka (docs/kafka.md).",
-    ),
-    click.option(
-        "--topic", default=DEFAULT_TOPICS["sighting"], show_default=True, help="Kafka topic for sightings."
-    ),
-    click.option(
-        "--presence-topic",
-        default=DEFAULT_TOPICS["presence"],
-        show_default=True,
-        help="Kafka topic for presence changes.",
-    ),
-    click.option(
-        "--deadletter-topic",
-        default=DEFAULT_TOPICS["deadletter"],
-        show_default=True,
-        help="Kafka topic for entries that could not be published as events.",
-    ),
-    click.option(
-        "--partitions",
-        type=click.IntRange(min=1),
-        default=DEFAULT_PARTITIONS,
-        show_default=True,
-        help="Partitions of a topic the bridge creates (existing topics are used as they are).",
-    ),
-    click.option(
-        "--replication-factor",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Replication factor of a Kafka topic the bridge creates [default: min(3, brokers)].",
-    ),
-    click.option(
-        "--kafka-linger-ms",
-        type=click.IntRange(min=0),
-        default=None,
-        help="How long the producer waits to fill a batch "
-        f"[default: {CLIENT_DEFAULTS['librdkafka'].linger_ms} with librdkafka, "
-        f"{CLIENT_DEFAULTS['aiokafka'].linger_ms} with aiokafka].",
-    ),
-    click.option(
-        "--kafka-batch-size",
-        type=click.IntRange(min=1024),
-        default=None,
-        help="Maximum bytes of one producer batch (per partition) "
-        f"[default: {CLIENT_DEFAULTS['librdkafka'].batch_size} with librdkafka, "
-        f"{CLIENT_DEFAULTS['aiokafka'].batch_size} with aiokafka].",
-    ),
-    click.option(
-        "--kafka-compression",
-        type=click.Choice(COMPRESSIONS),
-        default="none",
-        show_default=True,
-        help="Compression of producer batches (aiokafka writes snappy, lz4 and zstd only with cramjam).",
-    ),
-    click.option(
-        "--kafka-max-in-flight",
-        type=click.IntRange(min=1),
-        default=DEFAULT_MAX_IN_FLIGHT,
-        show_default=True,
-        help="Unacknowledged records before publishing waits (bounds memory).",
-    ),
-    click.option(
-        "--kafka-connect-timeout",
-        type=click.FloatRange(min=0),
-        default=DEFAULT_CONNECT_TIMEOUT,
-        show_default=True,
-        help="Seconds to keep retrying an unreachable broker at start.",
-    ),
+    CONNECTION_OPTIONS[0],  # --bootstrap-servers first
+    *cli_options(KafkaSettings),
     *CONNECTION_OPTIONS[1:],
 ]
 
 
-def from_config(config: Mapping[str, Any], *, replay: bool = False) -> KafkaSink:
-    """The sink from parsed CLI options (click parameter names). Validates; connects nothing."""
-    connection = connection_from_config(config)
-    client = config.get("kafka_client") or DEFAULT_CLIENT
-    if client not in CLIENTS:
-        raise click.BadParameter(
-            f"{client!r} is not one of {', '.join(CLIENTS)}", param_hint="--kafka-client"
+def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> KafkaSink:
+    """The sink from parsed CLI options (click parameter names). Validates; connects nothing.
+    Only the bridge takes the instance's transactional id: a side client with it would fence
+    the running bridge."""
+    try:
+        settings = from_options(
+            KafkaSettings,
+            config,
+            connection=connection_from_config(config),
+            transactional_id=transactional_id(config)
+            if config.get("exactly_once") and not role.side
+            else None,
+            cloudevents_source=source_from_config(config),
         )
-    compression = config.get("kafka_compression") or "none"
-    if compression not in compressions(client):
+    except ValueError as exc:  # the one thing KafkaSettings itself refuses: an unknown client
+        raise click.BadParameter(str(exc), param_hint=flag(KafkaSettings, "client")) from None
+    client = settings.client
+    if settings.compression not in compressions(client):
         raise click.BadParameter(
-            f"{compression!r} is not one of {', '.join(compressions(client))} (with {client})",
-            param_hint="--kafka-compression",
+            f"{settings.compression!r} is not one of {', '.join(compressions(client))} (with {client})",
+            param_hint=flag(KafkaSettings, "compression"),
         )
-    topics = {
-        "sighting": config.get("topic") or DEFAULT_TOPICS["sighting"],
-        "presence": config.get("presence_topic") or DEFAULT_TOPICS["presence"],
-        "deadletter": config.get("deadletter_topic") or DEFAULT_TOPICS["deadletter"],
-    }
-    for kind, topic in topics.items():
+    try:
+        check_properties(settings.producer_properties(), client)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag(KafkaSettings, "properties")) from None
+    for kind, topic in settings.topics.items():
         if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
-            flag = "--topic" if kind == "sighting" else f"--{kind}-topic"
             raise click.BadParameter(
-                f"{topic!r} is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)", param_hint=flag
+                f"{topic!r} is not a Kafka topic name (1 to 249 of A-Z a-z 0-9 . _ -)",
+                param_hint=flag(KafkaSettings, f"{kind}_topic"),
             )
-    settings = KafkaSettings(
-        connection=connection,
-        client=client,
-        topics=topics,
-        partitions=int(config.get("partitions") or DEFAULT_PARTITIONS),
-        replication_factor=config.get("replication_factor"),
-        linger_ms=config.get("kafka_linger_ms"),
-        batch_size=config.get("kafka_batch_size"),
-        compression=compression,
-        max_in_flight=int(config.get("kafka_max_in_flight") or DEFAULT_MAX_IN_FLIGHT),
-        connect_timeout=float(_unless_none(config.get("kafka_connect_timeout"), DEFAULT_CONNECT_TIMEOUT)),
-        transactional_id=transactional_id(config) if config.get("exactly_once") else None,
-        cloudevents_source=source_from_config(config),
-    )
-    return KafkaSink(settings)
+    return create_sink(settings)
 
 
 def transactional_id(config: Mapping[str, Any]) -> str:
@@ -507,21 +505,16 @@ def transactional_id(config: Mapping[str, Any]) -> str:
     return f"facespace-bridge.{config.get('instance_id') or 'default'}"
 
 
-def _unless_none(value: Any, default: Any) -> Any:
-    """`value` unless it is None (0 is a real value for timeouts)."""
-    return default if value is None else value
-
-
 __all__ = [
     "CLIENTS",
     "CLIENT_DEFAULTS",
     "COMPRESSIONS",
     "DEFAULT_CLIENT",
-    "DEFAULT_TOPICS",
     "OPTIONS",
     "KafkaSettings",
     "KafkaSink",
     "compressions",
+    "create_sink",
     "from_config",
     "transactional_id",
 ]

@@ -31,6 +31,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from facespace_bridge.events import Event
 from facespace_bridge.sinks.base import Ack, SinkError
 from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink
+from facespace_bridge.sinks.kafka.properties import aiokafka_kwargs
 
 if TYPE_CHECKING:
     from aiokafka.producer.message_accumulator import BatchBuilder  # what create_batch() returns
@@ -82,11 +83,6 @@ class AiokafkaSink(KafkaSink):
         self._tasks: set[asyncio.Task[None]] = set()
         self._begin_lock = asyncio.Lock()
 
-    @property
-    def producer(self) -> AIOKafkaProducer | None:
-        """The running producer."""
-        return self._producer
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -103,8 +99,7 @@ class AiokafkaSink(KafkaSink):
         kwargs = s.kafka.aiokafka_kwargs()
         # A batch fails when the broker has not acknowledged it within the request timeout.
         kwargs["request_timeout_ms"] = min(s.delivery_timeout_ms, s.kafka.request_timeout_ms)
-        producer = AIOKafkaProducer(
-            **kwargs,
+        kwargs.update(
             acks="all",
             enable_idempotence=self.idempotent,
             transactional_id=s.transactional_id,
@@ -114,6 +109,8 @@ class AiokafkaSink(KafkaSink):
             compression_type=None if s.compression == "none" else s.compression,
             client_id="facespace-bridge",
         )
+        kwargs.update(aiokafka_kwargs(s.producer_properties()))  # --kafka-property: it wins
+        producer = AIOKafkaProducer(**kwargs)
         self._producer = producer
         await producer.start()
 
@@ -344,7 +341,7 @@ class AiokafkaSink(KafkaSink):
             ack.set_result(None)
         else:
             self.failed += count
-            self._unreachable(str(error))
+            self._unreachable(error)
             ack.set_exception(error)
             ack.exception()  # counted here; publishers that await the ack still see the error
 

@@ -133,6 +133,7 @@ class LibrdkafkaSink(KafkaSink):
             config["transactional.id"] = s.transactional_id
             config["transaction.timeout.ms"] = _TRANSACTION_TIMEOUT_MS
             config["message.timeout.ms"] = min(s.delivery_timeout_ms, _TRANSACTION_TIMEOUT_MS)
+        config.update(s.producer_properties())  # --kafka-property, last: it wins
         return config
 
     async def _connect(self, timeout: float) -> None:
@@ -209,7 +210,7 @@ class LibrdkafkaSink(KafkaSink):
             # bump by which librdkafka resumes a producer whose records timed out).
             self._fatal = self.fenced_error() if code in _FENCED else SinkError(f"Kafka: {_text(error)}")
             if self.transactional:
-                self._unreachable(str(self._fatal))
+                self._unreachable(self._fatal)
             else:
                 self._fatal = SinkError(f"Kafka: {_text(error)}")
                 log.warning("librdkafka's producer failed (%s); publishing with a new one", _text(error))
@@ -466,7 +467,7 @@ class LibrdkafkaSink(KafkaSink):
         if ack.done():
             return
         self.failed += delivery.expected
-        self._unreachable(str(failure))
+        self._unreachable(failure)
         ack.set_exception(failure)
         ack.exception()  # counted here; publishers that await the ack still see the error
 

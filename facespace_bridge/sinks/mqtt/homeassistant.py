@@ -42,6 +42,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -49,7 +50,8 @@ import orjson
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import parse_rfc3339, seen_at_text
-from facespace_bridge.sinks.base import LastSeen
+from facespace_bridge.settings import cli_options, from_options, setting
+from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.topics import (
     TopicLayout,
@@ -77,6 +79,41 @@ def jinja_literal(text: str) -> str:
     (Python unicode-escape) string literals decode, and a `}}` inside a literal does not
     end the expression, so any name is safe to embed in a template."""
     return orjson.dumps(text).decode()
+
+
+@dataclass(frozen=True)
+class HomeAssistantSettings:
+    """The Home Assistant extension's settings, each with its CLI option (facespace_bridge/settings.py)."""
+
+    discovery: bool = setting(
+        "--ha-discovery/--no-ha-discovery", default=True, help="Home Assistant MQTT discovery."
+    )
+    prefix: str = setting(
+        "--ha-prefix",
+        default="homeassistant",
+        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
+    )
+    mode: str = setting(
+        "--ha-discovery-mode",
+        default="entity",
+        type=click.Choice(MODES),
+        help="entity: one config per entity (every Home Assistant); device: one per device "
+        "(Home Assistant 2024.11+). Switching migrates and keeps entity ids.",
+    )
+    event_max_age: float = setting(
+        "--ha-event-max-age",
+        default=300.0,
+        type=click.FloatRange(min=0),
+        help="Seconds: only a sighting at most this old when published fires its person's Home "
+        "Assistant event entity (history never does; replay fires none).",
+    )
+    away_after: float = setting(
+        "--away-after",
+        default=600.0,
+        type=click.FloatRange(min=0),
+        help="Seconds unseen by every camera after which a person's Home Assistant device "
+        "tracker turns not_home.",
+    )
 
 
 @dataclass(frozen=True)
@@ -119,15 +156,14 @@ class HomeAssistant(MqttExtension):
     def __init__(
         self,
         layout: TopicLayout,
-        ha_prefix: str = "homeassistant",
+        settings: HomeAssistantSettings | None = None,
         *,
-        mode: str = "entity",
-        event_max_age: float = 300.0,
-        away_after: float = 600.0,
         reannounce_delay: tuple[float, float] = (1.0, 5.0),
         migration_pause: float = 2.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = settings or HomeAssistantSettings()
+        ha_prefix, mode = settings.prefix, settings.mode
         problem = check_base_topic(ha_prefix, "Home Assistant prefix")
         if problem:
             raise ValueError(problem)
@@ -140,8 +176,8 @@ class HomeAssistant(MqttExtension):
         self.layout = layout
         self.ha_prefix = ha_prefix
         self.mode = mode
-        self.event_max_age = event_max_age
-        self.away_after = away_after
+        self.event_max_age = settings.event_max_age
+        self.away_after = settings.away_after
         self.reannounce_delay = reannounce_delay
         self.migration_pause = migration_pause
         self.clock = clock
@@ -293,7 +329,7 @@ class HomeAssistant(MqttExtension):
         now = int(self.clock())
         if now != self._cutoff_at:  # the same text compares for every sighting of a second
             self._cutoff_at = now
-            self._cutoff = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - self.event_max_age))
+            self._cutoff = seen_at_text(datetime.fromtimestamp(now - self.event_max_age, timezone.utc))
         if seen_at >= self._cutoff:
             return True
         self.held_back += 1
@@ -595,74 +631,27 @@ class HomeAssistant(MqttExtension):
 
 # -- CLI --------------------------------------------------------------------------------------------
 
-OPTIONS = [
-    click.option(
-        "--ha-discovery/--no-ha-discovery",
-        default=True,
-        show_default=True,
-        help="Home Assistant MQTT discovery.",
-    ),
-    click.option(
-        "--ha-prefix",
-        default="homeassistant",
-        show_default=True,
-        help="Home Assistant discovery prefix (its status topic is <prefix>/status).",
-    ),
-    click.option(
-        "--ha-discovery-mode",
-        type=click.Choice(MODES),
-        default="entity",
-        show_default=True,
-        help="entity: one config per entity (every Home Assistant); device: one per device "
-        "(Home Assistant 2024.11+). Switching migrates and keeps entity ids.",
-    ),
-    click.option(
-        "--ha-event-max-age",
-        type=click.FloatRange(min=0),
-        default=300.0,
-        show_default=True,
-        help="Seconds: only a sighting at most this old when published fires its person's Home "
-        "Assistant event entity (history never does; replay fires none).",
-    ),
-    click.option(
-        "--away-after",
-        type=click.FloatRange(min=0),
-        default=600.0,
-        show_default=True,
-        help="Seconds unseen by every camera after which a person's Home Assistant device "
-        "tracker turns not_home.",
-    ),
-]
+OPTIONS = cli_options(HomeAssistantSettings)
 
 
 def from_config(
-    config: Mapping[str, Any], layout: TopicLayout, *, replay: bool = False
+    config: Mapping[str, Any], layout: TopicLayout, *, role: Role = Role.BRIDGE
 ) -> HomeAssistant | None:
-    """The extension for the parsed options, or None (discovery off, or a replay: history
-    published again touches nothing Home Assistant shows or acts on but last seen).
-    Raises click errors for bad input."""
-    ha_prefix = config.get("ha_prefix") or "homeassistant"
+    """The extension for the parsed options, or None: discovery off, or a side client (a
+    replay's history published again touches nothing Home Assistant shows or acts on but
+    last seen; a check publishes nothing). Raises click errors for bad input."""
+    settings = from_options(HomeAssistantSettings, config)
+    ha_prefix = settings.prefix
     problem = check_base_topic(ha_prefix, "--ha-prefix")
     if problem:
         raise click.BadParameter(problem, param_hint="--ha-prefix")
-    if not config.get("ha_discovery", True):
+    if not settings.discovery:
         return None
     if topics_overlap(layout.prefix, ha_prefix):
         raise click.UsageError(
             f"--topic-prefix {layout.prefix!r} overlaps the Home Assistant discovery prefix {ha_prefix!r}: "
             "choose another, or pass --no-ha-discovery"
         )
-    if replay:
+    if role.side:
         return None
-
-    def number(name: str, default: float) -> float:
-        value = config.get(name)
-        return default if value is None else float(value)
-
-    return HomeAssistant(
-        layout,
-        ha_prefix,
-        mode=config.get("ha_discovery_mode") or "entity",
-        event_max_age=number("ha_event_max_age", 300.0),
-        away_after=number("away_after", 600.0),
-    )
+    return HomeAssistant(layout, settings)

@@ -21,6 +21,7 @@ from facespace_bridge.sinks.kafka import (
     KafkaSettings,
     KafkaSink,
     compressions,
+    create_sink,
     from_config,
 )
 from facespace_bridge.sinks.kafka._aiokafka import AiokafkaSink
@@ -34,7 +35,7 @@ CE_SOURCE = "http://facespace.example/facespace"
 def test_librdkafka_is_the_default_client_and_aiokafka_the_other():
     assert type(from_config({"bootstrap_servers": "b:1"})) is LibrdkafkaSink
     assert type(from_config({"bootstrap_servers": "b:1", "kafka_client": "aiokafka"})) is AiokafkaSink
-    assert type(KafkaSink(KafkaSettings(bootstrap_servers="b:1", client="aiokafka"))) is AiokafkaSink
+    assert type(create_sink(KafkaSettings(bootstrap_servers="b:1", client="aiokafka"))) is AiokafkaSink
     for client, sink_type in (("librdkafka", LibrdkafkaSink), ("aiokafka", AiokafkaSink)):
         sink = from_config({"bootstrap_servers": "b:1", "kafka_client": client})
         assert isinstance(sink, sink_type) and isinstance(sink, KafkaSink)
@@ -196,7 +197,7 @@ def test_cloudevents_source_from_options():
     assert (
         from_config({"bootstrap_servers": "b:1", "api_url": API_URL}).settings.cloudevents_source == CE_SOURCE
     )
-    off = from_config({"bootstrap_servers": "b:1", "api_url": API_URL, "no_cloudevents": True})
+    off = from_config({"bootstrap_servers": "b:1", "api_url": API_URL, "cloudevents": False})
     assert off.settings.cloudevents_source is None
     with pytest.raises(click.BadParameter, match="http"):
         from_config({"bootstrap_servers": "b:1", "api_url": "ftp://example.com"})

@@ -115,7 +115,7 @@ async def test_idempotence_follows_the_broker_with_one_warning(client, kafka, ka
 
 async def test_publish_waits_for_a_slot_while_the_broker_does_not_ack(client, kafka, kafka_topic, read_topic):
     if not kafka.can_interrupt:
-        pytest.skip("needs a broker the tests can interrupt")
+        pytest.skip(kafka.why_not_interruptible())
     events = [sighting("Camera1", n) for n in range(3)]
     async with sink_for(kafka, kafka_topic, client, kafka_max_in_flight=2, kafka_linger_ms=0) as sink:
         await (await sink.publish([sighting("Camera1", 99)]))  # topic created, metadata known
@@ -133,7 +133,7 @@ async def test_publish_waits_for_a_slot_while_the_broker_does_not_ack(client, ka
 
 async def test_start_retries_until_the_broker_comes_back(client, kafka, kafka_topic, read_topic):
     if not kafka.can_interrupt:
-        pytest.skip("needs a broker the tests can interrupt")
+        pytest.skip(kafka.why_not_interruptible())
     sink = sink_for(kafka, kafka_topic, client, kafka_connect_timeout=20.0)
     outage = asyncio.ensure_future(kafka.outage(1.5))
     await asyncio.sleep(0)  # the outage begins before the sink connects
@@ -191,7 +191,7 @@ async def test_a_record_larger_than_a_batch_is_sent_whole(client, kafka, kafka_t
 
 async def test_records_the_broker_never_takes_fail_their_acks_and_the_flush(client, kafka, kafka_topic):
     if not kafka.can_interrupt:
-        pytest.skip("needs a broker the tests can interrupt")
+        pytest.skip(kafka.why_not_interruptible())
     sink = sink_for(kafka, kafka_topic, client)
     sink.settings = replace(sink.settings, delivery_timeout_ms=1500)
     await sink.start()
@@ -272,7 +272,7 @@ async def test_records_are_cloudevents_the_sdk_reads_back(client, kafka, kafka_t
 
 async def test_no_cloudevents_sends_no_ce_headers(client, kafka, kafka_topic, read_topic):
     event = sighting("Camera1", 0)
-    async with sink_for(kafka, kafka_topic, client, api_url=API_URL, no_cloudevents=True) as sink:
+    async with sink_for(kafka, kafka_topic, client, api_url=API_URL, cloudevents=False) as sink:
         await (await sink.publish([event]))
     (record,) = await read_topic(kafka_topic)
     assert record.headers == {

@@ -120,7 +120,7 @@ async def test_configs_are_complete_and_point_at_published_topics(mqtt_broker: M
 def test_both_discovery_forms_describe_the_same_entities() -> None:
     cameras, people = ["Camera1", "Garden", "a/b"], NAMES
     by_entity = HomeAssistant(TopicLayout("facespace")).configs(cameras, people)
-    by_device = HomeAssistant(TopicLayout("facespace"), mode="device").configs(cameras, people)
+    by_device = ha_for(mode="device").configs(cameras, people)
     # One config per entity, or one per device: the bridge, each camera, each person.
     assert len(by_entity) == 1 + len(cameras) + 4 * len(people) + len(cameras) * len(people)
     assert len(by_device) == 1 + len(cameras) + len(people)
@@ -169,8 +169,8 @@ async def test_templates_render_the_right_states_for_any_name() -> None:
 
 def test_ids_are_stable_and_come_only_from_names() -> None:
     for mode in ("entity", "device"):
-        one = HomeAssistant(TopicLayout("facespace"), mode=mode).configs(["Camera1"], NAMES)
-        two = HomeAssistant(TopicLayout("facespace"), mode=mode).configs(["Camera1"], list(reversed(NAMES)))
+        one = ha_for(mode=mode).configs(["Camera1"], NAMES)
+        two = ha_for(mode=mode).configs(["Camera1"], list(reversed(NAMES)))
         assert one == two  # same names, same topics and bytes, whatever the order or the process
     assert id_slug("Zoë") != id_slug("Zoe") and id_slug("a b") != id_slug("a_b")
     # Letters without a decomposition are spelled out, not dropped.
@@ -253,7 +253,7 @@ async def test_switching_forms_migrates_and_leaves_only_the_new_one(mqtt_broker:
         return await retained_async(mqtt_broker, "homeassistant/#")
 
     entity_form = HomeAssistant(TopicLayout("facespace")).configs(cameras, people)
-    device_form = HomeAssistant(TopicLayout("facespace"), mode="device").configs(cameras, people)
+    device_form = ha_for(mode="device").configs(cameras, people)
     assert await run("entity") == entity_form
     with MqttCollector(mqtt_broker, "homeassistant/#") as seen:
         assert await run("device") == device_form  # the old configs are gone from the broker

@@ -18,6 +18,7 @@ import pytest
 
 from facespace_bridge.client import LogEntry
 from facespace_bridge.events import parse_rfc3339, sighting_event
+from facespace_bridge.sinks import Role
 from facespace_bridge.sinks.mqtt import from_config
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, retained_async
 from tests.sinks.mqtt._helpers import ha_for, sink_for
@@ -38,7 +39,7 @@ async def test_only_live_sightings_fire_and_history_still_moves_last_seen(mqtt_b
         async with sink_for(mqtt_broker, ha=ha_for(event_max_age=300)) as sink:
             await (await sink.publish([old, live]))
             await sink.flush()
-            assert sink.details() == {"ha_events_held_back": 1}
+            assert sink.details() == {"reconnects": 0, "ha_events_held_back": 1}
             held = await retained_async(mqtt_broker, "facespace/person/+")
         await feed.wait_topic("facespace/person/Alice/sighting")
         await asyncio.sleep(0.5)  # anything else would have arrived by now
@@ -52,7 +53,7 @@ async def test_a_replay_fires_nothing_and_leaves_home_assistant_and_availability
     config = {"mqtt_url": mqtt_broker.url, "ha_event_max_age": 300.0}
     live = sighting_event(LogEntry("Camera1", "Alice", now(), "raw"), 0)
     with MqttCollector(mqtt_broker, "#") as everything:
-        async with from_config(config, replay=True) as sink:
+        async with from_config(config, role=Role.REPLAY) as sink:
             assert sink.extensions == [] and sink.connection.client_id == "facespace-bridge-facespace-replay"
             await (await sink.publish([live]))
             await sink.flush()

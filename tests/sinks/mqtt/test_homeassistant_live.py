@@ -9,10 +9,6 @@ promises: automations it counts, services, a restart that keeps the registry."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,44 +20,14 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from facespace_bridge.simulator import SimulatorServer
 from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant as Discovery
+from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistantSettings
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant, LogRecord, State
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, free_port
+from tests.sinks.mqtt._helpers import Bridge, registry_of
 
 pytestmark = pytest.mark.timeout(300)
-
-
-class Bridge:
-    """`facespace-bridge run --broker mqtt` as a process, logging to a file."""
-
-    def __init__(self, sim: SimulatorServer, broker: MqttBroker, tmp_path: Path, *args: str) -> None:
-        run = len(list(tmp_path.glob("bridge-*.log")))
-        self.log = tmp_path / f"bridge-{run}.log"
-        if "--checkpoint" not in args:
-            args = ("--checkpoint", str(tmp_path / "checkpoint.json"), *args)
-        command = [
-            sys.executable, "-m", "facespace_bridge", "run", "--broker", "mqtt",
-            "--mqtt-url", broker.url, "--api-url", sim.base_url,
-            "--refresh", "0.2", "--tail-interval", "0.5", "--presence-timeout", "1", *args,
-        ]  # fmt: skip
-        env = {**os.environ, "FACESPACE_API_KEY": sim.api_key}
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-
-    def running(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        return True
-
-    async def stop(self) -> None:
-        self.proc.terminate()
-        assert await asyncio.to_thread(self.proc.wait, 30) == 0, self.log.read_text()[-3000:]
-        assert "Traceback" not in self.log.read_text()
-
-    async def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(self.proc.wait)
 
 
 def entities(configs: dict[str, bytes]) -> dict[str, dict[str, Any]]:
@@ -89,11 +55,6 @@ async def until_states(ha: HomeAssistant, wanted: dict[str, str], what: str, tim
         await ha.wait_for(lambda states: not wrong(states), timeout, what)
     except AssertionError:
         raise AssertionError(f"{what}: (shown, wanted) {wrong(await ha.states())}") from None
-
-
-async def registry_of(ha: HomeAssistant) -> dict[str, str]:
-    """unique id -> entity id, of the MQTT entities Home Assistant has."""
-    return {e["unique_id"]: e["entity_id"] for e in await ha.entity_registry("mqtt")}
 
 
 def publish(broker: MqttBroker, messages: list[tuple[str, bytes, bool]]) -> None:
@@ -132,7 +93,7 @@ async def test_home_assistant_shows_what_the_simulator_sees(
     people = sorted(
         {person for _, person, _ in sim.world.entries()} | {p for ps in present.values() for p in ps}
     )
-    discovery = Discovery(TopicLayout("facespace"), mode=mode)
+    discovery = Discovery(TopicLayout("facespace"), HomeAssistantSettings(mode=mode))
     configs = entities(discovery.configs(cameras, people))
     (connection_id,) = (u for u, config in configs.items() if "availability" not in config)
 

@@ -20,7 +20,7 @@ from facespace_bridge.client import LogEntry
 from facespace_bridge.events import Event, deadletter_event, presence_event, sighting_event
 from facespace_bridge.schemas import validate
 from facespace_bridge.sinks import SinkError
-from facespace_bridge.sinks.mqtt import MqttSink
+from facespace_bridge.sinks.mqtt import MqttSettings, MqttSink
 from facespace_bridge.sinks.mqtt.topics import camera_segment, person_segment
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, eventually, free_port, retained_async
 from tests.sinks.mqtt._helpers import sink_for
@@ -88,10 +88,10 @@ async def test_retained_presence_reaches_a_late_subscriber(mqtt_broker: MqttBrok
 
 SCRIPT = """
 import asyncio, sys
-from facespace_bridge.sinks.mqtt import MqttSink
+from facespace_bridge.sinks.mqtt import MqttSettings, MqttSink
 
 async def main():
-    sink = MqttSink(sys.argv[1], keepalive=5)
+    sink = MqttSink(MqttSettings(url=sys.argv[1], keepalive=5))
     await sink.start()
     await sink.flush()
     print("ready", flush=True)
@@ -213,7 +213,9 @@ async def test_hostile_names_never_break_the_topic_tree(mqtt_broker: MqttBroker)
 
 
 async def test_unreachable_broker_fails_start_with_one_line() -> None:
-    sink = MqttSink(f"mqtt://127.0.0.1:{free_port()}", connect_timeout=0.5, reconnect_delay=(0.1, 0.2))
+    sink = MqttSink(
+        MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}"), connect_timeout=0.5, reconnect_delay=(0.1, 0.2)
+    )
     with pytest.raises(SinkError, match=r"cannot connect to MQTT broker mqtt://127\.0\.0\.1:\d+"):
         await sink.start()
 

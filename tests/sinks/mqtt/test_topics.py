@@ -88,7 +88,7 @@ def test_url_parsing_keeps_the_password_out_of_its_text() -> None:
 
 def test_from_config_validates_without_io(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQTT_PASSWORD", "hunter2")
-    sink = from_config({"mqtt_url": "mqtt://u@127.0.0.1:1", "mqtt_qos": "0", "mqtt_protocol": "5"})
+    sink = from_config({"mqtt_url": "mqtt://u@127.0.0.1:1", "mqtt_qos": 0, "mqtt_protocol": "5"})
     connection = sink.connection
     assert (sink.address.password, connection.qos, connection.protocol) == ("hunter2", 0, "5")
     assert connection.client_id == "facespace-bridge-facespace"

@@ -1,0 +1,130 @@
+"""The MQTT sink's settings: one declaration per option (facespace_bridge/settings.py), from
+which its CLI options and `from_config` are made; the connection's part is read by
+`mqtt-cleanup` too."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import click
+
+from facespace_bridge.client import redactor
+from facespace_bridge.settings import flag, from_options, option_name, setting
+from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
+from facespace_bridge.sinks.mqtt.connection import PROTOCOLS
+from facespace_bridge.sinks.mqtt.outbox import DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_QUEUED
+from facespace_bridge.sinks.mqtt.topics import check_base_topic
+
+DEFAULT_MESSAGE_EXPIRY = 3600  # seconds (MQTT 5): a sighting nobody fetched within an hour is stale
+
+_FILE = click.Path(exists=True, dir_okay=False)
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where and how the MQTT sink connects, and its base topic. The password comes from the
+    URL or env MQTT_PASSWORD, never from a flag."""
+
+    url: str = setting(
+        "--mqtt-url",
+        default="mqtt://localhost:1883",
+        envvar="MQTT_URL",
+        help="mqtt://[user[:password]@]host[:port] or mqtts:// for TLS. A password in the URL "
+        "shows in `ps`: prefer env MQTT_URL or MQTT_PASSWORD.",
+    )
+    username: str | None = setting(
+        "--mqtt-username", default=None, envvar="MQTT_USERNAME", help="Broker user (password: MQTT_PASSWORD)."
+    )
+    password: str | None = None  # env MQTT_PASSWORD (`settings_from_config`), or the URL's
+    cafile: str | None = setting("--mqtt-cafile", default=None, type=_FILE, help="CA bundle for mqtts://.")
+    certfile: str | None = setting(
+        "--mqtt-certfile", default=None, type=_FILE, help="Client certificate (PEM)."
+    )
+    keyfile: str | None = setting(
+        "--mqtt-keyfile", default=None, type=_FILE, help="Key of the client certificate (PEM)."
+    )
+    client_id: str | None = setting(
+        "--mqtt-client-id", default=None, help="MQTT client id [default: facespace-bridge-<topic prefix>]."
+    )
+    keepalive: int = setting(
+        "--mqtt-keepalive",
+        default=30,
+        type=click.IntRange(5, 65535),
+        help="Seconds between keepalive pings.",
+    )
+    qos: int = setting(
+        "--mqtt-qos",
+        default=1,
+        type=click.Choice([0, 1, 2]),
+        help="QoS of every message; acks (and checkpoints) follow it.",
+    )
+    protocol: str = setting(
+        "--mqtt-protocol",
+        default="3.1.1",
+        type=click.Choice(list(PROTOCOLS)),
+        help="MQTT version; 5 adds message expiry, user properties and content type to sightings.",
+    )
+    message_expiry: int = setting(
+        "--mqtt-message-expiry",
+        default=DEFAULT_MESSAGE_EXPIRY,
+        cli_default=None,  # given or not: it needs MQTT 5 only when given
+        type=click.IntRange(1, 2**32 - 1),
+        help="Seconds (MQTT 5 only) after which the broker drops a sighting not yet delivered; "
+        "never on retained topics.",
+    )
+    max_inflight: int = setting(
+        "--mqtt-max-inflight",
+        default=DEFAULT_MAX_INFLIGHT,
+        type=click.IntRange(1, 65000),
+        help="Messages awaiting PUBACK at once.",
+    )
+    max_queued: int = setting(
+        "--mqtt-max-queued",
+        default=DEFAULT_MAX_QUEUED,
+        type=click.IntRange(1, 10_000_000),
+        help="Unacknowledged messages held before sources are made to wait.",
+    )
+    topic_prefix: str = setting("--topic-prefix", default="facespace", help="Base MQTT topic.")
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker's address (raises ValueError for a bad URL)."""
+        return parse_mqtt_url(self.url, self.username, self.password)
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles(self.cafile, self.certfile, self.keyfile)
+
+
+def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
+    """The settings from a command's parsed options (click parameter names) and env
+    MQTT_PASSWORD; raises click's errors for bad input, does no I/O."""
+    settings = from_options(MqttSettings, config, password=os.environ.get("MQTT_PASSWORD") or None)
+
+    def hint(field: str) -> str:
+        return flag(MqttSettings, field)
+
+    try:
+        address = settings.address
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint("url")) from None
+    if address.password:  # from the URL: redacted like the variables in SECRET_VARIABLES
+        redactor.add(address.password)
+    problem = check_base_topic(settings.topic_prefix, hint("topic_prefix"))
+    if problem:
+        raise click.BadParameter(problem, param_hint=hint("topic_prefix"))
+    tls = settings.tls
+    if tls and not address.tls:
+        raise click.BadParameter("TLS files need an mqtts:// URL", param_hint=hint("url"))
+    if tls.keyfile and not tls.certfile:
+        raise click.BadParameter(f"{hint('keyfile')} needs {hint('certfile')}", param_hint=hint("keyfile"))
+    if settings.max_queued < settings.max_inflight:
+        raise click.BadParameter(f"must be at least {hint('max_inflight')}", param_hint=hint("max_queued"))
+    if config.get(option_name(MqttSettings, "message_expiry")) is not None and settings.protocol != "5":
+        raise click.BadParameter(
+            f"message expiry needs {hint('protocol')} 5", param_hint=hint("message_expiry")
+        )
+    return replace(settings, client_id=settings.client_id or None)
