@@ -24,6 +24,8 @@ venv: $(VENV)/.installed
 # the README's quick starts, kcat for the benchmarks. amqtt, a test dependency, stands in
 # only where the Debian package cannot be installed. promtool (Debian package prometheus,
 # without the node exporter it recommends) checks deploy/prometheus/ in tests/test_monitoring.py.
+# Chromium and its chromedriver (the web page's browser tests, driven by Selenium) and nginx
+# (the reverse proxy at a path prefix in those tests), all Debian's: nothing downloads a browser.
 system-deps:
 	@{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } \
 	  && command -v mosquitto_sub >/dev/null 2>&1 && command -v kcat >/dev/null 2>&1 || { \
@@ -36,6 +38,11 @@ system-deps:
 	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null ) \
 	  || echo "prometheus could not be installed; tests/test_monitoring.py needs promtool"; }
+	@{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && [ -x /usr/sbin/nginx ]; } || { \
+	  echo "installing chromium, chromium-driver, nginx (Debian packages, for tests/web)"; \
+	  ( $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium chromium-driver nginx >/dev/null ) \
+	  || echo "chromium or nginx could not be installed; tests/web/test_page.py needs them"; }
 
 demo: venv system-deps
 	$(BIN)/facespace-bridge demo

@@ -34,6 +34,7 @@ BENCHES: list[tuple[str, list[str], list[str]]] = [
     ("mqtt_presence_latency.py", [], ["--samples", "20"]),
     ("ha_history_events.py", [], ["--seconds", "20"]),
     ("sighting_latency.py", [], ["--visits", "40"]),
+    ("web_page.py", [], ["--count", "200000", "--rounds", "1", "--soak-seconds", "60"]),
 ]
 
 

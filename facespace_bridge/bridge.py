@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore
 from facespace_bridge.checkpoints.acks import AckTracker
@@ -30,6 +30,9 @@ from facespace_bridge.sources.base import Barrier, Batch, Clock, utcnow
 from facespace_bridge.sources.logs import LogsSource
 from facespace_bridge.sources.realtime import RealtimeSource
 from facespace_bridge.status import bridge_status
+
+if TYPE_CHECKING:
+    from facespace_bridge.web.state import PageState
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,7 @@ class Bridge:
         options: BridgeOptions | None = None,
         metrics: Metrics | None = None,
         clock: Clock = utcnow,
+        page: PageState | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("the bridge needs at least one sink")
@@ -75,6 +79,7 @@ class Bridge:
         self.options = options = options or BridgeOptions()
         self.metrics = metrics or Metrics()
         self.clock = clock
+        self.page = page  # the web page's state (web/), fed off the hot path; None without a page
         # Exactly once: the sink whose transactions carry the checkpoint.
         self.transactional = next((s for s in sinks if s.transactional), None)
         if self.transactional is not None and len(sinks) > 1:
@@ -126,7 +131,12 @@ class Bridge:
                 commit_interval=self.options.commit_interval,
                 on_saved=self._saved,
             )
-            self.publisher = Publisher(self.sinks, self.tracker, self.metrics)
+            self.publisher = Publisher(
+                self.sinks,
+                self.tracker,
+                self.metrics,
+                on_acknowledged=self._for_page(self.page.acknowledged) if self.page else None,
+            )
             for sink in self.sinks:
                 if sink not in started:
                     await sink.start()
@@ -169,7 +179,8 @@ class Bridge:
         if self.options.logs:
             sources.append(asyncio.create_task(self._logs(stop), name="logs"))
         if self.options.realtime:
-            realtime = self._publish_from(self.realtime_source.run(stop))
+            seen = self._for_page(self.page.presence) if self.page else None
+            realtime = self._publish_from(self.realtime_source.run(stop), seen)
             sources.append(asyncio.create_task(realtime, name="realtime"))
         stopper = asyncio.create_task(stop.wait(), name="stop")
         fatal = self.publisher.fatal
@@ -251,35 +262,59 @@ class Bridge:
 
     async def _announce(self) -> None:
         """Tell sinks that care (Home Assistant discovery) which cameras and people exist, and
-        when each person was last seen in the recent history."""
+        when each person was last seen in the recent history; the web page gets the same
+        reads (who is in view, the recent history for its chart and sightings)."""
         announcers = [s for s in self.sinks if type(s).announce is not Sink.announce]
-        if not announcers:
+        page = self.page
+        if not announcers and page is None:
             return
         cameras: set[str] = set()
         people: set[str] = set()
         last_seen: dict[str, LastSeen] = {}
         # Best effort: what cannot be read now is announced on its first event instead.
         try:
-            for camera, names in (await self.client.get_realtime()).items():
+            in_view = await self.client.get_realtime()
+            for camera, names in in_view.items():
                 cameras.add(camera)
                 people.update(names)
+            if page is not None:
+                page.presence_now(in_view)
         except FaceSpaceError as exc:
             log.info("announcing without the current recognition reply: %s", exc)
+        # Up to whatever the API has (an open range), not to this clock: an API whose clock runs
+        # ahead has sightings "after now" that the tail will not publish again. With only the
+        # page to tell, not what a pending backfill is about to publish: the page takes that
+        # from the backfill's acknowledgements rather than from a second read of the same range.
+        start = self.clock() - self.options.announce_history
+        end = None if announcers else self._backfill_resumes()
         try:
-            end = self.clock()
-            async for entry in self.client.iter_entries(
-                end - self.options.announce_history, end, self.options.camera_id
-            ):
-                if isinstance(entry, LogEntry):
-                    cameras.add(entry.camera_id)
-                    people.add(entry.person)
-                    seen = last_seen.get(entry.person)
-                    if seen is None or entry.seen_at >= seen.at:
-                        last_seen[entry.person] = LastSeen(entry.seen_at, entry.camera_id)
+            if end is None or end > start:
+                async for entry in self.client.iter_entries(start, end, self.options.camera_id):
+                    if isinstance(entry, LogEntry):
+                        cameras.add(entry.camera_id)
+                        people.add(entry.person)
+                        seen = last_seen.get(entry.person)
+                        if seen is None or entry.seen_at >= seen.at:
+                            last_seen[entry.person] = LastSeen(entry.seen_at, entry.camera_id)
+                        if page is not None:
+                            page.history_entry(entry)
         except FaceSpaceError as exc:
             log.warning("could not read the history to announce everyone known: %s", exc)
+        if page is not None:
+            page.history_done(last_seen)
         for sink in announcers:
             await sink.announce(sorted(cameras), sorted(people), last_seen)
+
+    def _backfill_resumes(self) -> datetime | None:
+        """Where a backfill still to run publishes from (after everything published before,
+        on every camera), or None when there is none."""
+        assert self.tracker is not None
+        checkpoint = self.tracker.checkpoint
+        backfill = checkpoint.backfill
+        if backfill is None or backfill.complete:
+            return None
+        published = [checkpoint.through or backfill.start, *(p.seen_at for p in checkpoint.cameras.values())]
+        return max(published)
 
     # -- the logs source: backfill, then tail ------------------------------------------------------
 
@@ -296,15 +331,34 @@ class Bridge:
             log.info("backfill complete up to %s; tailing", seen_at_text(backfill.t0))
         await self._publish_from(self.logs_source.tail(self.tracker.checkpoint, stop))
 
-    async def _publish_from(self, chunks: AsyncIterator[Batch | Barrier]) -> None:
-        """Publish what a source yields: batches of events, and barriers."""
+    async def _publish_from(
+        self, chunks: AsyncIterator[Batch | Barrier], seen: Callable[[Batch], None] | None = None
+    ) -> None:
+        """Publish what a source yields: batches of events (each shown to `seen` first), and
+        barriers."""
         assert self.tracker is not None and self.publisher is not None
         async for chunk in chunks:
             if isinstance(chunk, Barrier):
                 self.tracker.barrier(chunk.through)
                 self._observe_lag()
             else:
+                if seen is not None:
+                    seen(chunk)
                 await self.publisher.publish(chunk)
+
+    @staticmethod
+    def _for_page(feed: Callable[[Batch], None]) -> Callable[[Batch], None]:
+        """`feed`, such that a failure in the page's bookkeeping never reaches the bridge (its
+        type is logged, not its text, which may hold a name)."""
+
+        def guarded(batch: Batch) -> None:
+            try:
+                feed(batch)
+            except Exception as exc:
+                log.error("web page: could not take a batch (%s)", type(exc).__name__)
+                log.debug("web page feed failed", exc_info=True)
+
+        return guarded
 
     def _observe_lag(self) -> None:
         assert self.tracker is not None

@@ -31,6 +31,8 @@ DIRECT_ENV: dict[str, str] = {
     "KAFKA_SASL_PASSWORD": "SASL password; redacted from every log line.",
     "KAFKA_SSL_KEY_PASSWORD": "Password of `--kafka-ssl-keyfile`, if it has one.",
     "MQTT_PASSWORD": "MQTT broker password (instead of a password in `--mqtt-url`); redacted from logs.",
+    "FACESPACE_BRIDGE_WEB_PASSWORD": "The web page's password (`--web-port`): HTTP basic auth, any user "
+    "name; needed for a `--web-host` beyond loopback. Redacted from logs.",
     "XDG_STATE_HOME": "Where the default checkpoint file lives: `$XDG_STATE_HOME/facespace-bridge/"
     "<instance-id>.json` (default `~/.local/state`).",
 }

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
@@ -65,11 +65,18 @@ class _InFlight:
     events: Sequence[Event]
     kinds: dict[str, int]
     waiting: int  # sinks that have not acknowledged yet
+    batch: Batch
 
 
 class Publisher:
     def __init__(
-        self, sinks: list[Sink], tracker: AckTracker, metrics: Metrics, *, redeliver: bool = True
+        self,
+        sinks: list[Sink],
+        tracker: AckTracker,
+        metrics: Metrics,
+        *,
+        redeliver: bool = True,
+        on_acknowledged: Callable[[Batch], None] | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("nothing to publish to: no sinks")
@@ -77,6 +84,7 @@ class Publisher:
         self.tracker = tracker
         self.metrics = metrics
         self.redeliver = redeliver
+        self.on_acknowledged = on_acknowledged  # each batch once every sink has it (the web page)
         self.stats = {sink.name: SinkStats() for sink in sinks}
         self.published = Counter[str]()  # events handed over, by kind (a replay's summary)
         self._failing: set[str] = set()  # sinks that stopped acknowledging (logged once per outage)
@@ -103,7 +111,9 @@ class Publisher:
             acks.append(await sink.publish(events))
         # The ticket once every sink has the whole batch (a transactional sink commits between
         # batches, and the checkpoint of a commit must cover exactly the batches before it).
-        flight = _InFlight(self.tracker.issue(batch.positions, len(events)), events, kinds, len(self.sinks))
+        flight = _InFlight(
+            self.tracker.issue(batch.positions, len(events)), events, kinds, len(self.sinks), batch
+        )
         for index, ack in enumerate(acks):
             ack.add_done_callback(partial(self._acked, index, flight))
 
@@ -169,3 +179,5 @@ class Publisher:
         flight.waiting -= 1
         if flight.waiting == 0:
             self.tracker.acknowledged(flight.ticket)
+            if self.on_acknowledged is not None:
+                self.on_acknowledged(flight.batch)

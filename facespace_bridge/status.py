@@ -123,11 +123,28 @@ def _cameras(bridge: Bridge) -> dict[str, Any]:
 
 
 def _backfill(bridge: Bridge) -> dict[str, Any] | None:
+    """Its range, whether it is done, and how far every sink has acknowledged it: `position`
+    (the heartbeat time, before which every camera is complete) and `progress` (the share of
+    the range before it, 0 to 1)."""
     checkpoint = bridge.tracker.checkpoint if bridge.tracker else bridge.saved_checkpoint
     backfill = checkpoint.backfill if checkpoint else None
     if backfill is None:
         return None
-    return {"from": rfc3339(backfill.start), "to": rfc3339(backfill.t0), "done": backfill.complete}
+    position = checkpoint.earliest() if checkpoint else None
+    span = (backfill.t0 - backfill.start).total_seconds()
+    if backfill.complete:
+        progress = 1.0
+    elif position is None or span <= 0:
+        progress = 0.0
+    else:
+        progress = min(1.0, max(0.0, (position - backfill.start).total_seconds() / span))
+    return {
+        "from": rfc3339(backfill.start),
+        "to": rfc3339(backfill.t0),
+        "done": backfill.complete,
+        "position": rfc3339(position) if position else None,
+        "progress": round(progress, 4),
+    }
 
 
 def _at(seconds: float | None) -> str | None:

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.kafka",
     "tests.fixtures.mqtt",
     "tests.fixtures.homeassistant",
+    "tests.fixtures.browser",
 ]

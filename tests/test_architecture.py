@@ -17,10 +17,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "facespace_bridge"
 LAYERS: list[set[str]] = [
     {"_version", "backoff", "schemas", "settings", "simulator"},
     {"client"},
-    {"events", "cloudevents", "kafka"},
+    {"events", "cloudevents", "kafka", "whereabouts"},
     {"checkpoints", "sources"},
     {"sinks"},
-    {"publisher", "metrics", "status"},
+    {"publisher", "metrics", "status", "web"},
     {"bridge"},
     {"commands", "cli", "embedded", "docgen", "__init__", "__main__"},
 ]

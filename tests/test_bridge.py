@@ -25,6 +25,7 @@ from facespace_bridge.sinks.file import FileSink
 from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink, create_sink
 from facespace_bridge.sinks.mqtt import MqttSink
 from facespace_bridge.sinks.mqtt.settings import MqttSettings
+from facespace_bridge.web.state import PageState
 from tests.fixtures.mqtt import MqttCollector
 from tests.fixtures.simulator import SIM_NOW
 
@@ -372,3 +373,61 @@ async def test_a_checkpoint_that_overrides_backfill_from_says_so(simulator_facto
     ]
     resumed_at = datetime.fromisoformat(first["through"].replace("Z", "+00:00"))
     assert all(seen_at >= resumed_at for _, _, seen_at in sightings(read_events(run.output)))  # no backfill
+
+
+def page_chart(page: PageState) -> Counter:
+    """(camera, hour) -> sightings, as the page's chart has them."""
+    chart = page.snapshot({"state": "RUNNING", "problems": [], "sinks": {}, "sources": {}, "cameras": {}})[
+        "chart"
+    ]
+    return Counter(
+        {
+            (camera, hour): n
+            for camera, counts in chart["cameras"].items()
+            for hour, n in zip(chart["hours"], counts, strict=True)
+            if n
+        }
+    )
+
+
+def truth_chart(sim, hours: int = 24) -> Counter:
+    first = SIM_NOW.replace(minute=0) - timedelta(hours=hours - 1)
+    return Counter(
+        (camera, seen_at.replace(minute=0, second=0).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        for camera, _, seen_at in sim.world.entries(first, SIM_NOW)
+    )
+
+
+@pytest.mark.parametrize("backfill_hours", [30, 3])
+async def test_the_page_gets_the_history_once_from_the_read_or_the_backfill(
+    simulator_factory, tmp_path, backfill_hours
+):
+    sim = simulator_factory(visits_per_hour=60)
+    page = PageState(600.0, clock=SIM_NOW.timestamp)
+    client = AsyncLogsAPI(sim.api_key, base_url=sim.base_url)
+    bridge = Bridge(
+        client,
+        [FileSink(str(tmp_path / "events.jsonl"))],
+        FileCheckpointStore(tmp_path / "checkpoint.json"),
+        BridgeOptions(
+            backfill_from=SIM_NOW - timedelta(hours=backfill_hours), tail_interval=0.2, refresh=0.2
+        ),
+        clock=lambda: SIM_NOW,
+        page=page,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(bridge.run(stop))
+    backfilled = sum(truth(sim, SIM_NOW - timedelta(hours=backfill_hours), SIM_NOW).values())
+    while page_chart(page) != truth_chart(sim) or bridge.logs_source.polls < 2:
+        assert not task.done(), task
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await client.aclose()
+    # Every sighting of the last 24 hours counted once, and read from the API once: a backfill
+    # of more than a day is the page's only source; a shorter one adds to the read of the rest.
+    read = sim.simulator.app.entries_served
+    assert backfilled <= read <= backfilled + sum(truth(sim, SIM_NOW - timedelta(hours=24), SIM_NOW).values())
+    if backfill_hours > 24:
+        assert read < backfilled * 1.05  # the tail's look-back re-reads a few minutes, no more
+    page.close()

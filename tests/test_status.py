@@ -109,6 +109,8 @@ async def test_status_reports_sinks_sources_cameras_and_backfill(simulator, tmp_
     assert document["backfill"]["from"] == "2023-10-24T00:00:00Z"
     # T0 is the simulator's "now" (frozen) as the bridge's clock saw it: before the real now.
     assert when(document["backfill"]["to"]) < datetime.now(timezone.utc)
+    assert document["backfill"]["progress"] == 1.0
+    assert when(document["backfill"]["position"]) >= when(document["backfill"]["to"])
     sink = document["sinks"]["file"]
     written = sum(1 for _ in out.open())
     assert sink["connected"] is True and sink["last_error"] is None

@@ -23,7 +23,7 @@ import click
 import orjson
 from click.core import ParameterSource
 
-from facespace_bridge.bridge import BridgeOptions
+from facespace_bridge.bridge import Bridge, BridgeOptions
 from facespace_bridge.client import (
     DEFAULT_BASE_URL,
     APIKeyError,
@@ -37,6 +37,7 @@ from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
+from facespace_bridge.web import Access, PageServer, PageState, exposure_problem, password_from
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -314,6 +315,12 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+    if config.get("web_port") is not None:
+        password = password_from()
+        problem = exposure_problem(config["web_host"], password)
+        if problem:
+            raise click.UsageError(problem)
+        register_secret(password)
     sinks = build_sinks(config["broker"], config, role=role)
     options = BridgeOptions(
         refresh=config["refresh"],
@@ -327,6 +334,28 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         instance_id=config["instance_id"],
     )
     return api_key, sinks, options
+
+
+def page_state(config: dict[str, Any]) -> PageState | None:
+    """The web page's state when `--web-port` asks for the page; None otherwise."""
+    if config.get("web_port") is None:
+        return None
+    return PageState(away_after=config["away_after"])
+
+
+async def serve_page(config: dict[str, Any], state: PageState, bridge: Bridge) -> tuple[PageServer, str]:
+    """Serve the page on `--web-host:--web-port` (the password, if any, from the environment);
+    returns the server and the page's URL. A port that cannot be bound is one line, exit 1."""
+    server = PageServer(state, bridge.status)
+    host, port = config["web_host"], config["web_port"]
+    try:
+        url = await server.listen(host, port, Access(password=password_from()))
+    except OSError as exc:
+        await server.close()
+        raise click.ClickException(
+            f"cannot serve the web page on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    return server, url
 
 
 def make_client(

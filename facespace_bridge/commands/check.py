@@ -20,6 +20,7 @@ from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
 from facespace_bridge.commands._common import preflight, prepare, require_transactions, warn_if_short
 from facespace_bridge.sinks import Role, Sink
+from facespace_bridge.web import can_bind
 
 
 def _check(**config: Any) -> int:
@@ -73,6 +74,14 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
         line("checkpoint", True, f"{store.describe()}: {where}")
     except Exception as exc:
         line("checkpoint", False, str(exc))
+    if config.get("web_port") is not None:
+        where = f"{config['web_host']}:{config['web_port']}"
+        problem = can_bind(config["web_host"], config["web_port"])
+        line(
+            "web",
+            problem is None,
+            f"the page can listen on {where}" if problem is None else f"{where}: {problem}",
+        )
     return 1 if failures else 0
 
 

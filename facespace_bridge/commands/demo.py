@@ -2,7 +2,8 @@
 
 The simulator (live clock), an embedded Kafka-protocol broker (Tansu), an MQTT broker
 (Mosquitto, or amqtt), and the bridge publishing to both, with a live view of events per
-camera. Ctrl-C stops everything cleanly. Nothing is written outside a temporary directory.
+camera and the web page (docs/web.md) on a free loopback port. Ctrl-C stops everything
+cleanly. Nothing is written outside a temporary directory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.table import Table
 from facespace_bridge.bridge import Bridge
 from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
-from facespace_bridge.commands._common import make_client, prepare, setup_logging
+from facespace_bridge.commands._common import make_client, page_state, prepare, serve_page, setup_logging
 from facespace_bridge.embedded import EmbeddedBrokerError, MqttBroker, TansuBroker
 from facespace_bridge.events import Event, parse_rfc3339
 from facespace_bridge.sinks.base import Ack, Sink
@@ -166,19 +167,20 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
             ).start()  # fmt: skip
             started.append(simulator)
             argv = ["--api-url", simulator.base_url, "--checkpoint", str(workdir / "checkpoint.json"),
-                    "--tail-interval", "2", "--refresh", "1", "--presence-timeout", "5"]  # fmt: skip
+                    "--tail-interval", "2", "--refresh", "1", "--presence-timeout", "5",
+                    "--web-port", "0"]  # fmt: skip
             if backfill_minutes:
                 since = datetime.now(timezone.utc) - timedelta(minutes=backfill_minutes)
                 argv += ["--backfill-from", since.strftime("%Y-%m-%dT%H:%M:%SZ")]
             if kafka:
                 (workdir / "kafka").mkdir()
-                tansu = TansuBroker(workdir / "kafka").start()
+                tansu = TansuBroker(workdir / "kafka", own_session=True).start()
                 started.append(tansu)
                 tansu.wait_for_metadata()
                 argv += ["--broker", "kafka", "--bootstrap-servers", tansu.bootstrap]
             if mqtt:
                 (workdir / "mqtt").mkdir()
-                broker = MqttBroker(workdir / "mqtt").start()
+                broker = MqttBroker(workdir / "mqtt", own_session=True).start()
                 started.append(broker)
                 argv += ["--broker", "mqtt", "--mqtt-url", broker.url]
         # The same option parsing and validation as `facespace-bridge run`.
@@ -208,7 +210,12 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
 async def _show(config: dict[str, Any], api_key: str, sinks: list[Sink], options: Any, view: ViewSink,
                 where: str, duration: float | None, console: Console) -> int:  # fmt: skip
     client = make_client(config, api_key)
-    bridge = Bridge(client, sinks, store_from_config(config), options)
+    state = page_state(config)
+    bridge = Bridge(client, sinks, store_from_config(config), options, page=state)
+    page = None
+    if state is not None:
+        page, url = await serve_page(config, state, bridge)
+        console.print(f"web page: {url}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -223,6 +230,8 @@ async def _show(config: dict[str, Any], api_key: str, sinks: list[Sink], options
                 live.update(_table(view, bridge, where))
         await task
     finally:
+        if page is not None:
+            await page.close()
         await client.aclose()
     acked = _acked(bridge)
     console.print(

@@ -17,9 +17,11 @@ from facespace_bridge.commands._common import (
     config_option,
     logging_options,
     make_client,
+    page_state,
     preflight,
     prepare,
     require_transactions,
+    serve_page,
     setup_logging,
     tune_gc,
     warn_if_short,
@@ -28,6 +30,7 @@ from facespace_bridge.commands._common import (
 from facespace_bridge.metrics import Metrics, serve_metrics
 from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, sink_options
+from facespace_bridge.web import PageServer
 
 log = logging.getLogger("facespace_bridge")
 
@@ -114,6 +117,18 @@ log = logging.getLogger("facespace_bridge")
     help="Serve /status, /metrics, /healthz and /readyz on this port.",
 )
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for --metrics-port.")
+@click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    help="Serve the live web page on this port (docs/web.md; 0: any free port). Off by default.",
+)
+@click.option(
+    "--web-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address for --web-port. Beyond loopback the page needs a password: env "
+    "FACESPACE_BRIDGE_WEB_PASSWORD (HTTP basic auth, any user name).",
+)
 @logging_options
 @sink_options
 def command(**config: Any) -> int:
@@ -133,17 +148,22 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     runner = None
+    page: PageServer | None = None
     try:
         await preflight(config, api_key)
         if config["exactly_once"]:
             await require_transactions(sinks)
         # Exactly once: written with the sink's producer, in the events' transaction.
         store = store_from_config(config, next((sink for sink in sinks if sink.transactional), None))
-        bridge = Bridge(client, sinks, store, options, metrics)
+        state = page_state(config)
+        bridge = Bridge(client, sinks, store, options, metrics, page=state)
         if config["metrics_port"] is not None:
             runner = await serve_metrics(
                 metrics, config["metrics_port"], bridge.status, config["metrics_host"]
             )
+        if state is not None:
+            page, url = await serve_page(config, state, bridge)
+            log.info("web page at %s", url)
         log.info(
             "bridge running: %s -> %s (checkpoint: %s)",
             config["api_url"],
@@ -158,6 +178,8 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
     except APIKeyError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
+        if page is not None:
+            await page.close()
         if runner is not None:
             await runner.cleanup()
         await client.aclose()

@@ -13,6 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import httpx
 import orjson
 
 from facespace_bridge.schemas import validate
@@ -42,14 +43,24 @@ def test_demo_runs_the_whole_pipeline_and_stops_on_its_own():
     assert "Traceback" not in result.stderr
 
 
-def test_demo_stops_cleanly_on_ctrl_c():
+def test_demo_serves_the_page_and_stops_cleanly_on_ctrl_c():
     proc = subprocess.Popen(
         [sys.executable, "-m", "facespace_bridge", "demo", "--backfill-minutes", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     output = Lines(proc.stderr)
-    output.wait_for(lambda ls: any(line.startswith("  mosquitto_sub") for line in ls), 90, "the demo's start")
-    time.sleep(3)  # the bridge runs
+    lines = output.wait_for(
+        lambda ls: any(line.startswith("web page: ") for line in ls), 90, "the page's URL"
+    )
+    url = next(line for line in lines if line.startswith("web page: ")).split()[-1]
+    # The page shows the demo's world: its four cameras.
+    deadline = time.monotonic() + 60
+    cameras: set[str] = set()
+    while time.monotonic() < deadline and cameras != {"Camera1", "Camera2", "Camera3", "Camera4"}:
+        cameras = set(httpx.get(url + "api/state", timeout=10).json()["cameras"])
+        time.sleep(0.5)
+    assert cameras == {"Camera1", "Camera2", "Camera3", "Camera4"}
+    assert "FaceSpace bridge" in httpx.get(url, timeout=10).text
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group
     proc.wait(timeout=30)
     stderr = "\n".join(output.wait_for(lambda ls: any("stopped:" in line for line in ls), 10, "the summary"))

@@ -136,6 +136,11 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             "--kafka-property",  # librdkafka's own words: an invalid value of linger.ms
         ),
         (["--broker", "mqtt", "--mqtt-qos", "3"], {"FACESPACE_API_KEY": "k"}, "--mqtt-qos"),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--web-port", "8099", "--web-host", "0.0.0.0"],
+            {"FACESPACE_API_KEY": "k"},
+            "--web-host 0.0.0.0 would show people's names beyond this machine without a password",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):
@@ -143,6 +148,28 @@ def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, 
     result = cli(*args, env=env)
     assert needle in one_line_error(result)
     assert not (tmp_path / "state").exists() and not Path("x.jsonl").exists()
+
+
+def test_check_says_whether_the_web_page_can_listen(simulator, tmp_path):
+    env = {"FACESPACE_API_KEY": simulator.api_key, "FACESPACE_API_URL": simulator.base_url}
+    args = [
+        "check",
+        "--broker",
+        "file",
+        "--output",
+        str(tmp_path / "o.jsonl"),
+        "--checkpoint",
+        str(tmp_path / "c"),
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = cli(*args, "--web-port", port, env=env)
+    assert busy.returncode == 1
+    assert f"FAIL web: 127.0.0.1:{port}: Address already in use" in busy.stdout
+    free = cli(*args, "--web-port", port, env=env)
+    assert free.returncode == 0 and f"ok   web: the page can listen on 127.0.0.1:{port}" in free.stdout
 
 
 def test_unreachable_api_exits_2_quickly(tmp_path):

@@ -23,11 +23,11 @@ The event gate: Home Assistant fires an `event` entity, and every automation on 
 when Mary is at the door"), once per message on its topic. Only a sighting at most
 `event_max_age` seconds old by the bridge's clock when it is published goes there.
 
-The device tracker: `home` while any camera sees the person (presence, debounced by the
-realtime source's presence timeout) and until `away_after` seconds after they were last
-seen (by presence or by a sighting), `not_home` after that; the last camera and time as
-attributes. Its source type is `router`, a stationary tracker: Home Assistant's `person`
-takes its `home` over a phone's GPS, and a phone's location over its `not_home`.
+The device tracker: each person's whereabouts (whereabouts.py: `home` while a camera sees
+them and until `away_after` seconds after they were last seen, `not_home` after that), the
+last camera and time as attributes, retained on the person's tracker topic whenever they
+change. Its source type is `router`, a stationary tracker: Home Assistant's `person` takes
+its `home` over a phone's GPS, and a phone's location over its `not_home`.
 
 Everything published is retained in the connection, which re-sends it after a reconnect;
 when Home Assistant announces `online` on its status topic, it is re-sent after a short
@@ -60,6 +60,7 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
+from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
     from facespace_bridge.events import Event
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 ORIGIN_NAME = "facespace-bridge"
 MODES = ("entity", "device")
 MIGRATE = orjson.dumps({"migrate_discovery": True})
-HOME, NOT_HOME = "home", "not_home"
-WHEREABOUTS_SCHEMA = "facespace.whereabouts/v1"  # the device tracker's state (schemas/whereabouts/)
 
 
 def jinja_literal(text: str) -> str:
@@ -136,18 +135,6 @@ class Entity:
     available: bool = True  # follows the bridge state (the connection sensor itself does not)
 
 
-@dataclass
-class _Whereabouts:
-    """What the device tracker of one person knows."""
-
-    cameras: set[str] = field(default_factory=set)  # cameras that see the person now
-    camera: str | None = None  # the last camera that saw them
-    seen_at: str | None = None  # when they were last seen (RFC 3339, seconds)
-    seen_ts: float = float("-inf")  # the same as a POSIX time
-    published: bytes | None = None
-    timer: asyncio.TimerHandle | None = None
-
-
 class HomeAssistant(MqttExtension):
     """Home Assistant discovery, event gate and device trackers for one MQTT topic layout."""
 
@@ -177,7 +164,6 @@ class HomeAssistant(MqttExtension):
         self.ha_prefix = ha_prefix
         self.mode = mode
         self.event_max_age = settings.event_max_age
-        self.away_after = settings.away_after
         self.reannounce_delay = reannounce_delay
         self.migration_pause = migration_pause
         self.clock = clock
@@ -192,13 +178,18 @@ class HomeAssistant(MqttExtension):
         self.held_back = 0  # sightings kept from the event entities as history
         self.reannounces = 0  # re-sends after Home Assistant came online
         self.migrated = 0  # configs moved over from the other discovery form at start
-        self._whereabouts: dict[str, _Whereabouts] = {}
+        # The device trackers' states, retained on each person's tracker topic as they change.
+        self.whereabouts = Whereabouts(settings.away_after, clock=clock, on_change=self._tracker_changed)
         self._cutoff_at = -1  # the wall-clock second `_cutoff` was computed for
         self._cutoff = ""
         self._connection: MqttConnection | None = None
         self._to_migrate: list[str] = []
         self._config_topics: dict[str, None] = {}  # every config published, in order: re-sent first
         self._reannounce_task: asyncio.Task[None] | None = None
+
+    @property
+    def away_after(self) -> float:
+        return self.whereabouts.away_after
 
     # -- life cycle (extension.py) ----------------------------------------------------------------
 
@@ -224,9 +215,9 @@ class HomeAssistant(MqttExtension):
     ) -> None:
         published = self._add_names(cameras, people)
         for person, seen in last_seen.items():
-            self._note_seen(person, seen.camera_id, seen_at_text(seen.at))
+            self.whereabouts.seen(person, seen.camera_id, seen.at)
         for person in sorted(self.people):
-            self._update_tracker(person)
+            self.whereabouts.update(person)
         if published is not None:
             await published
         if self._to_migrate:
@@ -243,14 +234,13 @@ class HomeAssistant(MqttExtension):
             if event.camera_id not in self.cameras or person not in self.people:
                 self._add_names((event.camera_id,), (person,))
             seen_at = str(fields["seen_at"])
-            if self._note_seen(person, event.camera_id, seen_at):
-                self._update_tracker(person)
+            self.whereabouts.sighting(person, event.camera_id, parse_rfc3339(seen_at))
             if self.fires(seen_at):
                 return (self.layout.person_sighting(person),)
         elif kind == "presence":
             people = fields["people"]
             self._add_names((event.camera_id,), people)
-            self._presence(event.camera_id, people, str(fields["observed_at"]))
+            self.whereabouts.presence(event.camera_id, people, parse_rfc3339(str(fields["observed_at"])))
         return ()
 
     def on_message(self, topic: str, payload: bytes) -> None:
@@ -265,9 +255,7 @@ class HomeAssistant(MqttExtension):
     async def close(self) -> None:
         if self._reannounce_task is not None:
             self._reannounce_task.cancel()
-        for whereabouts in self._whereabouts.values():
-            if whereabouts.timer is not None:
-                whereabouts.timer.cancel()
+        self.whereabouts.close()
 
     def _publish_configs(self, configs: dict[str, bytes]) -> asyncio.Future[None]:
         """Retain these configs; the future completes once the broker has them all."""
@@ -318,7 +306,7 @@ class HomeAssistant(MqttExtension):
         configs = self.configs_for(new_cameras, new_people, sorted(self.cameras), sorted(self.people))
         published = self._publish_configs(configs)
         for person in new_people:  # the tracker's first state, once its config is out
-            self._update_tracker(person)
+            self.whereabouts.update(person)
         return published
 
     # -- the event gate ---------------------------------------------------------------------------
@@ -337,60 +325,9 @@ class HomeAssistant(MqttExtension):
 
     # -- device trackers --------------------------------------------------------------------------
 
-    def _note_seen(self, person: str, camera_id: str, seen_at: str) -> bool:
-        """A sighting (or a presence) of `person`; True if it is newer than what was known."""
-        whereabouts = self._whereabouts_of(person)
-        if whereabouts.seen_at is not None and seen_at <= whereabouts.seen_at:
-            return False
-        whereabouts.seen_at, whereabouts.camera = seen_at, camera_id
-        # Not later than now: an API whose clock runs ahead must not keep someone home longer.
-        whereabouts.seen_ts = min(parse_rfc3339(seen_at).timestamp(), self.clock())
-        return True
-
-    def _whereabouts_of(self, person: str) -> _Whereabouts:
-        whereabouts = self._whereabouts.get(person)
-        if whereabouts is None:
-            whereabouts = self._whereabouts[person] = _Whereabouts()
-        return whereabouts
-
-    def _presence(self, camera_id: str, people: Iterable[str], observed_at: str) -> None:
-        in_view = set(people)
-        for person in in_view | {p for p, w in self._whereabouts.items() if camera_id in w.cameras}:
-            self._note_seen(person, camera_id, observed_at)
-            whereabouts = self._whereabouts[person]
-            if person in in_view:
-                whereabouts.cameras.add(camera_id)
-            else:
-                whereabouts.cameras.discard(camera_id)
-            self._update_tracker(person)
-
-    def _update_tracker(self, person: str) -> None:
-        """Publish the person's tracker state if it changed; set the timer that turns `home`
-        into `not_home` once they have not been seen for `away_after`."""
-        whereabouts = self._whereabouts_of(person)
-        if whereabouts.timer is not None:
-            whereabouts.timer.cancel()
-            whereabouts.timer = None
-        away_at = whereabouts.seen_ts + self.away_after
-        left = away_at - self.clock()
-        home = bool(whereabouts.cameras) or left > 0
-        if home and not whereabouts.cameras:
-            loop = asyncio.get_running_loop()
-            whereabouts.timer = loop.call_later(left, self._update_tracker, person)
-        state = orjson.dumps(
-            {
-                "schema": WHEREABOUTS_SCHEMA,
-                "person": person,
-                "state": HOME if home else NOT_HOME,
-                "cameras": sorted(whereabouts.cameras),
-                "camera_id": whereabouts.camera,
-                "seen_at": whereabouts.seen_at,
-            }
-        )
-        if state != whereabouts.published:
-            whereabouts.published = state
-            assert self._connection is not None
-            self._connection.retain(self.layout.person_tracker(person), state)
+    def _tracker_changed(self, person: str, state: bytes) -> None:
+        assert self._connection is not None
+        self._connection.retain(self.layout.person_tracker(person), state)
 
     # -- discovery configs ------------------------------------------------------------------------
 
