@@ -10,7 +10,11 @@ records, which the primary key turns into no-ops: each sighting is stored exactl
     pip install aiokafka          # already there with facespace-bridge
     python examples/kafka_consumer.py --bootstrap-servers localhost:9092 --db sightings.db
 
-Prints each new sighting; Ctrl-C stops it.
+Prints each new sighting, oldest first within each batch it reads, then a line
+`-- N stored, M duplicates skipped`: how many sightings the database holds from this run,
+and how many arrived again and were recognised by their `event_id`. Two sightings of one
+person at one camera in the same second are two sightings (two `event_id`s): both print.
+Ctrl-C stops it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sqlite3
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sightings (
@@ -56,7 +62,17 @@ async def consume(args: argparse.Namespace) -> None:
         enable_auto_commit=False,  # offsets move only after the rows are committed
         auto_offset_reset="earliest",
     )
-    await consumer.start()
+    library_log = logging.getLogger("aiokafka")
+    library_log.setLevel(logging.CRITICAL)  # a failed start is said once, below, not per attempt
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        db.close()
+        why = "no broker answered" if isinstance(exc, KafkaConnectionError) else str(exc)
+        raise SystemExit(f"kafka_consumer.py: cannot read {args.topic} from {args.bootstrap_servers}: {why}")
+    finally:
+        library_log.setLevel(logging.NOTSET)
     stored = duplicates = 0
     try:
         while True:
@@ -69,11 +85,13 @@ async def consume(args: argparse.Namespace) -> None:
             ]
             if not payloads:
                 continue
-            new = store(db, [p for p in payloads if p["schema"].startswith("facespace.sighting/")])
+            sightings = [p for p in payloads if p["schema"].startswith("facespace.sighting/")]
+            new = store(db, sightings)
             await consumer.commit()
             stored += len(new)
-            duplicates += len(payloads) - len(new)
-            for payload in new:
+            duplicates += len(sightings) - len(new)
+            # Each camera is a partition of its own, read side by side: sort to print in time order.
+            for payload in sorted(new, key=lambda p: (p["seen_at"], p["camera_id"])):
                 print(f"{payload['seen_at']}  {payload['camera_id']:<12} {payload['person']}")
             print(f"-- {stored} stored, {duplicates} duplicates skipped", flush=True)
     finally:

@@ -57,6 +57,7 @@ class BridgeOptions:
     save_delay: float = 0.2  # seconds a changed checkpoint may wait for more acks before its write
     commit_interval: float = 0.1  # exactly once: seconds between transaction commits (Kafka Streams' default)
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
+    instance_id: str = "default"  # names the checkpoint in messages
 
 
 class Bridge:
@@ -141,6 +142,8 @@ class Bridge:
                     await sink.start()
                     started.append(sink)
             self.sinks_started = True
+            if self.saved_checkpoint is None:
+                await self._save_first(checkpoint)
             await self._announce()
             await self._serve(stop)
         except BaseException as exc:
@@ -218,34 +221,44 @@ class Bridge:
                 await self.writer.final_save(self.options.shutdown_timeout)
 
     async def _initial_checkpoint(self) -> Checkpoint:
+        """The loaded checkpoint, or a new one (T0 fixed now) that `_save_first` makes durable."""
         loaded = await self.store.load()
+        backfill_from = self.options.backfill_from
         if loaded is not None:
             log.info("resuming from checkpoint (%s)", self.store.describe())
+            if backfill_from is not None and not _holds_backfill_from(loaded, backfill_from):
+                written = f" (written {seen_at_text(loaded.written_at)})" if loaded.written_at else ""
+                log.warning(
+                    "checkpoint of %s exists%s: --backfill-from ignored; 'checkpoint reset' to start over",
+                    self.options.instance_id,
+                    written,
+                )
             self.saved_checkpoint = loaded
             return loaded
         now = self.clock()
-        if self.options.backfill_from is not None:
+        if backfill_from is not None:
             t0 = now - self.options.safety_lag
-            start = self.options.backfill_from
-            if start >= t0:
+            if backfill_from >= t0:
                 raise CheckpointError("--backfill-from is not in the past")
-            checkpoint = Checkpoint(through=start, backfill=Backfill(start, t0))
             log.info(
                 "no checkpoint yet: backfilling from %s up to %s, then tailing",
-                seen_at_text(start),
+                seen_at_text(backfill_from),
                 seen_at_text(t0),
             )
-        else:
-            checkpoint = Checkpoint(through=now - self.options.safety_lag)
-            log.info("no checkpoint yet: starting at now, no backfill")
-        # Written before anything is published, so a crash during the backfill keeps its T0.
+            return Checkpoint(through=backfill_from, backfill=Backfill(backfill_from, t0))
+        log.info("no checkpoint yet: starting at now, no backfill")
+        return Checkpoint(through=now - self.options.safety_lag)
+
+    async def _save_first(self, checkpoint: Checkpoint) -> None:
+        """Make a new checkpoint durable once every sink is connected and before anything is
+        published: a crash during the backfill keeps its T0, and a start that never reached
+        its sinks leaves no checkpoint behind (its --backfill-from still counts next time)."""
         if self.transactional is not None:  # (the store writes with the sink's producer)
             async with self.transactional.transaction_boundary():
                 await self.store.save(checkpoint)
         else:
             await self.store.save(checkpoint)
         self.saved_checkpoint = checkpoint
-        return checkpoint
 
     async def _announce(self) -> None:
         """Tell sinks that care (Home Assistant discovery) which cameras and people exist, and
@@ -359,3 +372,9 @@ class Bridge:
     def status(self) -> dict[str, Any]:
         """The `/status` document (facespace_bridge/status.py)."""
         return bridge_status(self)
+
+
+def _holds_backfill_from(checkpoint: Checkpoint, backfill_from: datetime) -> bool:
+    """Whether `checkpoint` is of a start with this --backfill-from (a restart of the same command
+    in the middle of its backfill): then the option is not ignored, it is being carried out."""
+    return checkpoint.backfill is not None and checkpoint.backfill.start == backfill_from

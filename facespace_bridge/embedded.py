@@ -85,9 +85,15 @@ class TansuBroker:
     tells clients (a relay in front may own that port). No idempotent or transactional producer."""
 
     def __init__(
-        self, workdir: Path, listen_port: int | None = None, advertised_port: int | None = None
+        self,
+        workdir: Path,
+        listen_port: int | None = None,
+        advertised_port: int | None = None,
+        own_session: bool = False,
     ) -> None:
+        """`own_session`: see MqttBroker."""
         self.workdir = workdir
+        self.own_session = own_session
         self.listen_port = listen_port or free_port()
         self.advertised_port = advertised_port or self.listen_port
         self.log = workdir / "tansu.log"
@@ -110,6 +116,7 @@ class TansuBroker:
                     "--storage-engine", "memory://tansu/",
                 ],
                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=self.own_session,
             )  # fmt: skip
         _wait_port(self.listen_port, timeout, self.proc, self.log, "Tansu")
         return self
@@ -150,8 +157,20 @@ class MqttBroker:
     """One broker process with its own config file; `restart()` keeps the port and, with
     Mosquitto, the persistence file (retained and queued messages survive)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_config: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_config: list[str] | None = None,
+        own_session: bool = False,
+    ) -> None:
+        """`own_session`: the broker runs in a session of its own, out of reach of a terminal's
+        Ctrl-C (which goes to the terminal's process group): the program that started it (the
+        demo) stops it once the bridge has closed, rather than the broker dying first and the
+        closing bridge warning of a lost broker. Off, the broker ends with its starter's group
+        (a test run interrupted leaves none behind)."""
         self.workdir = workdir
+        self.own_session = own_session
         self.extra_config = extra_config or []
         self.host = "127.0.0.1"
         self.port = port or free_port()
@@ -211,6 +230,7 @@ class MqttBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
+                start_new_session=self.own_session,
             )
         _wait_port(self.port, 10.0, self.proc, self.log, self.kind)
         return self

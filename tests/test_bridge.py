@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,8 +20,13 @@ from facespace_bridge.checkpoints import FileCheckpointStore
 from facespace_bridge.client import AsyncLogsAPI
 from facespace_bridge.schemas import validate
 from facespace_bridge.simulator import STOP_MESSAGE
+from facespace_bridge.sinks import Sink, SinkError
 from facespace_bridge.sinks.file import FileSink
+from facespace_bridge.sinks.kafka import KafkaSettings, KafkaSink, create_sink
+from facespace_bridge.sinks.mqtt import MqttSink
+from facespace_bridge.sinks.mqtt.settings import MqttSettings
 from facespace_bridge.web.state import PageState
+from tests.fixtures.mqtt import MqttCollector
 from tests.fixtures.simulator import SIM_NOW
 
 BACKFILL = timedelta(hours=3)
@@ -45,25 +51,30 @@ def sightings(events: list[dict]) -> Counter:
     )
 
 
+def make_bridge(sim, tmp_path: Path, sinks: list[Sink] | None = None, **options) -> Bridge:
+    """A bridge on the frozen simulator clock, into `sinks` (default: events.jsonl)."""
+    defaults = dict(
+        backfill_from=SIM_NOW - BACKFILL,
+        tail_interval=0.2,
+        refresh=0.2,
+        heartbeat=0.5,
+    )
+    return Bridge(
+        AsyncLogsAPI(sim.api_key, base_url=sim.base_url),
+        sinks or [FileSink(str(tmp_path / "events.jsonl"))],
+        FileCheckpointStore(tmp_path / "checkpoint.json"),
+        BridgeOptions(**{**defaults, **options}),
+        clock=lambda: SIM_NOW,
+    )
+
+
 class Run:
     """One bridge run in the background; `stop()` is the SIGTERM path."""
 
-    def __init__(self, sim, tmp_path: Path, **options) -> None:
+    def __init__(self, sim, tmp_path: Path, sinks: list[Sink] | None = None, **options) -> None:
         self.output = tmp_path / "events.jsonl"
-        self.client = AsyncLogsAPI(sim.api_key, base_url=sim.base_url)
-        defaults = dict(
-            backfill_from=SIM_NOW - BACKFILL,
-            tail_interval=0.2,
-            refresh=0.2,
-            heartbeat=0.5,
-        )
-        self.bridge = Bridge(
-            self.client,
-            [FileSink(str(self.output))],
-            FileCheckpointStore(tmp_path / "checkpoint.json"),
-            BridgeOptions(**{**defaults, **options}),
-            clock=lambda: SIM_NOW,
-        )
+        self.bridge = make_bridge(sim, tmp_path, sinks, **options)
+        self.client = self.bridge.client
         self.stop_event = asyncio.Event()
         self.task = asyncio.create_task(self.bridge.run(self.stop_event))
 
@@ -263,6 +274,105 @@ async def test_api_fault_storm_changes_nothing_in_what_is_published(simulator_fa
     assert sightings(events) == expected
     stats = sim.stats()
     assert sum(n for path in stats.values() for status, n in path.items() if status != "200") > 0, stats
+
+
+# -- a first start that never reached its sinks -------------------------------------------------
+
+
+async def failed_then_good_start(sim, tmp_path: Path, make_sink, broker_down, broker_up) -> None:
+    """The broker is not up yet: the first start gives up (SinkError) and leaves no checkpoint,
+    so the second start, with the broker up, still backfills the hour it was asked for."""
+    checkpoint = tmp_path / "checkpoint.json"
+    broker_down()
+    try:
+        first = make_bridge(sim, tmp_path, [make_sink()], backfill_from=SIM_NOW - timedelta(hours=1))
+        with pytest.raises(SinkError):
+            await first.run(asyncio.Event())
+        await first.client.aclose()
+    finally:
+        broker_up()
+    assert not checkpoint.exists()
+
+
+def until_tailing(run: Run) -> Callable[[list[dict]], bool]:
+    """The backfill is saved complete and the tail has polled twice (the frozen clock: nothing new)."""
+
+    def done(_events: list[dict]) -> bool:
+        saved = run.bridge.saved_checkpoint
+        return bool(
+            saved and saved.backfill and saved.backfill.complete and run.bridge.logs_source.polls >= 2
+        )
+
+    return done
+
+
+async def test_a_start_that_never_reached_kafka_leaves_the_backfill_to_the_next(
+    simulator_factory, kafka, kafka_topic, read_topic, tmp_path
+):
+    sim = simulator_factory(visits_per_hour=120)
+    settings = KafkaSettings(
+        bootstrap_servers=kafka.bootstrap,
+        sighting_topic=kafka_topic,
+        presence_topic=f"{kafka_topic}.presence",
+        deadletter_topic=f"{kafka_topic}.dl",
+        connect_timeout=1.0,
+    )
+
+    def sink() -> KafkaSink:
+        return create_sink(settings)
+
+    await failed_then_good_start(sim, tmp_path, sink, kafka.down, kafka.up)
+    run = Run(sim, tmp_path, [sink()], backfill_from=SIM_NOW - timedelta(hours=1), realtime=False)
+    await run.wait_for(until_tailing(run))
+    await run.stop()
+    records = await read_topic(kafka_topic)
+    assert sightings([orjson.loads(r.value) for r in records]) == truth(
+        sim, SIM_NOW - timedelta(hours=1), SIM_NOW
+    )
+
+
+async def test_a_start_that_never_reached_mqtt_leaves_the_backfill_to_the_next(
+    simulator_factory, mqtt_broker, tmp_path
+):
+    sim = simulator_factory(visits_per_hour=120)
+
+    def sink() -> MqttSink:
+        return MqttSink(MqttSettings(url=mqtt_broker.url), connect_timeout=1.0, reconnect_delay=(0.1, 0.5))
+
+    await failed_then_good_start(sim, tmp_path, sink, mqtt_broker.stop, mqtt_broker.start)
+    with MqttCollector(mqtt_broker, "facespace/+/sighting", persistent=True) as collector:
+        run = Run(sim, tmp_path, [sink()], backfill_from=SIM_NOW - timedelta(hours=1), realtime=False)
+        await run.wait_for(until_tailing(run))
+        await run.stop()
+        expected = truth(sim, SIM_NOW - timedelta(hours=1), SIM_NOW)
+        messages = await collector.wait_for(lambda ms: len(ms) >= sum(expected.values()), what="the backfill")
+    assert sightings([orjson.loads(m.payload) for m in messages]) == expected
+
+
+async def test_a_checkpoint_that_overrides_backfill_from_says_so(simulator_factory, tmp_path, caplog):
+    sim = simulator_factory()
+    run = Run(sim, tmp_path, backfill_from=None, realtime=False, instance_id="kitchen")
+    await run.wait_for(
+        lambda _: run.bridge.saved_checkpoint is not None and run.bridge.logs_source.polls >= 1
+    )
+    await run.stop()
+    first = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
+    written = datetime.fromisoformat(first["written_at"].replace("Z", "+00:00")).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    caplog.clear()
+    run = Run(
+        sim, tmp_path, backfill_from=SIM_NOW - timedelta(hours=1), realtime=False, instance_id="kitchen"
+    )
+    await run.wait_for(lambda _: run.bridge.logs_source.polls >= 1)
+    await run.stop()
+    said = [r.getMessage() for r in caplog.records if "--backfill-from ignored" in r.getMessage()]
+    assert said == [
+        f"checkpoint of kitchen exists (written {written}): --backfill-from ignored; "
+        "'checkpoint reset' to start over"
+    ]
+    resumed_at = datetime.fromisoformat(first["through"].replace("Z", "+00:00"))
+    assert all(seen_at >= resumed_at for _, _, seen_at in sightings(read_events(run.output)))  # no backfill
 
 
 def page_chart(page: PageState) -> Counter:

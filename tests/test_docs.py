@@ -97,6 +97,26 @@ def test_kafka_consumer_example_stores_each_event_id_once() -> None:
     assert db.execute("SELECT count(*) FROM sightings").fetchone() == (2,)
 
 
+def test_kafka_consumer_example_without_a_broker_says_so_in_one_line(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from facespace_bridge.embedded import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "kafka_consumer.py"), "--bootstrap-servers", address,
+         "--db", str(tmp_path / "sightings.db")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert (
+        result.stderr
+        == f"kafka_consumer.py: cannot read facespace.sightings from {address}: no broker answered\n"
+    )
+
+
 # -- names the docs use must exist in the code --------------------------------------------------
 
 # Flags of other programs the pages show (docker, kubectl, pip, Tansu, noida, our bench scripts).

@@ -248,9 +248,25 @@ def tune_gc() -> None:
     gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), older, oldest)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is logged: while a rich progress bar shows,
+    that is the bar's console, which prints the line above the bar rather than across it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup_logging(log_format: str = "text", log_level: str = "info") -> None:
     """One stderr handler with the secret redactor on it: no line leaves with a key or password."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.addFilter(redactor)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -315,6 +331,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         camera_id=config["camera_id"],
         realtime=config["realtime"],
         quick_polls=config["quick_polls"],
+        instance_id=config["instance_id"],
     )
     return api_key, sinks, options
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
 from facespace_bridge.commands._common import make_client, page_state, prepare, serve_page, setup_logging
 from facespace_bridge.embedded import EmbeddedBrokerError, MqttBroker, TansuBroker
-from facespace_bridge.events import Event
+from facespace_bridge.events import Event, parse_rfc3339
 from facespace_bridge.sinks.base import Ack, Sink
 
 
@@ -40,7 +41,9 @@ class CameraRow:
     sightings: int = 0
     last: str = ""
     people: tuple[str, ...] = ()
-    times: list[float] = field(default_factory=list)  # monotonic times of recent sightings
+    # When the recent sightings happened (seen_at, epoch seconds): "per min" counts those of the
+    # last minute, so the backfilled history never shows up as a burst of live traffic.
+    times: list[float] = field(default_factory=list)
 
 
 class ViewSink(Sink):
@@ -67,8 +70,10 @@ class ViewSink(Sink):
                 fields = event.fields
                 row.sightings += 1
                 row.last = f"{fields['person']} @ {fields['seen_at'][11:19]}"
-                row.times.append(time.monotonic())
-                del row.times[:-200]
+                seen_at = parse_rfc3339(fields["seen_at"]).timestamp()
+                if time.time() - seen_at < 60:
+                    row.times.append(seen_at)
+                    del row.times[:-200]
             elif event.kind == "presence":
                 row.people = tuple(event.fields["people"])
 
@@ -83,7 +88,7 @@ def _acked(bridge: Bridge) -> dict[str, int]:
 
 
 def _table(view: ViewSink, bridge: Bridge, brokers: str) -> Table:
-    now = time.monotonic()
+    now = time.time()
     table = Table(title=f"facespace-bridge demo — {brokers} — Ctrl-C to stop", expand=False)
     for column in ("camera", "sightings", "per min", "in view now", "last sighting"):
         table.add_column(column, justify="right" if column in ("sightings", "per min") else "left")
@@ -99,6 +104,29 @@ def _table(view: ViewSink, bridge: Bridge, brokers: str) -> Table:
         f"dead letters {view.kinds['deadletter']} · in flight {in_flight}"
     )
     return table
+
+
+def watch_commands(bootstrap: str | None, mqtt: MqttBroker | None) -> list[str]:
+    """Commands that show the demo's brokers at work, runnable as printed from the current
+    directory. Kafka: the example consumer (Debian's kcat, librdkafka 2.0, cannot read
+    Tansu's ApiVersions reply), where the source tree is at hand; MQTT: mosquitto_sub."""
+    hints = []
+    example = Path(__file__).resolve().parents[2] / "examples" / "kafka_consumer.py"
+    if bootstrap and example.exists():
+        hints.append(
+            f"{_path(sys.executable)} {_path(str(example))} --bootstrap-servers {bootstrap} --db :memory:"
+        )
+    if mqtt is not None and shutil.which("mosquitto_sub"):
+        hints.append(f"mosquitto_sub -h {mqtt.host} -p {mqtt.port} -t 'facespace/#' -v")
+    return hints
+
+
+def _path(path: str) -> str:
+    """`path` relative to the current directory when it lies below it (shorter to read), else as is."""
+    relative = os.path.relpath(path)
+    if relative.startswith(".."):
+        return path
+    return relative if os.sep in relative else os.path.join(".", relative)
 
 
 @click.command("demo")
@@ -130,6 +158,7 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
     console = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="facespace-demo-"))
     started: list[Any] = []
+    broker: MqttBroker | None = None
     try:
         with console.status("starting the simulator and the brokers ..."):
             simulator = SimulatorServer(
@@ -145,13 +174,13 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
                 argv += ["--backfill-from", since.strftime("%Y-%m-%dT%H:%M:%SZ")]
             if kafka:
                 (workdir / "kafka").mkdir()
-                tansu = TansuBroker(workdir / "kafka").start()
+                tansu = TansuBroker(workdir / "kafka", own_session=True).start()
                 started.append(tansu)
                 tansu.wait_for_metadata()
                 argv += ["--broker", "kafka", "--bootstrap-servers", tansu.bootstrap]
             if mqtt:
                 (workdir / "mqtt").mkdir()
-                broker = MqttBroker(workdir / "mqtt").start()
+                broker = MqttBroker(workdir / "mqtt", own_session=True).start()
                 started.append(broker)
                 argv += ["--broker", "mqtt", "--mqtt-url", broker.url]
         # The same option parsing and validation as `facespace-bridge run`.
@@ -162,11 +191,12 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
         where = " · ".join(
             [f"Kafka {config['bootstrap_servers']}"] * kafka + [f"MQTT {config['mqtt_url']}"] * mqtt
         )
-        console.print(f"simulator {simulator.base_url} · {where}")
-        console.print(
-            "try: kcat -b <kafka> -C -t facespace.sightings   or   mosquitto_sub -h 127.0.0.1 "
-            f"-p {config['mqtt_url'].rsplit(':', 1)[-1] if mqtt else 'PORT'} -t 'facespace/#' -v"
-        )
+        console.print(f"simulator {simulator.base_url} · {where}", soft_wrap=True)
+        hints = watch_commands(config.get("bootstrap_servers") if kafka else None, broker)
+        if hints:
+            console.print("watch it from another terminal, in this directory:", soft_wrap=True)
+            for hint in hints:
+                console.print(f"  {hint}", soft_wrap=True, markup=False, highlight=False)
         view = ViewSink()
         return asyncio.run(_show(config, api_key, [*sinks, view], options, view, where, duration, console))
     except EmbeddedBrokerError as exc:

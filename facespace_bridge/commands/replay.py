@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
+import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
@@ -24,6 +26,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -31,7 +34,7 @@ from rich.progress import (
 
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.checkpoints.acks import AckTracker
-from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, parse_user_time
+from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, LogEntry, parse_user_time
 from facespace_bridge.commands._common import (
     api_key_from,
     api_options,
@@ -42,7 +45,7 @@ from facespace_bridge.commands._common import (
     warn_if_short,
     with_env,
 )
-from facespace_bridge.events import DEADLETTER_SCHEMA
+from facespace_bridge.events import DEADLETTER_SCHEMA, seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import Role, Sink, SinkError
@@ -52,11 +55,19 @@ from facespace_bridge.sources.logs import LogsSource
 
 log = logging.getLogger("facespace_bridge.replay")
 
+STOP_WAIT = 10.0  # seconds an interrupted replay waits for what it handed over to be acknowledged
+INTERRUPTED = 130  # the exit code of a replay stopped by Ctrl-C (128 + SIGINT), as a shell reports one
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)  # where the search for the API's history starts
+
 
 @dataclass
 class Tally:
     published: int = 0
     deadlettered: int = 0
+    # Everything before `through` is acknowledged by every sink (a dry run: read); None: nothing yet.
+    through: datetime | None = None
+    interrupted: bool = False  # Ctrl-C (or SIGTERM) ended it before the end of the range
+    note: str | None = None  # why nothing was there, when nothing was
 
     @property
     def entries(self) -> int:
@@ -64,19 +75,22 @@ class Tally:
 
 
 class _Progress:
-    """A rich progress bar on a terminal (time of the range done, entries, rate, ETA); nothing otherwise."""
+    """A rich progress bar on a terminal (time of the range done, entries, rate; with an end,
+    the percentage and the time left); nothing otherwise. While it shows, log lines go through
+    its console, above it (setup_logging's handler writes to whatever sys.stderr is)."""
 
     def __init__(self, enabled: bool, start: datetime, end: datetime | None) -> None:
         self.start, self.end = start, end
         self.bar: Progress | None = None
         if enabled:
+            bounded = [TaskProgressColumn(), TimeRemainingColumn()] if end is not None else []
             self.bar = Progress(
                 TextColumn("[bold]replay"),
                 BarColumn(),
+                *bounded,
                 TextColumn("{task.fields[entries]:,} entries"),
                 TextColumn("{task.fields[rate]:,.0f}/s"),
                 TimeElapsedColumn(),
-                TimeRemainingColumn(),
                 console=Console(stderr=True),
                 transient=True,
             )
@@ -96,34 +110,103 @@ class _Progress:
             self.bar.stop()
 
 
-async def publish_range(chunks: AsyncIterator[Batch | Barrier], sinks: list[Sink], bar: _Progress) -> Tally:
-    """Publish what the logs source reads; a dry run (no sinks) only counts."""
+async def publish_range(
+    chunks: AsyncIterator[Batch | Barrier],
+    sinks: list[Sink],
+    bar: _Progress,
+    stop: asyncio.Event | None = None,
+) -> Tally:
+    """Publish what the logs source reads; a dry run (no sinks) only counts. `stop` set: stop
+    reading at the end of the window being published, let it land (within STOP_WAIT), and say
+    how far it got."""
     tracker = AckTracker(Checkpoint())
-    publisher = Publisher(sinks, tracker, Metrics(), redeliver=False) if sinks else None
+    metrics = Metrics()
+    publisher = Publisher(sinks, tracker, metrics, redeliver=False) if sinks else None
     tally = Tally()
-    try:
+    stop = stop or asyncio.Event()
+    # A stop lets the window being published finish (within STOP_WAIT), so that the range
+    # published ends at a window's end, where the command to continue starts: nothing twice.
+    in_window = finished = False
+
+    async def publish_all() -> None:
+        nonlocal in_window, finished
         async for chunk in chunks:
             if isinstance(chunk, Barrier):
+                if publisher is None:
+                    tally.through = chunk.through  # a dry run: read is done
+                else:
+                    tracker.barrier(chunk.through)
                 bar.update(chunk.through, tally.entries)
+                in_window = False
+                if stop.is_set():
+                    return
                 continue
+            in_window = True
             for event in chunk.events:  # (the publisher counts the same; a dry run has none)
                 if event.schema == DEADLETTER_SCHEMA:
                     tally.deadlettered += 1
             tally.published += len(chunk.events)
             if publisher is not None:
                 await publisher.publish(chunk)
-        for sink in sinks:
-            await sink.flush()
-        await tracker.idle()
+        finished = True
+
+    try:
+        await _until_stopped(publish_all(), stop, lambda: in_window)
+        tally.interrupted = not finished
+
+        async def land() -> None:
+            for sink in sinks:
+                await sink.flush()
+            await tracker.idle()
+
+        try:
+            await asyncio.wait_for(land(), STOP_WAIT if tally.interrupted else None)
+        except asyncio.TimeoutError:
+            log.warning("%d events still unacknowledged when it stopped", tracker.in_flight)
     finally:
         bar.stop()
     tally.published -= tally.deadlettered
+    if publisher is not None:
+        tally.through = tracker.checkpoint.through
+        if tally.interrupted:  # what every sink acknowledged, not what was handed over
+            tally.published = _acknowledged(metrics, sinks, "sighting")
+            tally.deadlettered = _acknowledged(metrics, sinks, "deadletter")
     for name, stats in (publisher.stats if publisher is not None else {}).items():
         if stats.failed:
             raise SinkError(
                 f"{stats.failed} events were not acknowledged by the {name} sink: {stats.first_error}"
             )
     return tally
+
+
+def _acknowledged(metrics: Metrics, sinks: list[Sink], kind: str) -> int:
+    """Events of `kind` that every sink acknowledged."""
+    counts = dict.fromkeys((sink.name for sink in sinks), 0)
+    for metric in metrics.published.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels["type"] == kind:
+                counts[sample.labels["sink"]] = int(sample.value)
+    return min(counts.values(), default=0)
+
+
+async def _until_stopped(
+    work: Coroutine[Any, Any, None], stop: asyncio.Event, busy: Callable[[], bool]
+) -> None:
+    """Run `work` until it ends or `stop` is set. Stopped, work that is not `busy` is cancelled
+    at once; `busy` work gets up to STOP_WAIT to end by itself (seeing `stop`)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and busy():
+            await asyncio.wait([task], timeout=STOP_WAIT)
+    finally:
+        stopper.cancel()
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    if not task.cancelled() and task.exception() is not None:
+        raise task.exception()  # type: ignore[misc]
 
 
 async def _then(
@@ -201,16 +284,85 @@ def command(**config: Any) -> None:
     if progress is None:
         progress = sys.stderr.isatty()
     warn_if_short(api_key)
+    day_first = "/" in config["start_time"] or "/" in (config["end_time"] or "")
+    understood = f"replaying {range_text(start, end)} (UTC{', day first' if day_first else ''})"
     client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"])
     began = time.monotonic()
-    tally = asyncio.run(_main(client, [] if dry_run else sinks, start, end, config["camera_id"], progress))
+    tally = asyncio.run(
+        _main(client, [] if dry_run else sinks, start, end, config["camera_id"], progress, understood)
+    )
     seconds = time.monotonic() - began
     rate = tally.entries / seconds if seconds > 0 else 0.0
     verb = "dry run: would publish" if dry_run else "published"
+    if tally.interrupted:
+        resume = tally.through or start
+        log.warning(
+            "interrupted after %s sightings and %s dead letters; everything before %s is %s; to continue: %s",
+            f"{tally.published:,}",
+            f"{tally.deadlettered:,}",
+            _moment(resume),
+            "read" if dry_run else "published",
+            continue_command(sys.argv[1:], resume),
+        )
+        sys.exit(INTERRUPTED)
     click.echo(
         f"{verb} {tally.published} sightings and {tally.deadlettered} dead letters "
         f"in {seconds:.1f} s ({rate:,.0f} events/s)"
     )
+    if tally.note:
+        log.warning("%s", tally.note)
+
+
+def range_text(start: datetime, end: datetime | None) -> str:
+    """`2024-02-01 00:00:00Z .. 2024-02-02 23:59:59Z`: the range as understood, both ends inclusive."""
+    last = _moment(end - timedelta(seconds=1)) if end is not None else "the latest entry"
+    return f"{_moment(start)} .. {last}"
+
+
+def _moment(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def continue_command(argv: list[str], resume: datetime) -> str:
+    """This replay's command line with `--start-time` moved to `resume`, ready to paste. It
+    appends: `--output-mode truncate` would empty the file of what was published before."""
+    args: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--start-time", "--output-mode"):
+            skip = True
+        elif not arg.startswith(("--start-time=", "--output-mode=")):
+            args.append(arg)
+    if args[:1] == ["replay"]:
+        args = args[1:]
+    return shlex.join(["facespace-bridge", "replay", "--start-time", seen_at_text(resume), *args])
+
+
+async def _nothing_there(client: AsyncLogsAPI, camera_id: str | None) -> str:
+    """Why a range was empty, as far as the API can tell: where its history starts."""
+    whose = f"the API's history of {camera_id}" if camera_id else "the API's history"
+    try:
+        first = await history_start(client, camera_id)
+    except FaceSpaceError as exc:
+        return f"0 sightings in that range ({whose} could not be read: {exc})"
+    if first is None:
+        return f"0 sightings: {whose} is empty"
+    return f"0 sightings in that range: {whose} starts {_moment(first)}"
+
+
+async def history_start(client: AsyncLogsAPI, camera_id: str | None) -> datetime | None:
+    """The time of the API's earliest entry (of `camera_id`), None when it has none.
+
+    The windows grow fast while they come back empty and shrink when a reply is too large,
+    so this takes a few dozen small requests whatever the history holds.
+    """
+    async for window in client.iter_windows(EARLIEST, datetime.now(timezone.utc), camera_id):
+        times = [entry.seen_at for entry in window.entries if isinstance(entry, LogEntry)]
+        if times:
+            return min(times)
+    return None
 
 
 async def _main(
@@ -220,17 +372,28 @@ async def _main(
     end: datetime | None,
     camera_id: str | None,
     progress: bool,
+    understood: str,
 ) -> Tally:
+    """`understood` (the range as read) is logged once the API has answered (bad input says only
+    what is wrong)."""
     started: list[Sink] = []
     chunks = LogsSource(client, camera_id=camera_id).read_range(start, end, Checkpoint())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
         # The first window before the first sink: a refused key or an unreachable API
         # ends the run before any topic is created.
         first = await anext(chunks, None)
+        log.info("%s", understood)
         for sink in sinks:
             await sink.start()
             started.append(sink)
-        return await publish_range(_then(first, chunks), started, _Progress(progress, start, end))
+        tally = await publish_range(_then(first, chunks), started, _Progress(progress, start, end), stop)
+        if tally.entries == 0 and not tally.interrupted:
+            tally.note = await _nothing_there(client, camera_id)
+        return tally
     except SinkError as exc:
         raise click.ClickException(str(exc)) from None
     except APIKeyError as exc:

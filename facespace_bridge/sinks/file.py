@@ -26,13 +26,19 @@ HELP = "a JSON Lines file, one event per line, fsync'd"
 
 @dataclass(frozen=True)
 class FileSettings:
-    """The file sink's one setting, with its CLI option (facespace_bridge/settings.py)."""
+    """The file sink's settings, with their CLI options (facespace_bridge/settings.py)."""
 
     output: str | None = setting(
         "--output",
         default=None,
         type=click.Path(dir_okay=False, allow_dash=True),
         help="File sink: JSON-lines file to append events to ('-' for stdout).",
+    )
+    output_mode: str = setting(
+        "--output-mode",
+        default="append",
+        type=click.Choice(["append", "truncate"]),
+        help="File sink: add to what --output holds, or (replay only) start it empty.",
     )
 
 
@@ -44,8 +50,9 @@ _BATCH = 1000  # lines waiting for a write before publishers wait: the in-flight
 class FileSink(Sink):
     name = "file"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, truncate: bool = False) -> None:
         self.path = path
+        self.truncate = truncate  # start the file empty (a replay's choice; the bridge always appends)
         self._lines: list[bytes] = []  # waiting for the next write
         self._batch: asyncio.Future[None] | None = None  # the ack every waiting line shares
         self._wake = asyncio.Event()  # lines are waiting
@@ -61,7 +68,7 @@ class FileSink(Sink):
         else:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._handle = await asyncio.to_thread(open, self.path, "ab")
+                self._handle = await asyncio.to_thread(open, self.path, "wb" if self.truncate else "ab")
             except OSError as exc:
                 raise SinkError(f"cannot open {self.path}: {exc.strerror}") from None
         self._writer = asyncio.create_task(self._write_batches(), name="file-sink")
@@ -125,7 +132,15 @@ class FileSink(Sink):
 
 
 def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> FileSink:
-    output = from_options(FileSettings, config).output
-    if not output:
+    settings = from_options(FileSettings, config)
+    if not settings.output:
         raise click.UsageError("--broker file needs --output PATH")
-    return FileSink(str(output))
+    truncate = settings.output_mode == "truncate"
+    if truncate and role is Role.BRIDGE:
+        # The checkpoint says what the file already holds: emptying it on a restart would lose that.
+        raise click.BadParameter(
+            "truncate is for replay: the bridge appends, resuming after what the file holds",
+            param_hint="--output-mode",
+        )
+    # (`check` only opens the file: it never empties it.)
+    return FileSink(str(settings.output), truncate=truncate and role is Role.REPLAY)

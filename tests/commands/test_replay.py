@@ -4,14 +4,17 @@ in a subprocess for exit codes and output."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -271,8 +274,9 @@ def test_unreachable_broker_exits_1_with_one_line_after_the_connect_timeout(simu
     assert lines[-1].startswith(
         f"facespace-bridge: error: Kafka broker 127.0.0.1:{port} unreachable after 2 s"
     )
-    retries = [line for line in lines[:-1] if "not reachable" in line]
-    assert retries and len(retries) == len(lines) - 1  # one log line per failed attempt, nothing else
+    assert "facespace_bridge.replay: replaying 2023-10-23 00:00:00Z .. 2023-10-23 23:59:59Z" in lines[0]
+    retries = [line for line in lines[1:-1] if "not reachable" in line]
+    assert retries and len(retries) == len(lines) - 2  # one log line per failed attempt, nothing else
     # It gives up at its own deadline, not after aiokafka's 40 s request timeout (loose bound:
     # interpreter start-up on a busy machine).
     assert elapsed < 2 + 20
@@ -288,3 +292,162 @@ def test_a_refused_api_key_is_bad_input_before_the_broker_is_touched(simulator, 
     assert "key" in one_error_line(result)
     assert "wrong-key" not in result.stderr
     assert nobody_connected(sentinel)
+
+
+# -- what a replay tells its user ------------------------------------------------------------------
+
+
+def log_lines(stderr: str, logger: str = "facespace_bridge.replay") -> list[str]:
+    """The messages of `logger`'s lines, without time and level."""
+    return [line.split(f"{logger}: ", 1)[1] for line in stderr.splitlines() if f" {logger}: " in line]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "echo"),
+    [
+        ("01/02/24", "02/02/24", "2024-02-01 00:00:00Z .. 2024-02-02 23:59:59Z (UTC, day first)"),
+        (
+            "10:15:30 23/10/23",
+            "2023-10-23T13:20",
+            "2023-10-23 10:15:30Z .. 2023-10-23 13:20:59Z (UTC, day first)",
+        ),
+        ("2023-10-24T08:00Z", None, "2023-10-24 08:00:00Z .. the latest entry (UTC)"),
+    ],
+)
+def test_replay_echoes_the_range_it_understood(simulator, start, end, echo):
+    args = ["replay", "--dry-run", "--start-time", start, *(["--end-time", end] if end else [])]
+    result = run_cli(args, replay_env(simulator))
+    assert result.returncode == 0, result.stderr
+    assert log_lines(result.stderr)[0] == f"replaying {echo}"
+
+
+def test_an_empty_range_says_where_the_history_starts_and_exits_0(simulator):
+    result = run_cli(
+        ["replay", "--dry-run", "--start-time", "01/02/23", "--end-time", "02/02/23"], replay_env(simulator)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("dry run: would publish 0 sightings and 0 dead letters in ")
+    first = min(
+        seen_at for _, _, seen_at in simulator.world.entries(datetime(2000, 1, 1, tzinfo=timezone.utc))
+    )
+    assert log_lines(result.stderr)[-1] == (
+        f"0 sightings in that range: the API's history starts {first:%Y-%m-%d %H:%M:%S}Z"
+    )
+
+
+def test_ctrl_c_says_how_far_it_got_and_the_printed_command_finishes_the_range(simulator_factory, tmp_path):
+    # Dense and slow enough for about ten windows of half a second each: Ctrl-C lands in the middle.
+    sim = simulator_factory(visits_per_hour=2000, faults={"latency_ms": 500})
+    output = tmp_path / "replay.jsonl"
+    args = ["replay", "--start-time", "23/10/23", "--end-time", "23/10/23", "--broker", "file",
+            "--output", str(output), "--output-mode", "truncate"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*CLI, *args], env=replay_env(sim), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (output.exists() and output.stat().st_size > 0):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    said = log_lines(stderr)[-1]
+    match = re.fullmatch(
+        r"interrupted after ([\d,]+) sightings and 0 dead letters; everything before (\S+ \S+) is published; "
+        r"to continue: (.+)",
+        said,
+    )
+    assert match, said
+    written = [orjson.loads(line) for line in output.read_bytes().splitlines()]
+    assert int(match[1].replace(",", "")) == len(written) < simulator_count(sim)
+    before = datetime.strptime(match[2], "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc)
+    # It stopped at the end of a window: everything before it, and nothing after.
+    assert Counter(map(sighting_key, written)) == Counter(
+        sim.world.entries(DAY_START, before - timedelta(seconds=1))
+    )
+    command = shlex.split(match[3])
+    assert command[:4] == [
+        "facespace-bridge",
+        "replay",
+        "--start-time",
+        before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    ]
+    assert "--output-mode" not in command  # the continuation appends to what the first part wrote
+    sim.set_faults(latency_ms=0)
+    rest = run_cli(command[1:], replay_env(sim))
+    assert rest.returncode == 0, rest.stderr
+    # Together: the whole day, each sighting once (the continuation starts where the first stopped).
+    everything = [orjson.loads(line) for line in output.read_bytes().splitlines()]
+    assert len({p["event_id"] for p in everything}) == len(everything)
+    assert Counter(map(sighting_key, everything)) == Counter(sim.world.entries(DAY_START, DAY_LAST_SECOND))
+
+
+def simulator_count(sim: SimulatorServer) -> int:
+    return sim.world.count(DAY_START, DAY_LAST_SECOND)
+
+
+def sighting_key(payload: dict) -> tuple[str, str, datetime]:
+    return payload["camera_id"], payload["person"], parse_rfc3339(payload["seen_at"])
+
+
+def test_output_mode_truncate_starts_the_file_afresh_and_append_adds(simulator, tmp_path):
+    output = tmp_path / "replay.jsonl"
+    output.write_text("left over from before\n")
+    base = [
+        "replay",
+        "--start-time",
+        "23/10/23",
+        "--end-time",
+        "23/10/23",
+        "--broker",
+        "file",
+        "--output",
+        str(output),
+    ]
+    truth = simulator_count(simulator)
+    assert run_cli([*base, "--output-mode", "truncate"], replay_env(simulator)).returncode == 0
+    assert len(output.read_bytes().splitlines()) == truth
+    assert run_cli(base, replay_env(simulator)).returncode == 0  # append, the default
+    assert len(output.read_bytes().splitlines()) == 2 * truth
+
+
+def on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdout and stderr: (exit code, what the terminal got)."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], env={**env, "COLUMNS": "160"}, stdin=subprocess.DEVNULL,
+                            stdout=terminal, stderr=terminal)  # fmt: skip
+    os.close(terminal)
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the child closed the terminal (EIO)
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(controller)
+    return proc.wait(timeout=10), received.decode(errors="replace")
+
+
+def test_on_a_terminal_the_bar_shows_percent_and_time_left_and_log_lines_get_lines_of_their_own(
+    simulator_factory,
+):
+    # Failing requests make the client log retries while the bar is up.
+    sim = simulator_factory(visits_per_hour=2000, faults={"latency_ms": 100, "error_rate": 0.3, "seed": 5})
+    code, screen = on_a_terminal(
+        ["replay", "--dry-run", "--start-time", "23/10/23", "--end-time", "23/10/23"], replay_env(sim)
+    )
+    assert code == 0, screen
+    bars = [segment for segment in screen.split("\r") if "━" in segment]
+    assert any(re.search(r"\b\d+%", bar) for bar in bars), screen[-2000:]
+    assert any(re.search(r"\d+:\d\d:\d\d", bar) for bar in bars)  # (time left and elapsed)
+    retries = [line for line in screen.split("\n") if "retry" in line]
+    assert retries, screen[-2000:]
+    for line in retries:
+        visible = line.rstrip("\r").split("\r")[-1]  # a carriage return starts the line afresh (the
+        # terminal ends each line with one)
+        assert "━" not in visible and "%" not in visible, repr(line)

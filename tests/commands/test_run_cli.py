@@ -59,6 +59,11 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             "must be in the past",
         ),
         (
+            ["--broker", "file", "--output", "x.jsonl", "--output-mode", "truncate"],
+            {"FACESPACE_API_KEY": "k"},
+            "truncate is for replay",
+        ),
+        (
             ["--broker", "file", "--output", "x.jsonl", "--exactly-once"],
             {"FACESPACE_API_KEY": "k"},
             "--exactly-once needs --broker kafka",

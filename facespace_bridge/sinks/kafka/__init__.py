@@ -314,11 +314,13 @@ class KafkaSink(Sink):
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
             log.warning(
-                "Kafka broker %s not reachable (attempt %d: %s); retrying in %.1f s",
+                "Kafka broker %s not reachable (attempt %d: %s); retrying in %.1f s, giving up at %g s "
+                "(--kafka-connect-timeout)",
                 settings.bootstrap_servers,
                 state.attempt_number,
                 self._reason(exc) if exc else "?",
                 wait,
+                timeout,
             )
 
         try:

@@ -352,6 +352,11 @@ class LibrdkafkaSink(KafkaSink):
             if delivery.error is None:  # the records produced so far fail with the rest
                 failure = exc if isinstance(exc, SinkError) else self._produce_error(exc)
                 self._fail(delivery, failure)
+        except asyncio.CancelledError:
+            # The caller gave up on the batch (a stop): its ack still settles, on the reports of
+            # what was produced of it, so that flush and close do not wait for it for ever.
+            delivery.seal()
+            raise
         delivery.seal()
         if not self._work.is_set():
             self._work.set()

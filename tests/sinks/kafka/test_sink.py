@@ -146,6 +146,22 @@ async def test_start_retries_until_the_broker_comes_back(client, kafka, kafka_to
     assert len(await read_topic(kafka_topic)) == 1
 
 
+async def test_a_cancelled_publish_holds_up_neither_flush_nor_close(client, kafka, kafka_topic):
+    """A stop may cancel a publish half-way (here while its topic is being created): what was
+    handed over of the batch still settles, and flush and close return."""
+    sink = sink_for(kafka, kafka_topic, client)
+    await sink.start()
+    try:
+        publishing = asyncio.create_task(sink.publish([sighting("Camera1", n) for n in range(3)]))
+        await asyncio.sleep(0)  # it runs up to its first wait: creating the topic
+        publishing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publishing
+        await asyncio.wait_for(sink.flush(), 60)  # (a guard against waiting for ever, not a timing)
+    finally:
+        await asyncio.wait_for(sink.close(), 60)
+
+
 async def test_unreachable_broker_gives_up_with_one_line_and_one_log_line_per_retry(client, caplog):
     caplog.set_level(logging.WARNING, logger="facespace_bridge.sinks.kafka")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
@@ -158,6 +174,8 @@ async def test_unreachable_broker_gives_up_with_one_line_and_one_log_line_per_re
     attempts = int(message.split("(")[1].split(" attempts")[0])
     assert attempts >= 2 and len(retries) == attempts - 1
     assert all(address in r.getMessage() for r in retries)
+    # From the first warning on, the user knows when it stops trying.
+    assert all(r.getMessage().endswith("giving up at 1.5 s (--kafka-connect-timeout)") for r in retries)
 
 
 async def test_a_record_larger_than_a_batch_is_sent_whole(client, kafka, kafka_topic, read_topic):
