@@ -26,7 +26,10 @@ from typing import Any
 
 import httpx
 import psutil
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' broker fixtures
+
+from tests.fixtures.kafka import topic_size  # noqa: F401  (the benchmarks count topics with it)
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 API_KEY = "bench-key"
@@ -121,42 +124,6 @@ def metric_total(port: int, name: str, **labels: str) -> float:
         if all(f'{key}="{wanted}"' in head for key, wanted in labels.items()):
             total += float(value)
     return total
-
-
-async def topic_size(bootstrap: str, topic: str, timeout: float = 30.0) -> int:
-    """Records in `topic` (sum of the partitions' high watermarks; a missing topic is 0).
-
-    From a Fetch reply, not ListOffsets: Tansu answers ListOffsets(latest) with the first
-    offset of the last batch. So: seek there, fetch that batch, read the high watermark.
-    """
-    probe = AIOKafkaClient(bootstrap_servers=bootstrap)
-    try:
-        await probe.bootstrap()
-        if topic not in probe.cluster.topics():
-            return 0
-    finally:
-        await probe.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        total = 0
-        deadline = time.monotonic() + timeout
-        for tp in tps:
-            if ends[tp] == 0:
-                continue
-            consumer.seek(tp, max(0, ends[tp] - 1))
-            while consumer.highwater(tp) is None:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{topic}: no fetch reply for partition {tp.partition}")
-                await consumer.getmany(tp, timeout_ms=200)
-            total += consumer.highwater(tp) or 0
-        return total
-    finally:
-        await consumer.stop()
 
 
 def wait_until(condition: Any, timeout: float, every: float = 0.05, what: str = "condition") -> None:

@@ -137,6 +137,9 @@ def percent_encoded(value: str) -> str:
 # -- the renderings ------------------------------------------------------------------------------
 
 KafkaHeaders = list[tuple[str, bytes]]
+# The Kafka headers of the attributes that change with every event; `CloudEvents.kafka_fixed`
+# gives the others, which a sink may keep per schema and camera.
+KAFKA_ID, KAFKA_TIME = "ce_id", "ce_time"
 
 
 @dataclass(slots=True)
@@ -205,15 +208,20 @@ class CloudEvents:
         self._schemas[schema] = headers
         return headers
 
+    def kafka_fixed(self, schema: str, camera_id: str) -> tuple[tuple[str, bytes], ...]:
+        """The `ce_` headers every Kafka record of `schema` from `camera_id` has alike (all but
+        `KAFKA_ID` and `KAFKA_TIME`); cached."""
+        headers = self._schemas.get(schema) or self._schema(schema)
+        return headers.kafka_by_camera.get(camera_id) or headers.kafka_for(camera_id)
+
     def kafka_headers(self, event: Event, head: Iterable[tuple[str, bytes]] = ()) -> KafkaHeaders:
         """The `ce_` headers of a Kafka record, after `head` (the sink's own headers, such as
-        `content-type`: one list instead of two, on the hot path)."""
-        schema = self._schemas.get(event.schema) or self._schema(event.schema)
-        fixed = schema.kafka_by_camera.get(event.camera_id) or schema.kafka_for(event.camera_id)
+        `content-type`: one list instead of two)."""
+        fixed = self.kafka_fixed(event.schema, event.camera_id)
         time = event.time
         if time:
-            return [*head, *fixed, ("ce_id", event.event_id.encode()), ("ce_time", time.encode())]
-        return [*head, *fixed, ("ce_id", event.event_id.encode())]
+            return [*head, *fixed, (KAFKA_ID, event.event_id.encode()), (KAFKA_TIME, time.encode())]
+        return [*head, *fixed, (KAFKA_ID, event.event_id.encode())]
 
     def http_headers(self, event: Event) -> dict[str, str]:
         """The `ce-` headers of a webhook POST (the poster adds `content-type`)."""

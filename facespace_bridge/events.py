@@ -1,8 +1,8 @@
 """Events: what the bridge publishes. Sighting / Presence / DeadLetter payloads and their ids.
 
-See docs/architecture.md ("Events"). Every payload is canonical orjson bytes that validate
-against the schema file its `schema` field names; the same sighting always gives the same
-bytes.
+See docs/architecture.md (step 3 of "The data path", and "Contracts and where they live")
+and docs/schemas.md. Every payload is canonical orjson bytes that validate against the
+schema file its `schema` field names; the same sighting always gives the same bytes.
 
 Canonical means: keys in the fixed order the builders write them, compact orjson
 output, timestamps as `YYYY-MM-DDTHH:MM:SSZ` (UTC, seconds), no ingest time.
@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from facespace_bridge.client.entries import LogEntry
+from facespace_bridge.client.entries import LogEntry, Second
 from facespace_bridge.schemas import SCHEMA_ID, errors_against
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,11 @@ class Event:
     camera_id: str  # the partition key: one camera's events stay in order ("" when unknown)
     payload: bytes  # canonical orjson bytes
     time: str | None = None  # when it happened (seen_at / observed_at, RFC 3339); None for dead letters
+    # What sinks route and keep state by, beside the payload, so that none decodes it:
+    seen_at: datetime | None = None  # `time` as an aware UTC datetime
+    person: str | None = None  # a sighting's person
+    people: tuple[str, ...] | None = None  # a presence's people (sorted)
+    source: str | None = None  # a dead letter's source (`logs`, `realtime`, `validation`, ...)
 
     @property
     def kind(self) -> str:
@@ -65,7 +70,8 @@ class Event:
 
     @property
     def fields(self) -> dict[str, Any]:
-        """The decoded payload (decoded on each call: read it once)."""
+        """The decoded payload (decoded on each call: read it once; sinks read the attributes
+        above instead)."""
         fields: dict[str, Any] = orjson.loads(self.payload)
         return fields
 
@@ -84,29 +90,9 @@ def schema_kind(schema: str) -> str:
 # -- time ------------------------------------------------------------------------------------------
 
 
-# Timestamps repeat a lot (one second holds many sightings; a listing is sorted): cache the text.
-_TEXT_CACHE: dict[datetime, str] = {}
-_TEXT_CACHE_MAX = 65_536
-
-
 def seen_at_text(dt: datetime) -> str:
     """RFC 3339 in UTC with `Z`, second resolution (sub-seconds are dropped, not rounded)."""
-    text = _TEXT_CACHE.get(dt)
-    if text is None:
-        text = _utc_text(dt)
-        if len(_TEXT_CACHE) >= _TEXT_CACHE_MAX:
-            _TEXT_CACHE.clear()
-        _TEXT_CACHE[dt] = text
-    return text
-
-
-def _utc_text(dt: datetime) -> str:
-    offset = dt.utcoffset()
-    if offset is None:
-        raise ValueError(f"naive datetime {dt.isoformat()}: event times must be timezone-aware")
-    if offset:
-        dt = dt.astimezone(timezone.utc)
-    return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}Z"
+    return Second.of(dt).text
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -141,8 +127,10 @@ def _event_id(parts: list[Any]) -> str:
     return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:EVENT_ID_HEX_DIGITS]
 
 
-def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], time: str | None) -> Event:
-    """Serialise and validate; a payload that fails becomes a dead letter with the reason."""
+def _finish(event: Event, fields: dict[str, Any]) -> Event:
+    """`event` (built without its payload) with `fields` serialised as its payload and
+    validated; a payload that fails becomes a dead letter with the reason."""
+    schema, camera_id = event.schema, event.camera_id
     try:
         payload = orjson.dumps(fields)
     except (orjson.JSONEncodeError, TypeError) as exc:
@@ -150,7 +138,8 @@ def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], 
     errors = errors_against(schema, fields)
     if errors:
         return deadletter_event(camera_id, payload.decode(), "; ".join(errors), "validation", schema)
-    return Event(schema, event_id, camera_id, payload, time)
+    event.payload = payload
+    return event
 
 
 # -- sightings -------------------------------------------------------------------------------------
@@ -159,7 +148,7 @@ def _finish(schema: str, event_id: str, camera_id: str, fields: dict[str, Any], 
 _HEAD = b'{"schema":"' + SIGHTING_SCHEMA.encode() + b'","event_id":"'
 _SOURCE = "logs"  # tail, backfill and replay alike: the bytes do not depend on how a sighting was read
 _TAIL = b'","source":"' + _SOURCE.encode() + b'"}'
-_K_TEXT = tuple(f"{k}]".encode() for k in range(64))  # the id's last element, for the usual k
+_K_TEXT = tuple(f'",{k}]'.encode() for k in range(64))  # the id's end after seen_at, for the usual k
 _CACHE_MAX = 65_536  # entries per cache; cleared when full (names and seconds repeat, memory stays flat)
 
 
@@ -169,18 +158,8 @@ class SightingPair:
 
     camera_id: str
     person: str
-    id_head: bytes  # b'["sighting",<camera>,<person>'
+    id_head: bytes  # b'["sighting",<camera>,<person>,"'
     middle: bytes  # b'","camera_id":<camera>,"person":<person>,"seen_at":"'
-
-
-@dataclass(slots=True)  # (not frozen: one is made per second of history, and frozen ones cost twice)
-class SightingSecond:
-    """The cached parts of one second's sightings."""
-
-    seen_at: datetime
-    text: str  # RFC 3339
-    id_middle: bytes  # b',"<text>",'
-    tail: bytes  # b'<text>","source":"logs"}'
 
 
 class SightingEncoder:
@@ -188,14 +167,15 @@ class SightingEncoder:
 
     A payload is `{"schema", "event_id", "camera_id", "person", "seen_at", "source"}` in that
     order. Every value but the id comes from the (camera, person) pair or from the second, and
-    the id is sha256 over `["sighting", camera, person, seen_at, k]` -- so a pair's and a
-    second's bytes are encoded once and each event is two concatenations and one hash.
+    the id is sha256 over `["sighting", camera, person, seen_at, k]` -- so a pair's bytes are
+    encoded once (a second's are `client.entries.Second.utf8`, cached with the stamp it was
+    read from) and each event is two concatenations and one hash.
 
     Validation per part: the sighting schema constrains each property on its own (no keyword
     relates two properties; tests/test_schemas.py checks that this stays so), so a payload is
     valid exactly when each of its values is. The schema, source and id are valid by
-    construction, and so is the time (`seen_at_text` of an aware datetime; tests/test_events.py
-    validates it over the whole range the API's two-digit years can name): what remains is the
+    construction, and so is the time (a `Second`'s text; tests/test_events.py validates it
+    over the whole range the API's two-digit years can name): what remains is the
     pair, validated once in a whole payload with a known-good second, and a pair the schema
     rejects turns into a dead letter.
     """
@@ -203,7 +183,6 @@ class SightingEncoder:
     def __init__(self) -> None:
         self._pairs: dict[str, dict[str, SightingPair | str]] = {}  # camera -> person -> parts or why not
         self._pair_count = 0
-        self.seconds: dict[datetime, SightingSecond] = {}  # read it directly on a hot path
 
     def pairs(self, camera_id: str) -> dict[str, SightingPair | str]:
         """The camera's cached pairs by person (look a person up here first; `pair` fills it)."""
@@ -224,24 +203,14 @@ class SightingEncoder:
             self._pair_count += 1
         return found
 
-    def second(self, seen_at: datetime, text: str | None = None) -> SightingSecond:
-        """The parts of a second (an aware datetime; `text` its `seen_at_text` when the caller
-        has it already)."""
-        found = self.seconds.get(seen_at)
-        if found is None:
-            if len(self.seconds) >= _CACHE_MAX:
-                self.seconds.clear()
-            text = text or seen_at_text(seen_at)
-            data = text.encode()
-            found = self.seconds[seen_at] = SightingSecond(seen_at, text, b',"' + data + b'",', data + _TAIL)
-        return found
-
-    def event(self, pair: SightingPair, second: SightingSecond, k: int) -> Event:
+    def event(self, pair: SightingPair, second: Second, k: int) -> Event:
         """The sighting of `pair` at `second`, the k-th earlier identical one in its listing."""
-        k_text = _K_TEXT[k] if k < 64 else f"{k}]".encode()
-        event_id = hashlib.sha256(pair.id_head + second.id_middle + k_text).hexdigest()[:EVENT_ID_HEX_DIGITS]
-        payload = b"".join((_HEAD, event_id.encode(), pair.middle, second.tail))
-        return Event(SIGHTING_SCHEMA, event_id, pair.camera_id, payload, second.text)
+        utf8 = second.utf8
+        k_text = _K_TEXT[k] if k < 64 else f'",{k}]'.encode()
+        event_id = hashlib.sha256(pair.id_head + utf8 + k_text).hexdigest()[:EVENT_ID_HEX_DIGITS]
+        payload = b"".join((_HEAD, event_id.encode(), pair.middle, utf8, _TAIL))
+        camera_id, person = pair.camera_id, pair.person
+        return Event(SIGHTING_SCHEMA, event_id, camera_id, payload, second.text, second.at, person)
 
     def _new_pair(self, camera_id: str, person: str) -> SightingPair | str:
         try:
@@ -251,12 +220,12 @@ class SightingEncoder:
         pair = SightingPair(
             camera_id,
             person,
-            b'["sighting",' + camera_json + b"," + person_json,
+            b'["sighting",' + camera_json + b"," + person_json + b',"',
             b'","camera_id":' + camera_json + b',"person":' + person_json + b',"seen_at":"',
         )
         return self._checked(pair, _REFERENCE_SECOND) or pair
 
-    def _checked(self, pair: SightingPair, second: SightingSecond) -> str | None:
+    def _checked(self, pair: SightingPair, second: Second) -> str | None:
         """Why the payload of `pair` at `second` is invalid, or None."""
         fields = orjson.loads(self.event(pair, second, 0).payload)
         errors = errors_against(SIGHTING_SCHEMA, fields)
@@ -264,12 +233,7 @@ class SightingEncoder:
 
 
 # The known-good second a new pair is validated with (see SightingEncoder).
-_REFERENCE_SECOND = SightingSecond(
-    datetime(2000, 1, 1, tzinfo=timezone.utc),
-    "2000-01-01T00:00:00Z",
-    b',"2000-01-01T00:00:00Z",',
-    b"2000-01-01T00:00:00Z" + _TAIL,
-)
+_REFERENCE_SECOND = Second.of(datetime(2000, 1, 1, tzinfo=timezone.utc))
 
 SIGHTINGS = SightingEncoder()  # shared: every reader of /logs builds its sightings with it
 
@@ -279,7 +243,7 @@ def sighting_event(entry: LogEntry, k: int) -> Event:
     second) entries before it in its listing; a dead letter when it cannot be published."""
     if k < 0:
         raise ValueError(f"k must be >= 0, not {k}")
-    pair, second = SIGHTINGS.pair(entry.camera_id, entry.person), SIGHTINGS.second(entry.seen_at)
+    pair, second = SIGHTINGS.pair(entry.camera_id, entry.person), Second.of(entry.seen_at)
     if type(pair) is SightingPair:
         return SIGHTINGS.event(pair, second, k)
     return unpublishable_sighting(entry.camera_id, entry.person, entry.seen_at, k, entry.raw)
@@ -289,9 +253,9 @@ def unpublishable_sighting(camera_id: str, person: str, seen_at: datetime, k: in
     """The dead letter of a sighting whose pair the encoder refused (a name that is not UTF-8,
     a value its schema rejects), with the reason: the entry's raw text when it cannot even be encoded,
     else the payload that failed."""
-    seen = seen_at_text(seen_at)
+    seen = Second.of(seen_at)
     try:
-        event_id = _event_id(["sighting", camera_id, person, seen, k])
+        event_id = _event_id(["sighting", camera_id, person, seen.text, k])
     except orjson.JSONEncodeError as exc:
         return deadletter_event(camera_id, raw, f"cannot encode: {exc}", _SOURCE, SIGHTING_SCHEMA)
     fields = {
@@ -299,10 +263,11 @@ def unpublishable_sighting(camera_id: str, person: str, seen_at: datetime, k: in
         "event_id": event_id,
         "camera_id": camera_id,
         "person": person,
-        "seen_at": seen,
+        "seen_at": seen.text,
         "source": _SOURCE,
     }
-    return _finish(SIGHTING_SCHEMA, event_id, camera_id, fields, seen)
+    event = Event(SIGHTING_SCHEMA, event_id, camera_id, b"", seen.text, seen.at, person)
+    return _finish(event, fields)
 
 
 # -- presence --------------------------------------------------------------------------------------
@@ -323,7 +288,8 @@ def presence_event(
 
     Name lists are deduplicated and sorted, so the payload does not depend on set order.
     """
-    observed = seen_at_text(observed_at)
+    second = Second.of(observed_at)
+    observed = second.text
     people, arrived, departed = list(people), list(arrived), list(departed)
     try:
         people_sorted = _sorted_names(people)
@@ -346,7 +312,8 @@ def presence_event(
         "departed": departed_sorted,
         "observed_at": observed,
     }
-    return _finish(PRESENCE_SCHEMA, event_id, camera_id, fields, observed)
+    event = Event(PRESENCE_SCHEMA, event_id, camera_id, b"", observed, second.at, people=tuple(people_sorted))
+    return _finish(event, fields)
 
 
 # -- dead letters ----------------------------------------------------------------------------------
@@ -404,4 +371,4 @@ def deadletter_event(
     errors = errors_against(DEADLETTER_SCHEMA, fields)
     if errors:  # cannot happen with the fields above; say so loudly rather than loop
         log.error("dead letter %s does not validate: %s", event_id, "; ".join(errors))
-    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload)
+    return Event(DEADLETTER_SCHEMA, event_id, camera or "", payload, source=source_text)

@@ -103,8 +103,7 @@ class Publisher:
         if "deadletter" in kinds:
             for event in events:
                 if event.schema == DEADLETTER_SCHEMA:
-                    source = str(event.fields.get("source", ""))
-                    self.metrics.dead_letters.labels(source=source).inc()
+                    self.metrics.dead_letters.labels(source=event.source or "").inc()
         acks = []
         for sink in self.sinks:
             self.stats[sink.name].handed(len(events))

@@ -18,6 +18,7 @@ from facespace_bridge.events import (
     DEADLETTER_SCHEMA,
     PRESENCE_SCHEMA,
     SIGHTING_SCHEMA,
+    Event,
     deadletter_event,
     parse_rfc3339,
     presence_event,
@@ -310,7 +311,7 @@ def test_every_second_the_api_can_name_gives_a_valid_seen_at() -> None:
     # whichever way it was made (from a datetime, or sliced from the API's stamp).
     import random
 
-    from facespace_bridge.client.entries import canonical_stamp
+    from facespace_bridge.client.entries import Second, second_of
     from facespace_bridge.events import SIGHTINGS, SightingPair
 
     rng = random.Random(3)
@@ -321,8 +322,46 @@ def test_every_second_the_api_can_name_gives_a_valid_seen_at() -> None:
     pair = SIGHTINGS.pair("Camera1", "Alice")
     assert isinstance(pair, SightingPair)
     for moment in moments:
-        parsed = canonical_stamp(f"{moment:%H:%M:%S %d/%m/%y}")
-        assert parsed == (moment, seen_at_text(moment))
-        event = SIGHTINGS.event(pair, SIGHTINGS.second(moment), 0)
+        second = second_of(f"{moment:%H:%M:%S %d/%m/%y}")
+        text = seen_at_text(moment)
+        assert second == Second.of(moment) == Second(moment, text, text.encode())
+        event = SIGHTINGS.event(pair, second, 0)
         assert validate(event.payload) == [], moment
         assert orjson.loads(event.payload)["seen_at"] == seen_at_text(moment)
+
+
+# -- what sinks read without decoding ---------------------------------------------------------------
+
+
+def _attributes_from_payload(event: Event) -> dict[str, Any]:
+    """What the event's attributes must say, read back from its payload."""
+    fields = event.fields
+    when = fields.get("seen_at", fields.get("observed_at"))
+    return {
+        "time": when,
+        "seen_at": None if when is None else parse_rfc3339(when),
+        "person": fields.get("person"),
+        "people": None if "people" not in fields else tuple(fields["people"]),
+        "source": fields["source"] if event.kind == "deadletter" else None,
+    }
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        sighting_event(_entry("Zoë", at=T), 3),
+        sighting_event(_entry("Alice", "Camera 2", T + timedelta(days=400)), 0),
+        presence_event("Camera1", {"Bob", "Alice"}, ["Alice"], [], T + timedelta(microseconds=999_999)),
+        presence_event("Camera1", [], [], ["Alice"], T.astimezone(timezone(timedelta(hours=-5)))),
+        deadletter_event("Camera1", "Alice at noon", "not an entry", "logs"),
+        deadletter_event(None, {"people": [1]}, "names must be strings", "realtime"),
+        sighting_event(LogEntry("Camera1", "", T, " @ 00:05:22 23/10/23"), 0),  # a dead letter
+        presence_event("Camera1", [None], [], [], T),  # a dead letter
+    ],
+    ids=lambda event: event.kind,
+)
+def test_event_attributes_say_what_the_payload_says(event: Event) -> None:
+    # Sinks route and keep state by these (the MQTT sink, Home Assistant, the dead-letter
+    # metric) instead of decoding the payload: they must agree with it.
+    attributes = {name: getattr(event, name) for name in ("time", "seen_at", "person", "people", "source")}
+    assert attributes == _attributes_from_payload(event)

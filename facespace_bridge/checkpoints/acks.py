@@ -8,7 +8,9 @@ over a contiguous run of acknowledged batches that hold it, and the heartbeat ti
 
 It also keeps the bound on acknowledged-but-unsaved events (`max_unsaved`): a kill repeats
 at most that many plus what was in flight, so publishing waits (`room`) once that many
-wait for a save.
+wait for a save. An acknowledged batch counts as unsaved until a saved checkpoint covers it
+whole, which may be later than its own save: a camera's position waits for every earlier
+batch of that camera, so a batch acknowledged before an earlier one is not yet covered.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Ticket:
     positions: dict[str, tuple[datetime, int]]
     events: int
     done: bool = False
+    uncovered: int = 0  # cameras whose position has not moved over this batch yet
 
 
 class AckTracker:
@@ -51,7 +54,8 @@ class AckTracker:
         self._idle.set()
         self._saved = asyncio.Event()
         self.in_flight = 0  # events handed over, not yet acknowledged by every sink
-        self.unsaved = 0  # events acknowledged by every sink since the last saved checkpoint
+        self.unsaved = 0  # events acknowledged by every sink and not in a saved checkpoint yet
+        self.covered = 0  # of them, those the checkpoint as of now covers (a save makes them durable)
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -70,7 +74,7 @@ class AckTracker:
         """A ticket for a batch of `events` about to be published, which completes `positions`
         (camera -> position); call `acknowledged(ticket)` once every sink has the batch."""
         self._seq += 1
-        ticket = Ticket(self._seq, positions, events)
+        ticket = Ticket(self._seq, positions, events, uncovered=len(positions))
         self._outstanding.add(ticket.seq)
         heapq.heappush(self._heap, ticket.seq)
         for camera in positions:
@@ -93,11 +97,17 @@ class AckTracker:
         if not self._outstanding:
             self._idle.set()
         moved = self.full  # the writer must come now, even if no position moved (dead letters)
+        if not ticket.positions:
+            self.covered += ticket.events
         for camera in ticket.positions:
             queue = self._per_camera[camera]
             position = None
             while queue and queue[0].done:
-                position = queue.popleft().positions[camera]
+                passed = queue.popleft()
+                position = passed.positions[camera]
+                passed.uncovered -= 1
+                if not passed.uncovered:
+                    self.covered += passed.events
             current = self._positions.get(camera)
             if position is not None and (current is None or position > current):
                 self._positions[camera] = position
@@ -114,8 +124,10 @@ class AckTracker:
         self.changed.set()
 
     def saved(self, covered: int) -> None:
-        """A checkpoint taken when `covered` events were unsaved is durable now."""
+        """A checkpoint taken when it covered `covered` unsaved events (`self.covered`) is
+        durable now."""
         self.unsaved -= covered
+        self.covered -= covered
         self._saved.set()
 
     async def room(self) -> None:

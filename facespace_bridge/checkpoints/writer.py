@@ -74,11 +74,11 @@ class CheckpointWriter:
                 # the events of this transaction; both commit together. Errors end the run.
                 async with self.transactional.transaction_boundary():
                     await self.tracker.idle()
-                    covered = self.tracker.unsaved
+                    covered = self.tracker.covered
                     checkpoint = self.tracker.checkpoint
                     await self.store.save(checkpoint)
             else:
-                covered = self.tracker.unsaved  # what this snapshot makes durable
+                covered = self.tracker.covered  # what this snapshot makes durable
                 checkpoint = self.tracker.checkpoint
                 try:
                     await self.store.save(checkpoint)

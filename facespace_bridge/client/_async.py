@@ -472,7 +472,7 @@ class AsyncLogsAPI:
 
         `end=None` means up to the latest entry, decided by the API: the client asks the
         open range `[cursor, ∞)` with the same byte cap; when the reply fits it is the last
-        window (its `end` is one second after its newest entry), otherwise windows walk on
+        window (its `end` None: nothing in it is filtered), otherwise windows walk on
         and the open range is asked again once the remainder announced should fit.
         """
         windows = self._windows(start, end, camera_id, target_entries)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from facespace_bridge.client._timefmt import MINUTE, SECOND, WIRE_MAX, ceil_minute, floor_minute
-from facespace_bridge.client.entries import BadEntry, LogEntry, newest_in, parse_entry
+from facespace_bridge.client._timefmt import MINUTE, WIRE_MAX, ceil_minute, floor_minute
+from facespace_bridge.client.entries import BadEntry, LogEntry, parse_entry
 
 CAP_FACTOR = 2  # a reply of more than about this × target entries is refused (bounds a window's memory)
 GROWTH = 4  # how much faster the span may grow per window when sparse or empty
@@ -36,10 +36,11 @@ class ReplyTooLarge(Exception):
 class Window:
     """One slice `[start, end)` of a range: the API's reply for it (camera id -> raw entries, in
     the API's order; it may hold entries outside the slice, since the wire asks whole minutes).
-    Entries that do not parse are kept, as `BadEntry`, in the window whose reply held them."""
+    `end` None: the open range, everything the API had from `start` on. Entries that do not
+    parse are kept, as `BadEntry`, in the window whose reply held them."""
 
     start: datetime
-    end: datetime
+    end: datetime | None
     reply: dict[str, Any] = field(repr=False)
 
     @property
@@ -165,8 +166,7 @@ async def walk_windows(
                     "open range from %s refused (%s bytes): walking windows", cursor, refused.body_bytes
                 )
                 continue
-            newest = newest_in(data)
-            yield Window(cursor, max(cursor, newest + SECOND) if newest else cursor, data)
+            yield Window(cursor, None, data)
             return
         wire_start = floor_minute(cursor)
         window_end = min(wire_start + planner.span, WIRE_MAX)

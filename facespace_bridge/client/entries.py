@@ -1,15 +1,17 @@
 """History entries: `"<Name> @ <HH:MM:SS> <DD/MM/YY>"` parsed into typed values.
 
-This is the one place that reads the entry format; the client's typed layer, the
-simulator's tests and the bridge's events all go through `parse_entry`.
+The one owner of the entry format: `read_listing` splits the canonical form into name and
+stamp, `second_of` reads a stamp into a `Second` (cached: seconds repeat), and `parse_entry`
+reads any form the API may send, down to a reason for what it cannot. The client's typed layer,
+`sources/listing.py`'s numbering (the hot path of every backfill and replay), the events'
+timestamps and the simulator's tests all go through them.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
 
 # The name is greedy so that a name containing " @ " keeps everything up to the
 # *last* "@" that is followed by a well-formed timestamp.
@@ -39,29 +41,107 @@ class BadEntry:
     reason: str
 
 
-# Timestamps repeat a lot (sorted history, many people per second): cache their datetimes.
-_STAMP_CACHE: dict[str, datetime] = {}
-_STAMP_CACHE_MAX = 65_536
-_STAMP = re.compile(r"(\d\d):(\d\d):(\d\d) (\d\d)/(\d\d)/(\d\d)", re.ASCII)
+# The canonical form's layout, from the end: "<name> @ HH:MM:SS DD/MM/YY".
+STAMP_CHARS = 17
+NAME_END = 20
+SEPARATOR = " @ "
+_MINUTE = re.compile(r"(\d\d):(\d\d):00 (\d\d)/(\d\d)/(\d\d)", re.ASCII)
 
 
-def _stamp(text: str) -> datetime | None:
-    """The datetime of a canonical `HH:MM:SS DD/MM/YY`; None when it is not one."""
-    seen_at = _STAMP_CACHE.get(text)
-    if seen_at is not None:
-        return seen_at
-    match = _STAMP.fullmatch(text)
-    if match is None:
-        return None
-    h, m, s, d, mo, y = map(int, match.groups())
+@dataclass(slots=True)  # (not frozen: one is made per distinct second read, and frozen ones cost twice)
+class Second:
+    """One second of history as every reader needs it: the datetime, and the RFC 3339 text
+    (`YYYY-MM-DDTHH:MM:SSZ`, UTC) that events carry, as text and as bytes. Treat it as
+    immutable: it is shared through the cache of `second_of`."""
+
+    at: datetime  # aware, UTC, whole second
+    text: str
+    utf8: bytes
+
+    @classmethod
+    def of(cls, at: datetime) -> Second:
+        """The second of an aware datetime (sub-seconds dropped, not rounded). Not cached:
+        entries' stamps go through `second_of`."""
+        offset = at.utcoffset()
+        if offset is None:
+            raise ValueError(f"naive datetime {at.isoformat()}: times must be timezone-aware")
+        at = (at.astimezone(timezone.utc) if offset else at).replace(microsecond=0)
+        text = f"{at.year:04d}-{at.month:02d}-{at.day:02d}T{at.hour:02d}:{at.minute:02d}:{at.second:02d}Z"
+        return cls(at, text, text.encode())
+
+
+# Stamps seen lately -> their second (None: not a canonical stamp): the one cache of seconds
+# that every reader shares. A window holds every camera, cameras share seconds, and a sorted
+# listing repeats each one. Cleared when full: 32,768 seconds (about 10 MB) cover the distinct
+# seconds of a window of `iter_windows`' default size in all but the sparsest histories.
+_SECONDS: dict[str, Second | None] = {}
+_SECONDS_MAX = 32_768
+# A new stamp is read from its minute's parts (a minute holds up to 60 seconds of a history):
+# "HH:MM DD/MM/YY" -> (the minute, its text up to the seconds), or None for an impossible one.
+_MINUTES: dict[str, tuple[datetime, str] | None] = {}
+_MINUTES_MAX = 4_096
+_OFFSETS = {f"{s:02d}": timedelta(seconds=s) for s in range(60)}  # a stamp's seconds -> offset
+
+
+def second_of(stamp: str) -> Second | None:
+    """The second of a canonical stamp `HH:MM:SS DD/MM/YY`; None when it is not one (the
+    caller falls back to `parse_entry`, which says why)."""
+    second = _SECONDS.get(stamp)
+    return _read_second(stamp) if second is None else second
+
+
+def _read_second(stamp: str) -> Second | None:
+    """`second_of` for a stamp not in the cache yet."""
+    second: Second | None = None
+    offset = _OFFSETS.get(stamp[6:8])
+    if offset is not None and len(stamp) == STAMP_CHARS and stamp[5] == ":":
+        minute = _minute(stamp[:5] + stamp[8:])
+        if minute is not None:
+            text = f"{minute[1]}{stamp[6:8]}Z"
+            second = Second(minute[0] + offset, text, text.encode())
+    if len(_SECONDS) >= _SECONDS_MAX:
+        _SECONDS.clear()
+    _SECONDS[stamp] = second
+    return second
+
+
+def _minute(key: str) -> tuple[datetime, str] | None:
+    """The minute of "HH:MM DD/MM/YY" and its RFC 3339 text up to the seconds; None when impossible."""
     try:
-        seen_at = datetime(2000 + y, mo, d, h, m, s, tzinfo=timezone.utc)
-    except ValueError:
-        return None  # the slow path reports why
-    if len(_STAMP_CACHE) >= _STAMP_CACHE_MAX:
-        _STAMP_CACHE.clear()
-    _STAMP_CACHE[text] = seen_at
-    return seen_at
+        return _MINUTES[key]
+    except KeyError:
+        pass
+    minute: tuple[datetime, str] | None = None
+    match = _MINUTE.fullmatch(f"{key[:5]}:00{key[5:]}")
+    if match is not None:
+        h, m, d, mo, y = map(int, match.groups())
+        try:
+            at = datetime(2000 + y, mo, d, h, m, tzinfo=timezone.utc)
+        except ValueError:  # 31/02/23, 25:00 ...
+            pass
+        else:
+            minute = (at, f"20{key[12:14]}-{key[9:11]}-{key[6:8]}T{key[:5]}:")
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    _MINUTES[key] = minute
+    return minute
+
+
+def read_listing(raws: list[object]) -> list[tuple[str, Second] | None]:
+    """A camera's entries, each as its name and its second when it is in the canonical form
+    (a name, a valid stamp); None for anything else, which `parse_entry` reads. The one split
+    of the canonical form, in one pass over the list (the hot path of every backfill and
+    replay)."""
+    seconds = _SECONDS
+    return [
+        (name, second)
+        if type(raw) is str
+        and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
+        and (name := raw[:-NAME_END].strip())
+        and (second := seconds.get(stamp := raw[-STAMP_CHARS:]) or _read_second(stamp)) is not None
+        else None
+        for raw in raws
+    ]
 
 
 def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
@@ -69,11 +149,9 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
     if not isinstance(raw, str):
         return BadEntry(camera_id, raw, f"entry is {type(raw).__name__}, not a string")
     # Fast path for the canonical form "<name> @ HH:MM:SS DD/MM/YY" (what the API sends).
-    if len(raw) > 20 and raw[-20:-17] == " @ ":
-        name = raw[:-20].strip()
-        seen_at = _stamp(raw[-17:])
-        if name and seen_at is not None:
-            return LogEntry(camera_id, name, seen_at, raw)
+    canonical = read_listing([raw])[0]
+    if canonical is not None:
+        return LogEntry(camera_id, canonical[0], canonical[1].at, raw)
     match = _ENTRY.match(raw)
     if match is None:
         return BadEntry(camera_id, raw, "not '<Name> @ HH:MM:SS DD/MM/YY'")
@@ -96,43 +174,3 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
 def format_entry(person: str, seen_at: datetime) -> str:
     """The wire form of an entry (used by the simulator)."""
     return f"{person} @ {seen_at:%H:%M:%S %d/%m/%y}"
-
-
-# The canonical form's layout, from the end: "<name> @ HH:MM:SS DD/MM/YY". Readers on a hot
-# path split it by slicing (`raw[-STAMP_CHARS:]`, `raw[:-NAME_END]`) and fall back to
-# `parse_entry` for anything else.
-STAMP_CHARS = 17
-NAME_END = 20
-SEPARATOR = " @ "
-
-
-def canonical_stamp(text: str) -> tuple[datetime, str] | None:
-    """A canonical `HH:MM:SS DD/MM/YY` as its datetime and its RFC 3339 text (the same second,
-    UTC, `Z`); None when it is not one. Not cached: the caller caches what it needs."""
-    match = _STAMP.fullmatch(text)
-    if match is None:
-        return None
-    h, m, s, d, mo, y = map(int, match.groups())
-    try:
-        seen_at = datetime(2000 + y, mo, d, h, m, s, tzinfo=timezone.utc)
-    except ValueError:
-        return None
-    return seen_at, f"20{text[15:17]}-{text[12:14]}-{text[9:11]}T{text[:8]}Z"
-
-
-def newest_in(reply: dict[str, Any]) -> datetime | None:
-    """The latest timestamp of any entry in a `/logs` reply."""
-    newest: datetime | None = None
-    for camera_id, raws in reply.items():
-        for raw in raws if isinstance(raws, list) else ():
-            seen_at = (
-                _stamp(raw[-STAMP_CHARS:])
-                if type(raw) is str and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
-                else None
-            )
-            if seen_at is None:
-                entry = parse_entry(camera_id, raw)
-                seen_at = entry.seen_at if type(entry) is LogEntry else None
-            if seen_at is not None and (newest is None or seen_at > newest):
-                newest = seen_at
-    return newest

@@ -1,6 +1,7 @@
 """One `/logs` listing into numbered events: the one implementation replay, backfill and tail use.
 
-Each sighting gets two numbers (docs/architecture.md, "Event ids" and "Positions"):
+Each sighting gets two numbers (docs/architecture.md, "Contracts and where they live": event
+id, position):
 
 - `k`, how many identical (camera, person, second) entries came before it in the listing,
   which goes into its event id;
@@ -9,8 +10,9 @@ Each sighting gets two numbers (docs/architecture.md, "Event ids" and "Positions
 
 Windows are minute-aligned, so a second is never split between two listings and every
 listing numbers its seconds afresh: a tail, a backfill and a replay give a sighting the
-same id. Entries arrive in runs of one camera's second (`client.entries.iter_runs`): the
-counts are touched once per run, and an entry costs a count, a hash and a concatenation.
+same id. A listing is sorted, so entries come in runs of one camera's second: what depends
+on the second is looked up once per run, and an entry costs a split, a count, a hash and a
+concatenation.
 """
 
 from __future__ import annotations
@@ -23,37 +25,14 @@ from typing import Any
 
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import BadEntry, format_entry, parse_entry
-from facespace_bridge.client.entries import NAME_END, SEPARATOR, STAMP_CHARS, canonical_stamp
-from facespace_bridge.events import (
-    SIGHTINGS,
-    SightingPair,
-    SightingSecond,
-    deadletter_event,
-    unpublishable_sighting,
-)
+from facespace_bridge.client.entries import Second, read_listing
+from facespace_bridge.events import SIGHTINGS, SightingPair, deadletter_event, unpublishable_sighting
 from facespace_bridge.sources.base import Batch
 
 # Events per batch at most (a batch ends at the end of a run, so it may hold a few more).
 # Sinks acknowledge a batch as a whole and the checkpoint moves per batch: small enough that
 # the checkpoint follows closely, large enough that per-batch work is noise.
 BATCH_EVENTS = 1000
-
-
-# Wire stamps seen lately -> (their second, its encoded parts), or (None, None) when the
-# stamp is not canonical. Windows hold every camera, and cameras share seconds.
-_SECONDS: dict[str, tuple[datetime, SightingSecond] | tuple[None, None]] = {}
-_SECONDS_MAX = 65_536
-
-
-def _second_of(stamp: str) -> tuple[datetime, SightingSecond] | tuple[None, None]:
-    parsed = canonical_stamp(stamp)
-    known: tuple[datetime, SightingSecond] | tuple[None, None] = (
-        (None, None) if parsed is None else (parsed[0], SIGHTINGS.second(*parsed))
-    )
-    if len(_SECONDS) >= _SECONDS_MAX:
-        _SECONDS.clear()
-    _SECONDS[stamp] = known
-    return known
 
 
 class TailMemory:
@@ -105,15 +84,13 @@ def number_listing(
     with the latest second read per camera. A bad entry becomes a dead letter unless it sits
     before the resume position (after it, or with nothing to place it by: a repeat beats a loss).
 
-    The per-entry path of every backfill and replay: the canonical form is split by slicing
-    (anything else goes through `parse_entry`), and what depends only on the camera or on
-    the second is looked up once per camera or per second, not per entry.
+    The per-entry path of every backfill and replay: `client.entries.read_listing` splits the
+    canonical form and gives each entry its cached `Second` (anything else goes through
+    `parse_entry`), and what depends only on the camera or on the second is looked up once
+    per camera or per second.
     """
     batch_events = batch_events or BATCH_EVENTS
     encoder = SIGHTINGS
-    # Names numbered so far per (camera, second): n is the length, k a count in it. A listing
-    # is sorted, so a second is usually one run of entries; any order is numbered right.
-    at_second: dict[tuple[str, datetime], list[str]] = {}
     batch = Batch()
     events, positions = batch.events, batch.positions
     for camera, raws in reply.items():
@@ -123,38 +100,26 @@ def number_listing(
             if memory is None or memory.new_dead_letter(bad):
                 events.append(deadletter_event(camera, bad.raw, bad.reason, "logs"))
             continue
+        # Names numbered so far per second (by its text, whose hash is cheaper than an aware
+        # datetime's): n is the length, k a count in it. A listing is sorted, so a second is
+        # usually one run of entries; any order is numbered right.
+        at_second: dict[str, list[str]] = {}
         pairs = encoder.pairs(camera)
         handed_by_second = memory.handed[camera] if memory is not None else None
         latest = newest.get(camera) if newest is not None else None
-        stamp: str | None = None  # the canonical stamp of the current second, if it had one
+        moment: Second | None = None  # the current second's texts (one object per second read)
         second: datetime | None = None  # the current second, and what depends on it:
         names: list[str] = []  # names numbered at it
-        moment: SightingSecond | None = None  # its encoded parts
         keep = False  # it lies in [start, end)
         skip = 0  # its entries numbered up to `skip` are at or before the resume position
         handed: set[tuple[str, int]] | None = None
         numbered: tuple[datetime, int] | None = None  # position of the latest numbered entry
         published: datetime | None = None  # second and n of the latest published entry
         published_n = 0
-        for raw in raws:
-            if (
-                type(raw) is str
-                and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
-                and (name := raw[:-NAME_END].strip())
-            ):
-                if raw[-STAMP_CHARS:] == stamp:  # the usual case: the same second as the last entry
-                    seen_at = second
-                else:
-                    stamp = raw[-STAMP_CHARS:]
-                    known = _SECONDS.get(stamp)
-                    if known is None:
-                        known = _second_of(stamp)
-                    seen_at, moment = known
-                    if seen_at is None:  # not canonical after all: the slow path decides
-                        stamp = None
+        for raw, canonical in zip(raws, read_listing(raws), strict=True):
+            if canonical is not None:
+                name, entry_second = canonical
             else:
-                seen_at = None
-            if seen_at is None:
                 entry = parse_entry(camera, raw)
                 if type(entry) is BadEntry:
                     if second is not None and names:
@@ -164,15 +129,13 @@ def number_listing(
                     if unseen and (numbered is None or floor is None or numbered >= floor):
                         events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
                     continue
-                name, seen_at = entry.person, entry.seen_at
-                stamp = None
-                moment = encoder.second(seen_at)
-            if seen_at != second:  # a new second
+                name, entry_second = entry.person, Second.of(entry.seen_at)
+            if entry_second is not moment and entry_second.at != second:  # a new second
                 if names:
                     numbered = (second, len(names))  # type: ignore[assignment]
-                second = seen_at
+                moment, second = entry_second, entry_second.at
                 keep = (start is None or second >= start) and (end is None or second < end)
-                names = at_second.setdefault((camera, second), [])
+                names = at_second.setdefault(entry_second.text, [])
                 if floor is None or second > floor[0]:
                     skip = 0
                 elif second == floor[0]:

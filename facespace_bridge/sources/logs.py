@@ -80,7 +80,12 @@ class LogsSource:
                 window.reply, window.start, window.end, resume=resume, newest=self.newest_seen
             ):
                 yield batch
-            yield Barrier(window.end)
+            yield Barrier(window.end or self._read_through(window.start))
+
+    def _read_through(self, start: datetime) -> datetime:
+        """The end of an open window: just after the newest entry read, and not before `start`."""
+        newest = max(self.newest_seen.values(), default=None)
+        return start if newest is None else max(start, newest + timedelta(seconds=1))
 
     # -- tail -------------------------------------------------------------------------------------
 

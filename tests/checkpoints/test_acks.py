@@ -79,3 +79,21 @@ async def test_room_waits_while_max_unsaved_events_wait_for_a_save() -> None:
     tracker.saved(3)
     await asyncio.wait_for(waiting, 1)
     assert tracker.unsaved == 0
+
+
+def test_an_acknowledged_batch_stays_unsaved_until_the_checkpoint_covers_it() -> None:
+    """A batch acknowledged before an earlier batch of one of its cameras is not in the
+    checkpoint yet: a kill now would publish it again, so it counts against `max_unsaved`
+    until a saved checkpoint covers it whole."""
+    tracker = AckTracker(Checkpoint(through=T), max_unsaved=3)
+    first = issue(tracker, 2, A=at(1, 2))
+    second = issue(tracker, 3, A=at(2, 3), B=at(2, 3))
+    tracker.acknowledged(second)
+    assert tracker.checkpoint.cameras == {"B": Position(T + timedelta(seconds=2), 3)}
+    assert (tracker.unsaved, tracker.covered) == (3, 0) and tracker.full
+    tracker.saved(tracker.covered)  # a save now makes none of it durable
+    assert tracker.full
+    tracker.acknowledged(first)
+    assert (tracker.unsaved, tracker.covered) == (5, 5)
+    tracker.saved(tracker.covered)
+    assert (tracker.unsaved, tracker.covered) == (0, 0) and not tracker.full

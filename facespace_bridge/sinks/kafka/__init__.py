@@ -38,7 +38,7 @@ from aiokafka import errors as aiokafka_errors
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
 from facespace_bridge import kafka as kafka_connection
-from facespace_bridge.cloudevents import CloudEvents, source_from_config
+from facespace_bridge.cloudevents import KAFKA_ID, KAFKA_TIME, CloudEvents, source_from_config
 from facespace_bridge.events import Event
 from facespace_bridge.kafka import (
     CLIENTS,
@@ -88,6 +88,31 @@ _AIOKAFKA_COMPRESSIONS = (
 # Kafka's own rule for topic names.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _CONTENT_TYPE = ("content-type", b"application/json")
+
+
+_MAX_HEADS = 100_000  # cameras per schema whose record heads are kept (a flood of ids must not grow memory)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordHead:
+    """What every Kafka record of one schema and camera shares: its topic, its key (the camera
+    id: a camera stays in one partition) and the headers before the per-event ones."""
+
+    topic: str
+    key: bytes
+    headers: tuple[tuple[str, bytes], ...]  # content-type, schema, and the fixed ce_ ones
+    cloudevents: bool  # whether the per-event ce_ headers follow
+
+    def headers_of(self, event: Event) -> list[tuple[str, bytes]]:
+        """The record's headers: the shared ones, `ce_id` and `ce_time` (CloudEvents, when on;
+        `ce_time` when the event has a time), then `event-id`."""
+        event_id = event.event_id.encode()
+        if not self.cloudevents:
+            return [*self.headers, ("event-id", event_id)]
+        time = event.time
+        if time:
+            return [*self.headers, (KAFKA_ID, event_id), (KAFKA_TIME, time.encode()), ("event-id", event_id)]
+        return [*self.headers, (KAFKA_ID, event_id), ("event-id", event_id)]
 
 
 def compressions(client: Client) -> tuple[str, ...]:
@@ -259,8 +284,8 @@ class KafkaSink(Sink):
         self._lost = False  # connected once, then not: say so when it comes back
         self._ready_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
-        # schema -> (topic, the headers before the per-event ones)
-        self._routes: dict[str, tuple[str, list[tuple[str, bytes]]]] = {}
+        # schema -> camera -> what all its records share (`record_head`)
+        self._heads: dict[str, dict[str, RecordHead]] = {}
         # Transactions (--exactly-once): a batch is published whole between two commits, so the
         # checkpoint of a transaction covers exactly its batches: publish and the commit take turns.
         self._turns = asyncio.Lock()
@@ -419,25 +444,27 @@ class KafkaSink(Sink):
                 raise SinkError(str(exc)) from None
             self._ready_topics.add(topic)
 
-    def _route(self, event: Event) -> tuple[str, list[tuple[str, bytes]]]:
-        """(topic, headers before the per-event ones) of a schema; made once per schema."""
-        route = self._routes.get(event.schema)
-        if route is None:
+    def record_head(self, event: Event) -> RecordHead:
+        """What every record of the event's schema and camera shares; made once per schema and
+        camera (the hot loops look `_heads` up first)."""
+        by_camera = self._heads.get(event.schema)
+        if by_camera is None:
+            by_camera = self._heads[event.schema] = {}
+        head = by_camera.get(event.camera_id)
+        if head is None:
             topic = self.settings.topics.get(event.kind)
             if topic is None:
                 raise SinkError(f"the Kafka sink has no topic for {event.schema!r} events")
-            route = (topic, [_CONTENT_TYPE, ("schema", event.schema.encode())])
-            self._routes[event.schema] = route
-        return route
-
-    def _headers(self, event: Event, head: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-        """A record's headers: `head` (the route's), the CloudEvents ones, then `event-id`."""
-        cloudevents = self._cloudevents
-        if cloudevents is None:
-            return [*head, ("event-id", event.event_id.encode())]
-        headers = cloudevents.kafka_headers(event, head)
-        headers.append(("event-id", event.event_id.encode()))
-        return headers
+            headers: tuple[tuple[str, bytes], ...] = (_CONTENT_TYPE, ("schema", event.schema.encode()))
+            cloudevents = self._cloudevents
+            if cloudevents is not None:
+                headers += cloudevents.kafka_fixed(event.schema, event.camera_id)
+            if len(by_camera) >= _MAX_HEADS:
+                by_camera.clear()
+            head = by_camera[event.camera_id] = RecordHead(
+                topic, event.camera_id.encode(), headers, cloudevents is not None
+            )
+        return head
 
 
 def create_sink(settings: KafkaSettings) -> KafkaSink:

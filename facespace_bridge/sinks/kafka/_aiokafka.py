@@ -2,7 +2,9 @@
 
 aiokafka sends at most one batch per partition at a time, so a retry cannot reorder a
 partition even without idempotence. It has no producer memory bound: `publish` holds one of
-`max_in_flight` slots per unacknowledged record.
+`max_in_flight` slots per record until the whole batch it came in is acknowledged (a record
+acknowledged in a batch still waiting for another partition is published again after a
+kill too, so it counts).
 
 Records go into aiokafka batches built here (`create_batch` / `send_batch`) rather than one
 `send()` each: per record that is an append to a C buffer instead of a future, two
@@ -77,7 +79,8 @@ class AiokafkaSink(KafkaSink):
         # schema -> camera -> (key, its partition's batches)
         self._placements: dict[str, dict[str, tuple[bytes, _Batches]]] = {}
         self._partitions: dict[tuple[str, int], _Batches] = {}
-        self._unacked = 0  # records handed over and not yet acknowledged or failed
+        self._in_flight = 0  # records of published batches not yet acknowledged (or failed) whole
+        self._room = asyncio.Event()  # set whenever a batch is done
         self._acks: deque[asyncio.Future[None]] = deque()  # one per batch, in the order opened
         self._send_pending = False  # a task to send the open batches is scheduled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -218,10 +221,14 @@ class AiokafkaSink(KafkaSink):
         """Append each record to its partition's open batch; the ack is that of every batch
         the records went into."""
         acks: list[asyncio.Future[None]] = []
+        limit, appended = self.settings.max_in_flight, 0
         try:
             async with self._turns if self.transactional else contextlib.nullcontext():
                 for event in events:
+                    if self._in_flight and self._in_flight + appended >= limit:
+                        await self._make_room(appended)  # back-pressure: see _make_room
                     ack = await self._append(event)
+                    appended += 1
                     if not acks or acks[-1] is not ack:
                         acks.append(ack)
         except SinkError as exc:  # (a topic that cannot be created): the batch fails
@@ -230,7 +237,23 @@ class AiokafkaSink(KafkaSink):
             failed = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
             acks.append(failed)
+        self._count_down(acks, appended)
         return asyncio.gather(*acks)
+
+    def _count_down(self, acks: list[asyncio.Future[None]], records: int) -> None:
+        """The batch's records are in flight until every partition batch they went into is done."""
+        self._in_flight += records
+        left = len(acks)
+
+        def one_done(_: asyncio.Future[None]) -> None:
+            nonlocal left
+            left -= 1
+            if not left:
+                self._in_flight -= records
+                self._room.set()
+
+        for ack in acks:
+            ack.add_done_callback(one_done)
 
     async def _append(self, event: Event) -> asyncio.Future[None]:
         """Append the record to its partition's open batch; returns that batch's ack.
@@ -241,17 +264,16 @@ class AiokafkaSink(KafkaSink):
         producer = self._producer
         if producer is None:
             raise SinkError("the Kafka sink is not started")
-        topic, headers = self._routes.get(event.schema) or self._route(event)
+        head = self.record_head(event)
+        topic = head.topic
         placements = self._placements.get(event.schema)
         if placements is None:
             placements = self._placements[event.schema] = {}
         placed = placements.get(event.camera_id)
         if placed is None:
             placed = await self._key_and_batches(topic, event.camera_id, placements)
-        if self._unacked >= self.settings.max_in_flight:
-            await self._make_room()  # back-pressure: at most max_in_flight unacknowledged
         key, batches = placed
-        record_headers = self._headers(event, headers)
+        record_headers = head.headers_of(event)
         timestamp = int(time.time() * 1000)
         builder = batches.builder or self._open(batches)
         if builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers) is None:
@@ -260,7 +282,6 @@ class AiokafkaSink(KafkaSink):
             # An empty batch takes any record, however large.
             builder.append(timestamp=timestamp, key=key, value=event.payload, headers=record_headers)
         batches.count += 1
-        self._unacked += 1
         return cast("asyncio.Future[None]", batches.ack)
 
     def _open(self, batches: _Batches) -> BatchBuilder:
@@ -333,7 +354,6 @@ class AiokafkaSink(KafkaSink):
         self._settle(ack, count, error)
 
     def _settle(self, ack: asyncio.Future[None], count: int, error: BaseException | None) -> None:
-        self._unacked -= count
         if ack.done():
             return
         if error is None:
@@ -345,15 +365,14 @@ class AiokafkaSink(KafkaSink):
             ack.set_exception(error)
             ack.exception()  # counted here; publishers that await the ack still see the error
 
-    async def _make_room(self) -> None:
-        """Wait, oldest batch first, until fewer than max_in_flight records are unacknowledged."""
-        acks, limit = self._acks, self.settings.max_in_flight
-        while self._unacked >= limit:
-            while acks and acks[0].done():
-                acks.popleft()
-            if not acks:
-                return
-            await asyncio.wait((acks[0],))
+    async def _make_room(self, appended: int) -> None:
+        """Wait while earlier batches are in flight and, with the `appended` records of this
+        one, make `max_in_flight`: a batch larger than the limit goes alone. (The open
+        partition batches are sent meanwhile: `_open` scheduled it.)"""
+        limit = self.settings.max_in_flight
+        while self._in_flight and self._in_flight + appended >= limit:
+            self._room.clear()
+            await self._room.wait()
 
 
 @dataclass(eq=False, slots=True)

@@ -10,7 +10,10 @@ still need serving then).
 
 One `_Delivery` per published batch counts its records' reports down and settles the
 batch's acknowledgement after the last: resolved when every record was acknowledged,
-failed when any one was not (the publisher sends the batch again). The partitioner is
+failed when any one was not (the publisher sends the batch again). A batch's records count
+as in flight until its last report (`--kafka-max-in-flight` bounds them): a record that the
+broker acknowledged in a batch still waiting for others is published again after a kill
+too, so it counts. The partitioner is
 `murmur2_random`, the Java client's (and the aiokafka sink's) choice for a key, so a camera
 stays in one partition whichever client wrote it. Without idempotence librdkafka sends one
 request per broker at a time, so that a retry cannot reorder a partition.
@@ -73,15 +76,19 @@ class _Delivery:
         if error is not None and self.error is None:
             self.error = error
         self.reported += 1
-        sink = self.sink
-        sink._reported += 1
         if self.sealed and self.reported == self.expected:
-            sink._settle(self)
+            self._done()
 
     def seal(self) -> None:
         self.sealed = True
         if self.reported == self.expected:
-            self.sink._settle(self)
+            self._done()
+
+    def _done(self) -> None:
+        """Every record of the batch was reported on (once per batch)."""
+        sink = self.sink
+        sink._completed += self.expected
+        sink._settle(self)
 
 
 class LibrdkafkaSink(KafkaSink):
@@ -95,7 +102,7 @@ class LibrdkafkaSink(KafkaSink):
         self._loop_thread = 0
         self._work = asyncio.Event()  # set by publish: the poller stops idling
         self._produced = 0  # records handed to librdkafka ...
-        self._reported = 0  # ... and their delivery reports so far
+        self._completed = 0  # ... and those of them whose batch has every delivery report
         self._acks: deque[asyncio.Future[None]] = deque()  # one per batch, for flush
         self._fatal: SinkError | None = None  # librdkafka's producer can no longer send
         self._diagnosis: asyncio.Future[SinkError] | None = None  # why a transaction failed
@@ -103,8 +110,8 @@ class LibrdkafkaSink(KafkaSink):
 
     @property
     def in_flight(self) -> int:
-        """Records handed over and not yet reported on."""
-        return self._produced - self._reported
+        """Records handed over whose batch is not yet reported on whole."""
+        return self._produced - self._completed
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -187,7 +194,7 @@ class LibrdkafkaSink(KafkaSink):
                 served = 1
             if served:
                 await asyncio.sleep(0)  # reports served; others' turn, then more
-            elif self._produced != self._reported:
+            elif self._produced != self._completed:
                 await asyncio.sleep(_BUSY_POLL_SECONDS)
             else:
                 work.clear()
@@ -357,23 +364,23 @@ class LibrdkafkaSink(KafkaSink):
 
     async def _produce_all(self, producer: Producer, events: Sequence[Event], delivery: _Delivery) -> None:
         produce = producer.produce
-        routes, limit = self._routes, self.settings.max_in_flight
+        heads, limit = self._heads, self.settings.max_in_flight
         ready = self._ready_topics
         for event in events:
-            topic, head = routes.get(event.schema) or self._route(event)
+            by_camera = heads.get(event.schema)
+            head = (by_camera.get(event.camera_id) if by_camera else None) or self.record_head(event)
+            topic = head.topic
             if topic not in ready:
                 await self.ensure_topic(topic)
-            if self._produced - self._reported >= limit:
-                await self._make_room(producer)  # back-pressure: at most max_in_flight unacknowledged
-            headers = self._headers(event, head)
+            if self._produced - self._completed >= limit:
+                await self._make_room(producer, delivery)  # back-pressure: see _make_room
+            headers = head.headers_of(event)
             delivery.expected += 1
             try:
-                produce(topic, event.payload, event.camera_id.encode(), on_delivery=delivery, headers=headers)
+                produce(topic, event.payload, head.key, on_delivery=delivery, headers=headers)
             except BufferError:
                 delivery.expected -= 1
-                await self._produce(
-                    producer, topic, event.payload, event.camera_id.encode(), headers, delivery
-                )
+                await self._produce(producer, topic, event.payload, head.key, headers, delivery)
                 continue
             except KafkaException:
                 delivery.expected -= 1
@@ -400,14 +407,23 @@ class LibrdkafkaSink(KafkaSink):
             self._produced += 1
             return
 
-    async def _make_room(self, producer: Producer) -> None:
+    async def _make_room(self, producer: Producer, delivery: _Delivery) -> None:
+        """Wait while `max_in_flight` records are in flight and some belong to other batches:
+        a batch larger than the limit goes alone."""
         limit = self.settings.max_in_flight
-        while self._produced - self._reported >= limit:
+        while (
+            self._produced - self._completed >= limit and self._produced - self._completed > delivery.expected
+        ):
             await self._drain(producer)
 
     async def _drain(self, producer: Producer) -> None:
-        """Serve delivery reports here (on the loop's thread) or wait a little for some."""
-        if not producer.poll(0):
+        """Serve delivery reports here (on the loop's thread) or wait a little for some. Either
+        way the loop runs before more is produced: the batches those reports completed must
+        reach the publisher and the checkpoint's tracker first, or they would count neither
+        as in flight nor as unsaved and a kill would repeat more than both bounds."""
+        if producer.poll(0):
+            await asyncio.sleep(0)
+        else:
             await asyncio.sleep(_BUSY_POLL_SECONDS)
 
     def _produce_error(self, exc: KafkaException) -> SinkError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from paho.mqtt.packettypes import PacketTypes
@@ -110,7 +111,7 @@ class MqttSink(Sink):
         self.address = self.connection.address
         self.message_expiry = settings.message_expiry
         self.extensions = list(extensions)
-        self._person_seen_at: dict[str, str] = {}  # the seen_at of each person's retained topic
+        self._person_seen_at: dict[str, datetime] = {}  # the seen_at of each person's retained topic
 
     @property
     def connected(self) -> bool:
@@ -166,7 +167,6 @@ class MqttSink(Sink):
     async def _publish_one(self, event: Event, ack: Acknowledgement) -> None:
         connection = self.connection
         kind = event.kind
-        fields = event.fields
         if kind == "sighting":
             topics = [self.layout.sighting(event.camera_id)]
         elif kind == "presence":
@@ -178,7 +178,7 @@ class MqttSink(Sink):
         else:
             raise SinkError(f"MQTT sink cannot route events of schema {event.schema}")
         for extension in self.extensions:
-            topics += extension.on_event(event, fields)
+            topics += extension.on_event(event)
 
         properties = self._properties(event) if topics and connection.protocol == "5" else None
         for topic in topics:
@@ -187,8 +187,10 @@ class MqttSink(Sink):
             connection.send(topic, event.payload, ack, properties)
         if kind == "sighting":
             # Last seen never moves backwards: a replay or a late entry leaves a newer one alone.
-            person, seen_at = str(fields["person"]), str(fields["seen_at"])
-            if seen_at >= self._person_seen_at.get(person, ""):
+            person, seen_at = event.person, event.seen_at
+            assert person is not None and seen_at is not None  # every sighting has both
+            latest = self._person_seen_at.get(person)
+            if latest is None or seen_at >= latest:
                 self._person_seen_at[person] = seen_at
                 connection.retain(self.layout.person(person), event.payload)
 

@@ -11,8 +11,9 @@ all on the event loop:
    retained topics of its own (`connection.retain`).
 2. `announce(cameras, people, last_seen)`: everyone known at start; return once the
    broker has what the extension published for them.
-3. `on_event(event, fields)` for each event the sink publishes, before its messages are
-   queued; it returns the extra topics that should carry the same message under the
+3. `on_event(event)` for each event the sink publishes, before its messages are
+   queued (what it needs is on the event: `person`, `people`, `seen_at`, `time`; the
+   payload is not decoded); it returns the extra topics that should carry the same message under the
    event's acknowledgement (Home Assistant's event entities), and may update retained
    state of its own.
 4. `on_message(topic, payload)` for each message on a topic it subscribed to.
@@ -49,8 +50,8 @@ class MqttExtension(ABC):
     ) -> None:
         """Everyone known at start; return once the broker has what was published for them."""
 
-    def on_event(self, event: Event, fields: Mapping[str, Any]) -> Sequence[str]:
-        """An event the sink is about to publish (`fields`: its decoded payload); returns the
+    def on_event(self, event: Event) -> Sequence[str]:
+        """An event the sink is about to publish; returns the
         extra topics that carry the same message under the event's acknowledgement."""
         return ()
 

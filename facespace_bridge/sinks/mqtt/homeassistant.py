@@ -49,7 +49,7 @@ import click
 import orjson
 
 from facespace_bridge._version import __version__
-from facespace_bridge.events import parse_rfc3339, seen_at_text
+from facespace_bridge.events import seen_at_text
 from facespace_bridge.settings import cli_options, from_options, setting
 from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
@@ -227,20 +227,21 @@ class HomeAssistant(MqttExtension):
             self.migrated, self._to_migrate = len(self._to_migrate), []
             log.info("Home Assistant discovery: %d configs moved to the %s form", self.migrated, self.mode)
 
-    def on_event(self, event: Event, fields: Mapping[str, Any]) -> Sequence[str]:
+    def on_event(self, event: Event) -> Sequence[str]:
         kind = event.kind
         if kind == "sighting":
-            person = fields["person"]
+            person, seen_at, text = event.person, event.seen_at, event.time
+            assert person is not None and seen_at is not None and text is not None  # every sighting's
             if event.camera_id not in self.cameras or person not in self.people:
                 self._add_names((event.camera_id,), (person,))
-            seen_at = str(fields["seen_at"])
-            self.whereabouts.sighting(person, event.camera_id, parse_rfc3339(seen_at))
-            if self.fires(seen_at):
+            self.whereabouts.sighting(person, event.camera_id, seen_at)
+            if self.fires(text):
                 return (self.layout.person_sighting(person),)
         elif kind == "presence":
-            people = fields["people"]
+            people, observed_at = event.people or (), event.seen_at
+            assert observed_at is not None  # every presence has it
             self._add_names((event.camera_id,), people)
-            self.whereabouts.presence(event.camera_id, people, parse_rfc3339(str(fields["observed_at"])))
+            self.whereabouts.presence(event.camera_id, people, observed_at)
         return ()
 
     def on_message(self, topic: str, payload: bytes) -> None:

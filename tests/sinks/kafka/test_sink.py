@@ -327,3 +327,30 @@ async def test_broker_passwords_never_reach_the_logs(client, kafka, kafka_topic,
     for secret in secrets:
         assert secret not in logged and secret not in str(raised.value)
         assert secret not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("cloudevents", [True, False])
+async def test_a_record_head_gives_the_headers_cloudevents_says_for_every_kind(
+    client: str, cloudevents: bool
+) -> None:
+    """The hot loops build headers from what a schema's and camera's records share (`record_head`):
+    the same headers as the CloudEvents rendering of each event, in the same order."""
+    from facespace_bridge.cloudevents import CloudEvents, source_uri
+
+    config = {"bootstrap_servers": "127.0.0.1:9", "kafka_client": client, "topic": "t", "api_url": API_URL}
+    sink = from_config({**config, "cloudevents": cloudevents})
+    seen_at = datetime(2023, 10, 23, 0, 5, 22, tzinfo=timezone.utc)
+    events = [
+        sighting_event(LogEntry("Cam 1 é/#", "Zoë", seen_at, ""), 2),
+        sighting_event(LogEntry("Cam 1 é/#", "Bob", seen_at, ""), 0),  # the same head, another event
+        presence_event("Camera2", ["Bob"], ["Bob"], [], seen_at),
+        deadletter_event("Camera\r\n3", "junk", "why", "logs"),  # no time, no subject
+    ]
+    for event in events:
+        head = sink.record_head(event)
+        assert head is sink.record_head(event)  # made once per schema and camera
+        assert (head.topic, head.key) == (sink.settings.topics[event.kind], event.camera_id.encode())
+        own = [("content-type", b"application/json"), ("schema", event.schema.encode())]
+        if cloudevents:
+            own = CloudEvents(source_uri(API_URL)).kafka_headers(event, own)
+        assert head.headers_of(event) == [*own, ("event-id", event.event_id.encode())]
