@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "facespace_bridge"
 LAYERS: list[set[str]] = [
     {"_version", "backoff", "schemas", "settings", "simulator"},
     {"client"},
-    {"events", "cloudevents", "kafka", "whereabouts"},
+    {"events", "cloudevents", "kafka", "privacy", "whereabouts"},
     {"checkpoints", "sources"},
     {"sinks"},
     {"publisher", "metrics", "status", "web"},

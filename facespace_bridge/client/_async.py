@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -116,6 +116,15 @@ def _check_logs(data: Any) -> dict[str, Any]:
     return data
 
 
+class ReplyView(Protocol):
+    """What replies go through before anyone reads them (privacy/pseudonyms.Pseudonyms: names
+    replaced by pseudonyms); the client imports no implementation of it."""
+
+    def logs(self, reply: dict[str, Any]) -> dict[str, Any]: ...
+
+    def recognition(self, reply: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class _StopSwitch:
     """Stop events of the running realtime streams; `stop_all` is safe from any thread."""
 
@@ -159,6 +168,8 @@ class AsyncLogsAPI:
     and jitter (`Retry-After` honoured), at most `max_retries` times and never starting a
     wait that would end later than `retry_max_seconds` after the first attempt;
     `on_retry(endpoint, error)`, when set, is told of each retry before its wait.
+    `names`, when set, rewrites every `/logs` and `/recognition` reply before anything reads it
+    (`--pseudonymize`: docs/privacy.md).
     Closing releases connections and the log file; a closed client reopens them when used.
     """
 
@@ -180,6 +191,7 @@ class AsyncLogsAPI:
         retry_initial_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: Callable[[str, BaseException | None], None] | None = None,
+        names: ReplyView | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("FACESPACE_API_KEY")
         if not key or not isinstance(key, str):
@@ -204,6 +216,7 @@ class AsyncLogsAPI:
         self.last_stop_reason: str | None = None  # the API's stop reply text, once received
         self._transport = transport
         self.on_retry = on_retry  # told the endpoint ("logs", "recognition") and error of each retry
+        self.names = names  # every reply goes through it before anyone reads it (--pseudonymize)
         self._http: httpx.AsyncClient | None = None
         self._stops = _StopSwitch()
         self._logging = ClientLogging(log_level, file_log_level, log_to_file)
@@ -366,7 +379,10 @@ class AsyncLogsAPI:
         if camera_id is not None:
             params["camera_id"] = camera_id
         reply = await self._get("logs", params, max_bytes=max_bytes)
-        return _check_logs(reply.data), exact, reply.body_bytes
+        data = _check_logs(reply.data)
+        if self.names is not None:
+            data = self.names.logs(data)
+        return data, exact, reply.body_bytes
 
     # -- the original's API -----------------------------------------------------------------------
 
@@ -415,6 +431,8 @@ class AsyncLogsAPI:
         if isinstance(data.get("stop"), str):
             self.last_stop_reason = data["stop"]
             raise StopLogsSignal(data["stop"])
+        if self.names is not None:
+            data = self.names.recognition(data)
         if self.post_realtime and self._webhook is not None:
             await self._webhook.post(data)
         return data

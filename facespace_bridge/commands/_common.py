@@ -35,6 +35,12 @@ from facespace_bridge.client import (
 )
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
+from facespace_bridge.privacy.pseudonyms import (
+    KEY_VARIABLE,
+    PseudonymKeyError,
+    Pseudonyms,
+    key_from_environment,
+)
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
 from facespace_bridge.web import Access, PageServer, PageState, exposure_problem, password_from
@@ -196,6 +202,29 @@ def warn_if_short(api_key: str) -> None:
         )
 
 
+pseudonymize_option = click.option(
+    "--pseudonymize/--no-pseudonymize",
+    default=False,
+    show_default=True,
+    help=f"Replace every name by a keyed pseudonym (p_ and 20 hex digits) everywhere it would "
+    f"appear: payloads, event ids, Home Assistant, /status, the page, logs. The key: env "
+    f"{KEY_VARIABLE}, at least 32 bytes (docs/privacy.md).",
+)
+
+
+def pseudonyms_from(config: dict[str, Any]) -> Pseudonyms | None:
+    """With `--pseudonymize`, the pseudonyms under the key from the environment (never argv or
+    the config file); None without. A missing or short key is a usage error (exit 2)."""
+    if not config.get("pseudonymize"):
+        return None
+    try:
+        key = key_from_environment()
+    except PseudonymKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+    register_secret(os.environ[KEY_VARIABLE])
+    return Pseudonyms(key)
+
+
 def logging_options(command: F) -> F:
     for option in reversed(
         [
@@ -298,6 +327,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
     api_key = api_key_from(config)
+    pseudonymous = pseudonyms_from(config) is not None  # (the key checked; make_client uses it)
     backfill_from = None
     if config["backfill_from"]:
         try:
@@ -332,6 +362,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         realtime=config["realtime"],
         quick_polls=config["quick_polls"],
         instance_id=config["instance_id"],
+        pseudonymous=pseudonymous,
     )
     return api_key, sinks, options
 
@@ -366,6 +397,7 @@ def make_client(
         base_url=config["api_url"],
         timeout=config["api_timeout"],
         transport=CountingTransport(metrics) if metrics else None,
+        names=pseudonyms_from(config),
         **retry,
     )
 

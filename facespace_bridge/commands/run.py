@@ -20,6 +20,7 @@ from facespace_bridge.commands._common import (
     page_state,
     preflight,
     prepare,
+    pseudonymize_option,
     require_transactions,
     serve_page,
     setup_logging,
@@ -129,6 +130,7 @@ log = logging.getLogger("facespace_bridge")
     help="Address for --web-port. Beyond loopback the page needs a password: env "
     "FACESPACE_BRIDGE_WEB_PASSWORD (HTTP basic auth, any user name).",
 )
+@pseudonymize_option
 @logging_options
 @sink_options
 def command(**config: Any) -> int:

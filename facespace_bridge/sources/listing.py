@@ -26,7 +26,13 @@ from typing import Any
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import BadEntry, format_entry, parse_entry
 from facespace_bridge.client.entries import Second, read_listing
-from facespace_bridge.events import SIGHTINGS, SightingPair, deadletter_event, unpublishable_sighting
+from facespace_bridge.events import (
+    SIGHTINGS,
+    SightingEncoder,
+    SightingPair,
+    deadletter_event,
+    unpublishable_sighting,
+)
 from facespace_bridge.sources.base import Batch
 
 # Events per batch at most (a batch ends at the end of a run, so it may hold a few more).
@@ -75,6 +81,7 @@ def number_listing(
     memory: TailMemory | None = None,
     newest: dict[str, datetime] | None = None,
     batch_events: int | None = None,
+    encoder: SightingEncoder = SIGHTINGS,
 ) -> Iterator[Batch]:
     """The events of a listing's entries in `[start, end)`, in the API's order, in batches.
 
@@ -83,6 +90,7 @@ def number_listing(
     sighting it handed over before is skipped, the others are remembered. `newest` is updated
     with the latest second read per camera. A bad entry becomes a dead letter unless it sits
     before the resume position (after it, or with nothing to place it by: a repeat beats a loss).
+    `encoder` builds the sightings (`events.PSEUDONYMOUS_SIGHTINGS` under --pseudonymize).
 
     The per-entry path of every backfill and replay: `client.entries.read_listing` splits the
     canonical form and gives each entry its cached `Second` (anything else goes through
@@ -90,7 +98,6 @@ def number_listing(
     per camera or per second.
     """
     batch_events = batch_events or BATCH_EVENTS
-    encoder = SIGHTINGS
     batch = Batch()
     events, positions = batch.events, batch.positions
     for camera, raws in reply.items():
@@ -163,7 +170,9 @@ def number_listing(
             if type(pair) is SightingPair:
                 events.append(encoder.event(pair, moment, k))  # type: ignore[arg-type]
             else:
-                events.append(unpublishable_sighting(camera, name, second, k, format_entry(name, second)))
+                events.append(
+                    unpublishable_sighting(camera, name, second, k, format_entry(name, second), encoder)
+                )
             published, published_n = second, n
             if len(events) >= batch_events:
                 positions[camera] = (published, n)

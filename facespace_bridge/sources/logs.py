@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
+from facespace_bridge.events import SIGHTINGS, SightingEncoder
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
 from facespace_bridge.sources.listing import TailMemory, number_listing
 
@@ -48,9 +49,11 @@ class LogsSource:
         refresh: float = 1.0,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        encoder: SightingEncoder = SIGHTINGS,
     ) -> None:
         self.client = client
         self.camera_id = camera_id
+        self.encoder = encoder  # builds the sightings (events.PSEUDONYMOUS_SIGHTINGS: --pseudonymize)
         self.lateness = lateness
         self.tail_interval = tail_interval
         self.refresh = refresh
@@ -77,8 +80,9 @@ class LogsSource:
             minute_floor(start), end, self.camera_id, read_ahead=True
         ):
             for batch in number_listing(
-                window.reply, window.start, window.end, resume=resume, newest=self.newest_seen
-            ):
+                window.reply, window.start, window.end, resume=resume, newest=self.newest_seen,
+                encoder=self.encoder,
+            ):  # fmt: skip
                 yield batch
             yield Barrier(window.end or self._read_through(window.start))
 
@@ -122,7 +126,7 @@ class LogsSource:
                     async for window in self.client.iter_windows(query_from, None, self.camera_id):
                         for batch in number_listing(
                             window.reply, window.start, window.end, resume=first, memory=memory,
-                            newest=self.newest_seen,
+                            newest=self.newest_seen, encoder=self.encoder,
                         ):  # fmt: skip
                             yield batch
                 except HTTPRequestError as exc:
@@ -165,8 +169,9 @@ class LogsSource:
         try:
             async for window in self.client.iter_windows(start, None, camera):
                 for batch in number_listing(
-                    window.reply, window.start, window.end, memory=memory, newest=self.newest_seen
-                ):
+                    window.reply, window.start, window.end, memory=memory, newest=self.newest_seen,
+                    encoder=self.encoder,
+                ):  # fmt: skip
                     yield batch
         except HTTPRequestError as exc:
             log.debug("quick logs poll for %s failed (the regular poll will read it): %s", cameras, exc)

@@ -141,6 +141,26 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             {"FACESPACE_API_KEY": "k"},
             "--web-host 0.0.0.0 would show people's names beyond this machine without a password",
         ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k"},
+            "--pseudonymize needs a key: set FACESPACE_BRIDGE_PSEUDONYM_KEY",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYM_KEY": "é" * 15 + "x"},  # 31 bytes
+            "FACESPACE_BRIDGE_PSEUDONYM_KEY is too short: 32 bytes at least",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYMIZE": "1"},
+            "--pseudonymize needs a key",
+        ),
+        (
+            ["check", "--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYM_KEY": "short"},
+            "FACESPACE_BRIDGE_PSEUDONYM_KEY is too short",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):

@@ -1,0 +1,1 @@
+"""Privacy controls: what leaves the bridge about whom (docs/privacy.md)."""
