@@ -176,7 +176,8 @@ def replay(
     published = int(found.group(1))
     done = measured.finished
     if "--dry-run" in flags:
-        name = "`replay --dry-run` (read, number, build; no sink)"
+        others = "".join(f" {f}" for f in flags if f != "--dry-run")
+        name = f"`replay --dry-run{others}` (read, number, build; no sink)"
     else:
         name = f"`replay{''.join(' ' + f for f in flags)}`, {client}"
     return Run(name, published, done.seconds, done.cpu, f"{done.hwm_mb:.0f}", broker_cpu,
@@ -186,19 +187,22 @@ def replay(
 def pseudonymize_rounds(
     rounds: int, api_url: str, bootstrap: str, pid: int, client: str, truth: int
 ) -> list[Run]:
-    """`replay` and `replay --pseudonymize`, alternating, `rounds` times each; the median run of
-    each (by rate), after printing every rate."""
-    rates: dict[str, list[Run]] = {"": [], "--pseudonymize": []}
+    """`replay` and `replay --pseudonymize`, and both with `--dry-run` (the API side alone, where
+    the names are replaced), alternating, `rounds` times each; the median run of each (by
+    rate), after printing every rate."""
+    variants = [(), ("--pseudonymize",), ("--dry-run",), ("--dry-run", "--pseudonymize")]
+    rates: dict[tuple[str, ...], list[Run]] = {flags: [] for flags in variants}
     for round_ in range(rounds):
-        for flag, found in rates.items():
-            topic = f"bench.replay.{client}.round{round_}{flag.replace('--', '.')}"
-            run = replay(api_url, bootstrap, pid, client, END, topic, Profiler(None), [flag] if flag else [])
-            stored = asyncio.run(topic_size(bootstrap, topic))
+        for flags, found in rates.items():
+            topic = f"bench.replay.{client}.round{round_}{''.join(f.replace('--', '.') for f in flags)}"
+            run = replay(api_url, bootstrap, pid, client, END, topic, Profiler(None), flags)
+            stored = truth if "--dry-run" in flags else asyncio.run(topic_size(bootstrap, topic))
             if not run.events == truth == stored:
                 raise SystemExit(f"{run.name}: {run.events:,} sent, topic {stored:,}, truth {truth:,}")
             found.append(run)
             print(f"  round {round_ + 1}: {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
-            asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
+            if "--dry-run" not in flags:
+                asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
     medians = []
     for found in rates.values():
         ranked = sorted(found, key=lambda r: r.rate)
