@@ -39,7 +39,7 @@ from facespace_bridge.client._timefmt import (
     wire_params,
 )
 from facespace_bridge.client._windows import ReplyTooLarge, Window, count_entries, entries_in, walk_windows
-from facespace_bridge.client.entries import BadEntry, LogEntry
+from facespace_bridge.client.entries import BadEntry, LogEntry, rename_listing
 from facespace_bridge.client.errors import (
     APIKeyError,
     HTTPRequestError,
@@ -116,13 +116,27 @@ def _check_logs(data: Any) -> dict[str, Any]:
     return data
 
 
-class ReplyView(Protocol):
-    """What replies go through before anyone reads them (privacy/pseudonyms.Pseudonyms: names
-    replaced by pseudonyms); the client imports no implementation of it."""
+class Renamer(Protocol):
+    """What every name in a reply is replaced with before anyone reads it
+    (privacy/pseudonyms.Pseudonyms under --pseudonymize); the client imports no implementation."""
 
-    def logs(self, reply: dict[str, Any]) -> dict[str, Any]: ...
+    def of(self, name: str) -> str:
+        """The name to show instead of `name`."""
+        ...
 
-    def recognition(self, reply: dict[str, Any]) -> dict[str, Any]: ...
+    def withheld(self, value: object) -> object:
+        """What to show instead of a value that may hold a name where none can be told apart."""
+        ...
+
+
+def _rename_recognition(reply: dict[str, Any], names: Renamer) -> dict[str, Any]:
+    """A `/recognition` reply (camera id -> names in view) with every name replaced."""
+    return {
+        camera: [names.of(n) if isinstance(n, str) else names.withheld(n) for n in seen]
+        if isinstance(seen, list)
+        else names.withheld(seen)
+        for camera, seen in reply.items()
+    }
 
 
 class _StopSwitch:
@@ -191,7 +205,7 @@ class AsyncLogsAPI:
         retry_initial_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: Callable[[str, BaseException | None], None] | None = None,
-        names: ReplyView | None = None,
+        names: Renamer | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("FACESPACE_API_KEY")
         if not key or not isinstance(key, str):
@@ -381,7 +395,7 @@ class AsyncLogsAPI:
         reply = await self._get("logs", params, max_bytes=max_bytes)
         data = _check_logs(reply.data)
         if self.names is not None:
-            data = self.names.logs(data)
+            data = rename_listing(data, self.names.of, self.names.withheld)
         return data, exact, reply.body_bytes
 
     # -- the original's API -----------------------------------------------------------------------
@@ -432,7 +446,7 @@ class AsyncLogsAPI:
             self.last_stop_reason = data["stop"]
             raise StopLogsSignal(data["stop"])
         if self.names is not None:
-            data = self.names.recognition(data)
+            data = _rename_recognition(data, self.names)
         if self.post_realtime and self._webhook is not None:
             await self._webhook.post(data)
         return data

@@ -1,1 +1,1 @@
-"""Privacy controls: what leaves the bridge about whom (docs/privacy.md)."""
+"""Privacy controls: whose sightings leave the bridge (docs/privacy.md)."""

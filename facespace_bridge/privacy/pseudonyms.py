@@ -1,13 +1,13 @@
 """Keyed pseudonyms: `--pseudonymize` replaces every name by `p_` and 20 hex digits of
 HMAC-SHA256(key, the NFC-normalised name), stable under one key (docs/privacy.md, "Pseudonyms").
 
-Applied where names enter the bridge: the client hands every `/logs` and `/recognition` reply
-through `Pseudonyms` (`AsyncLogsAPI(names=...)`) before anyone reads it, so the numbering of
-sightings (their k, hence their event ids), the events, every sink, Home Assistant, `/status`,
-the web page, the logs and the metrics only ever see pseudonyms. A reply keeps its shape and its
-entry count (the checkpoint's positions count entries): an entry's name becomes its pseudonym,
-and what cannot be read as an entry (which may hold a name anywhere) is withheld, replaced by
-`withheld p_...`, the pseudonym of its text, so distinct junk keeps distinct dead letters.
+Applied where names enter the bridge: the client (`AsyncLogsAPI(names=Pseudonyms(key))`)
+rewrites every `/logs` and `/recognition` reply with them before anyone reads it
+(`client.entries.rename_listing`, which owns the entry format), so the numbering of sightings
+(their k, hence their event ids), the events, every sink, Home Assistant, `/status`, the web
+page, the logs and the metrics only ever see pseudonyms. What cannot be read as an entry
+(which may hold a name anywhere) is `withheld`: replaced by `withheld p_...`, the pseudonym of
+its text, so distinct junk keeps distinct dead letters.
 
 The key comes from the environment only (`FACESPACE_BRIDGE_PSEUDONYM_KEY`, never argv or the
 config file), is at least 32 bytes, and is kept out of every repr.
@@ -18,21 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
-
-from facespace_bridge.client.entries import (
-    NAME_END,
-    SEPARATOR,
-    STAMP_CHARS,
-    format_entry,
-    parse_entry,
-    second_of,
-)
 
 KEY_VARIABLE = "FACESPACE_BRIDGE_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 32  # HMAC-SHA256's own output size: a shorter key is easier to guess than the hash
@@ -40,9 +29,6 @@ PREFIX = "p_"
 HEX_DIGITS = 20  # 80 bits: no collision among any number of people a camera could ever see
 WITHHELD = "withheld "  # what an unreadable entry becomes: "withheld p_..." (never its text)
 _CACHE_MAX = 65_536  # names per cache; cleared when full (names repeat, memory stays flat)
-# What may follow a name's last " @ " in an entry with an impossible stamp and still be shown:
-# digits and the stamp's separators, which cannot spell a name.
-_STAMPISH = re.compile(r"[0-9:/ ]+")
 
 
 class PseudonymKeyError(ValueError):
@@ -71,8 +57,7 @@ def normalised(name: str) -> str:
 
 
 class Pseudonyms:
-    """Names to pseudonyms under one key, and `/logs` and `/recognition` replies rewritten with
-    them (the client's reply view)."""
+    """Names to pseudonyms under one key (what the client renames replies with)."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) < MIN_KEY_BYTES:
@@ -105,52 +90,3 @@ class Pseudonyms:
             return WITHHELD + self.of(value)
         text = orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
         return {"withheld": self.of(text)}
-
-    # -- the client's reply view ----------------------------------------------------------------
-
-    def logs(self, reply: dict[str, Any]) -> dict[str, Any]:
-        """A `/logs` reply (camera id -> entries) with every name a pseudonym, entry for entry."""
-        out: dict[str, Any] = {}
-        names, of = self._names, self.of
-        for camera, raws in reply.items():
-            if not isinstance(raws, list):
-                out[camera] = self.withheld(raws)
-                continue
-            rewritten = []
-            for raw in raws:
-                # The canonical form "<name> @ HH:MM:SS DD/MM/YY" (as client.entries.read_listing).
-                if (
-                    type(raw) is str
-                    and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
-                    and (name := raw[:-NAME_END].strip())
-                    and second_of(raw[-STAMP_CHARS:]) is not None
-                ):
-                    rewritten.append((names.get(name) or of(name)) + raw[-NAME_END:])
-                else:
-                    rewritten.append(self._odd_entry(camera, raw))
-            out[camera] = rewritten
-        return out
-
-    def _odd_entry(self, camera: str, raw: object) -> object:
-        """An entry not in the canonical form: read as any form `parse_entry` takes, or its name
-        replaced when only its stamp is impossible, or withheld."""
-        if not isinstance(raw, str):
-            return self.withheld(raw)
-        entry = parse_entry(camera, raw)
-        person = getattr(entry, "person", None)
-        if isinstance(person, str):  # a LogEntry: written back in the canonical form
-            return format_entry(self.of(person), entry.seen_at)  # type: ignore[union-attr]
-        name, separator, stamp = raw.rpartition(" @ ")
-        if separator and name.strip() and _STAMPISH.fullmatch(stamp):
-            return f"{self.of(name.strip())}{separator}{stamp}"
-        return self.withheld(raw)
-
-    def recognition(self, reply: dict[str, Any]) -> dict[str, Any]:
-        """A `/recognition` reply (camera id -> names in view) with every name a pseudonym."""
-        out: dict[str, Any] = {}
-        for camera, names in reply.items():
-            if isinstance(names, list):
-                out[camera] = [self.of(n) if isinstance(n, str) else self.withheld(n) for n in names]
-            else:
-                out[camera] = self.withheld(names)
-        return out

@@ -9,10 +9,12 @@ import re
 import unicodedata
 from datetime import datetime, timezone
 
+import httpx
 import orjson
 import pytest
 
-from facespace_bridge.client import BadEntry, parse_entry
+from facespace_bridge.client import AsyncLogsAPI, BadEntry, parse_entry
+from facespace_bridge.client.entries import rename_listing
 from facespace_bridge.events import PSEUDONYMOUS_SIGHTINGS, presence_event
 from facespace_bridge.privacy.pseudonyms import (
     KEY_VARIABLE,
@@ -105,7 +107,7 @@ def test_a_logs_reply_keeps_its_shape_with_every_name_a_pseudonym() -> None:
         "Camera3": "Alice",  # not a list
         "Camera4": {"people": ["Alice"]},
     }
-    out = pseudonyms.logs(reply)
+    out = rename_listing(reply, pseudonyms.of, pseudonyms.withheld)
     assert list(out) == list(reply)
     assert [len(v) for v in out.values() if isinstance(v, list)] == [4, 7]
     alice = pseudonyms.of("Alice")
@@ -126,20 +128,33 @@ def test_a_logs_reply_keeps_its_shape_with_every_name_a_pseudonym() -> None:
     assert isinstance(reason, BadEntry) and reason.reason.startswith("impossible timestamp")
 
 
-def test_a_recognition_reply_has_pseudonyms_for_names() -> None:
-    pseudonyms = Pseudonyms(KEY)
-    out = pseudonyms.recognition({"Camera1": ["Alice", "José"], "Camera2": [], "Camera3": ["Bob", 7]})
-    assert out == {
-        "Camera1": [pseudonyms.of("Alice"), pseudonyms.of("José")],
-        "Camera2": [],
-        "Camera3": [pseudonyms.of("Bob"), 7],
+async def test_the_client_hands_on_replies_with_pseudonyms_for_names() -> None:
+    replies = {
+        "/facespace/recognition": {"Camera1": ["Alice", "José"], "Camera2": [], "Camera3": ["Bob", 7]},
+        "/facespace/logs": {"Camera1": [entry("Alice"), "Bob was here"]},
     }
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=replies[request.url.path]))
+    pseudonyms = Pseudonyms(KEY)
+    client = AsyncLogsAPI("k", base_url="http://api.test/facespace", transport=transport, names=pseudonyms)
+    try:
+        assert await client.get_realtime() == {
+            "Camera1": [pseudonyms.of("Alice"), pseudonyms.of("José")],
+            "Camera2": [],
+            "Camera3": [pseudonyms.of("Bob"), 7],
+        }
+        assert await client.get_logs_range("23/10/23") == {
+            "Camera1": [entry(pseudonyms.of("Alice")), f"withheld {pseudonyms.of('Bob was here')}"]
+        }
+    finally:
+        await client.aclose()
 
 
 def test_events_of_a_pseudonymised_listing_are_v2_with_ids_over_the_pseudonym() -> None:
     pseudonyms = Pseudonyms(KEY)
     composed, decomposed = "Jos\u00e9", "Jose\u0301"
-    reply = pseudonyms.logs({"Camera1": [entry("Alice"), entry(composed), entry(decomposed)]})
+    reply = rename_listing(
+        {"Camera1": [entry("Alice"), entry(composed), entry(decomposed)]}, pseudonyms.of, pseudonyms.withheld
+    )
     events = [
         e for batch in number_listing(reply, None, None, encoder=PSEUDONYMOUS_SIGHTINGS) for e in batch.events
     ]
