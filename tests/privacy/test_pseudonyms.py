@@ -178,3 +178,28 @@ def test_a_pseudonymous_presence_is_v2_and_says_so() -> None:
     assert (fields["schema"], fields["pseudonymous"]) == ("facespace.presence/v2", True)
     plain = orjson.loads(presence_event("Camera1", ["A"], ["A"], [], T).payload)
     assert plain["schema"] == "facespace.presence/v1" and "pseudonymous" not in plain
+
+
+def test_a_new_key_announces_everyone_to_home_assistant_under_new_ids() -> None:
+    """docs/privacy.md, "Rotating the key": person devices and entities derive their ids from the
+    pseudonym, so under another key they are new ones, and no id or topic spells the name."""
+    from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant
+    from facespace_bridge.sinks.mqtt.topics import TopicLayout
+
+    def ids_and_topics(pseudonyms: Pseudonyms) -> set[str]:
+        people = [pseudonyms.of(name) for name in NAMES]
+        configs = HomeAssistant(TopicLayout("facespace")).configs(["Camera1"], people)
+        person_configs = {
+            t: orjson.loads(p) for t, p in configs.items() if "person_" in t or "occupancy_" in t
+        }
+        assert person_configs
+        found = set(person_configs)
+        for config in person_configs.values():
+            found |= {config["unique_id"], config["object_id"]}
+            found |= {v for k, v in config.items() if k.endswith("_topic") and "/person/" in v}
+        return found
+
+    first, second = ids_and_topics(Pseudonyms(KEY)), ids_and_topics(Pseudonyms(OTHER_KEY))
+    assert not first & second
+    text = " ".join(first | second)
+    assert not any(name in text or name.split()[0].lower() in text.lower() for name in NAMES)
