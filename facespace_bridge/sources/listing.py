@@ -138,15 +138,15 @@ def number_listing(
             else:
                 entry = parse_entry(camera, raw)
                 if type(entry) is BadEntry:
-                    if by_person is not None and not by_person.raw_kept(entry.raw):
-                        by_person.left_out("person")
-                        continue
                     if second is not None and names:
                         numbered = (second, len(names))
                     # (counted by the memory first: the next poll must know it was seen here)
                     unseen = memory is None or memory.new_dead_letter(entry)
                     if unseen and (numbered is None or floor is None or numbered >= floor):
-                        events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
+                        if by_person is not None and not by_person.raw_kept(entry.raw):
+                            by_person.left_out("person")  # it names someone left out: dropped
+                        else:
+                            events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
                     continue
                 name, entry_second = entry.person, Second.of(entry.seen_at)
             if entry_second is not moment and entry_second.at != second:  # a new second
