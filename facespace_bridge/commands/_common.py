@@ -35,12 +35,14 @@ from facespace_bridge.client import (
 )
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
+from facespace_bridge.privacy.filters import EntryFilter, FilterError, FilterSettings
 from facespace_bridge.privacy.pseudonyms import (
     KEY_VARIABLE,
     PseudonymKeyError,
     Pseudonyms,
     key_from_environment,
 )
+from facespace_bridge.settings import cli_options, from_options
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
 from facespace_bridge.web import Access, PageServer, PageState, exposure_problem, password_from
@@ -78,6 +80,7 @@ def _load_config(
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{value} is not valid TOML: {exc}", param_hint="--config") from None
     known = {p.name for p in ctx.command.params if p.name}
+    repeatable = {p.name for p in ctx.command.params if p.name and getattr(p, "multiple", False)}
     ignored = set(also_known()) - known
     defaults = {}
     for key, item in data.items():
@@ -91,6 +94,8 @@ def _load_config(
             continue
         if name not in known:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
+        if name in repeatable and isinstance(item, str):
+            item = [item]  # `camera_id = "front"`, as before --camera-id was repeatable
         defaults[name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -171,6 +176,33 @@ def api_options(command: F) -> F:
     ):
         command = option(command)
     return command
+
+
+def filter_options(command: F) -> F:
+    """`--camera-id`, `--exclude-camera`, `--person`, `--exclude-person` (privacy/filters.py)."""
+    for option in reversed(cli_options(FilterSettings)):
+        command = option(command)
+    return command
+
+
+def entry_filter_from(config: dict[str, Any], names: Pseudonyms | None = None) -> EntryFilter:
+    """The filters of a command's options; filters that contradict each other are bad input (exit 2).
+
+    `names`: under --pseudonymize the sources see only pseudonyms (the client renames every
+    reply), so `--person` and `--exclude-person` are matched as their pseudonyms."""
+    try:
+        settings = from_options(FilterSettings, config)
+        entry_filter = EntryFilter.from_settings(settings)
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
+    if names is None or not entry_filter.by_person:
+        return entry_filter
+    return EntryFilter(
+        settings.cameras,
+        settings.exclude_cameras,
+        [names.of(name) for name in settings.people],
+        [names.of(name) for name in settings.exclude_people],
+    )
 
 
 def api_key_from(config: dict[str, Any]) -> str:
@@ -326,8 +358,11 @@ def register_secret(secret: str | None) -> None:
 def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
+    entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
-    pseudonymous = pseudonyms_from(config) is not None  # (the key checked; make_client uses it)
+    names = pseudonyms_from(config)  # (the key checked before any side effect; make_client uses it)
+    if names is not None:
+        entry_filter = entry_filter_from(config, names)
     backfill_from = None
     if config["backfill_from"]:
         try:
@@ -358,11 +393,11 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         backfill_from=backfill_from,
         lateness=timedelta(seconds=config["lateness"]),
         presence_timeout=config["presence_timeout"],
-        camera_id=config["camera_id"],
+        entry_filter=entry_filter,
         realtime=config["realtime"],
         quick_polls=config["quick_polls"],
         instance_id=config["instance_id"],
-        pseudonymous=pseudonymous,
+        pseudonymous=names is not None,
     )
     return api_key, sinks, options
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import unicodedata
 from collections.abc import Mapping
 
 import orjson
+
+from facespace_bridge.privacy.filters import normalized
 
 KEY_VARIABLE = "FACESPACE_BRIDGE_PSEUDONYM_KEY"
 MIN_KEY_BYTES = 32  # HMAC-SHA256's own output size: a shorter key is easier to guess than the hash
@@ -50,12 +51,6 @@ def key_from_environment(environ: Mapping[str, str] | None = None) -> bytes:
     return key
 
 
-def normalised(name: str) -> str:
-    """The form a name is compared and keyed in: Unicode NFC (the API may send a name composed
-    or decomposed, `é` or `e` + U+0301; one person either way)."""
-    return unicodedata.normalize("NFC", name)
-
-
 class Pseudonyms:
     """Names to pseudonyms under one key (what the client renames replies with)."""
 
@@ -73,7 +68,7 @@ class Pseudonyms:
         found = self._names.get(name)
         if found is None:
             mac = self._mac.copy()
-            mac.update(normalised(name).encode("utf-8", "surrogatepass"))
+            mac.update(normalized(name).encode("utf-8", "surrogatepass"))
             found = PREFIX + mac.hexdigest()[:HEX_DIGITS]
             if len(self._names) >= _CACHE_MAX:
                 self._names.clear()
