@@ -129,6 +129,14 @@ log = logging.getLogger("facespace_bridge")
     help="Address for --web-port. Beyond loopback the page needs a password: env "
     "FACESPACE_BRIDGE_WEB_PASSWORD (HTTP basic auth, any user name).",
 )
+@click.option(
+    "--web-ingress/--no-web-ingress",
+    default=False,
+    show_default=True,
+    help="Serve --web-port on every address for Home Assistant's ingress (the add-on does): only "
+    "the ingress proxy may connect (172.30.32.2; env FACESPACE_BRIDGE_INGRESS_PROXY names another), "
+    "any other client gets 403; no password, Home Assistant has authenticated the user.",
+)
 @logging_options
 @sink_options
 def command(**config: Any) -> int:
