@@ -1,4 +1,4 @@
-"""`facespace-bridge addon`: the bridge as Home Assistant's add-on runs it (addon/, docs/addon.md).
+"""`facespace-bridge addon`: the bridge as Home Assistant's add-on runs it (addon/, addon/DOCS.md).
 
 The Supervisor writes the options the household set to /data/options.json and gives the
 container a token for its API. This command reads the options, asks the Supervisor's
