@@ -61,6 +61,15 @@ def without_kafka(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def addon_env(tmp_path: Path, supervisor: Supervisor, token: str | None = None) -> dict[str, str]:
+    """What the Supervisor gives the add-on's container: its URL (here the stand-in's) and token."""
+    return {
+        **without_kafka(tmp_path),
+        "SUPERVISOR_URL": supervisor.url,
+        "SUPERVISOR_TOKEN": token or supervisor.token,
+    }
+
+
 def options_file(tmp_path: Path, sim: SimulatorServer, **overrides: Any) -> Path:
     """config.yaml's defaults with the key and the simulator's URL, as the Supervisor writes them."""
     options = {**CONFIG["options"], "api_key": sim.api_key, "api_url": sim.base_url, **overrides}
@@ -138,12 +147,8 @@ async def test_addon_with_the_supervisors_broker_home_assistant_and_ingress(
         data = tmp_path / "data"
         data.mkdir()
         port = free_port()
-        env = {
-            **without_kafka(tmp_path),
-            "SUPERVISOR_URL": supervisor.url,
-            "SUPERVISOR_TOKEN": supervisor.token,
-            "FACESPACE_BRIDGE_INGRESS_PROXY": "127.0.0.1",  # nginx below, as the ingress proxy
-        }
+        # nginx below is the ingress proxy
+        env = {**addon_env(tmp_path, supervisor), "FACESPACE_BRIDGE_INGRESS_PROXY": "127.0.0.1"}
         options = options_file(tmp_path, sim, backfill_hours=1)
         log = tmp_path / "addon.log"
         proc = start_addon(options, data, port, env, log)
@@ -204,7 +209,7 @@ async def test_addon_with_the_supervisors_broker_home_assistant_and_ingress(
 async def test_no_mqtt_service_is_one_line_and_nothing_published(
     simulator, mqtt_broker: MqttBroker, supervisor: Supervisor, tmp_path: Path
 ) -> None:
-    env = {**without_kafka(tmp_path), "SUPERVISOR_URL": supervisor.url, "SUPERVISOR_TOKEN": supervisor.token}
+    env = addon_env(tmp_path, supervisor)
     with MqttCollector(mqtt_broker) as collector:
         done = await asyncio.to_thread(run_addon, options_file(tmp_path, simulator), tmp_path, env)
         await nothing_published(mqtt_broker, collector)
@@ -232,7 +237,7 @@ async def test_bad_options_and_a_wrong_key_are_one_line_and_nothing_published(
     says: str,
 ) -> None:
     supervisor.provide_mqtt(mqtt_broker.host, mqtt_broker.port, "addons", "unused")
-    env = {**without_kafka(tmp_path), "SUPERVISOR_URL": supervisor.url, "SUPERVISOR_TOKEN": supervisor.token}
+    env = addon_env(tmp_path, supervisor)
     options = options_file(tmp_path, simulator, **overrides)
     with MqttCollector(mqtt_broker) as collector:
         done = await asyncio.to_thread(run_addon, options, tmp_path, env)
@@ -292,3 +297,46 @@ def test_backfill_hours_gives_backfill_from_on_the_first_start_only(tmp_path: Pa
     later, _ = addon.run_arguments(options, addon.Context(first_start=False, now=now), addon.run_flags())
     assert "--backfill-from" not in later
     assert "k" * 20 not in first + later  # the key only in the environment
+
+
+async def test_a_broker_in_the_options_overrides_the_supervisors(
+    simulator, supervisor: Supervisor, tmp_path: Path
+) -> None:
+    password = f"own-{uuid.uuid4().hex}"
+    (tmp_path / "mqtt").mkdir()
+    broker = MqttBroker(tmp_path / "mqtt", credentials=("household", password)).start()
+    try:
+        options = options_file(
+            tmp_path, simulator, mqtt_url=broker.url, mqtt_username="household", mqtt_password=password
+        )
+        env = addon_env(tmp_path, supervisor)
+        data = tmp_path / "data"
+        data.mkdir()
+        log = tmp_path / "addon.log"
+        with MqttCollector(broker, "facespace/bridge/state") as collector:
+            proc = start_addon(options, data, free_port(), env, log)
+            try:
+                await collector.wait_for(
+                    lambda ms: any(m.payload == b"online" for m in ms), 30, "the bridge online"
+                )
+                assert password.encode() not in command_line(proc.pid)
+            finally:
+                proc.terminate()
+                code = await asyncio.to_thread(proc.wait, 30)
+        text = log.read_text()
+        assert code == 0, text
+        assert supervisor.requests == []  # not asked at all
+        assert "MQTT broker from the options" in text and password not in text
+    finally:
+        broker.stop()
+
+
+async def test_a_supervisor_refusing_the_token_is_one_line(
+    simulator, supervisor: Supervisor, tmp_path: Path
+) -> None:
+    env = addon_env(tmp_path, supervisor, token="not-the-token")
+    done = await asyncio.to_thread(run_addon, options_file(tmp_path, simulator), tmp_path, env)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "facespace-bridge: error: the Supervisor's services API answered HTTP 401 to GET /services/mqtt"
+    ]
