@@ -318,6 +318,8 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
+    if config.get("web_ingress") and config.get("web_port") is None:
+        raise click.UsageError("--web-ingress serves the page on --web-port: set it (8099 for the add-on)")
     if config.get("web_port") is not None and not config.get("web_ingress"):
         password = password_from()
         problem = exposure_problem(config["web_host"], password)
