@@ -137,7 +137,7 @@ def options_schema() -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
-_VALIDATOR = jsonschema_rs.validator_for(options_schema())
+OPTIONS_VALIDATOR = jsonschema_rs.validator_for(options_schema())
 
 
 def read_options(path: Path) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def read_options(path: Path) -> dict[str, Any]:
         raise click.UsageError(f"cannot read the options file {path}: {exc.strerror}") from None
     except orjson.JSONDecodeError as exc:
         raise click.UsageError(f"the options file {path} is not JSON: {exc}") from None
-    for error in _VALIDATOR.iter_errors(options):
+    for error in OPTIONS_VALIDATOR.iter_errors(options):
         where = "/".join(str(part) for part in error.instance_path)
         if not where:  # a missing or unknown option, or no object at all
             raise click.UsageError(f"add-on options in {path}: {error.message}")
@@ -178,7 +178,14 @@ class MqttService:
         return f"{'mqtts' if self.ssl else 'mqtt'}://{host}:{self.port}"
 
 
-async def mqtt_service(base_url: str, token: str, *, attempts: int = 5) -> MqttService | None:
+async def mqtt_service(
+    base_url: str,
+    token: str,
+    *,
+    attempts: int = 5,
+    first_wait: float = 0.5,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> MqttService | None:
     """`GET /services/mqtt`: the broker, or None when the Supervisor has no MQTT service (it
     answers 400 with `result: error`). Decided by the status and `result`, never the message
     text. Transport errors are retried (the Supervisor may be restarting); any other answer
@@ -186,11 +193,11 @@ async def mqtt_service(base_url: str, token: str, *, attempts: int = 5) -> MqttS
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(httpx.TransportError),
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=0.5, max=5.0),
+        wait=wait_exponential(multiplier=first_wait, max=5.0),
         reraise=True,
     )
     try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10.0, transport=transport) as client:
             async for attempt in retrying:
                 with attempt:
                     reply = await client.get("/services/mqtt", headers={"Authorization": f"Bearer {token}"})

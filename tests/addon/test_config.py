@@ -115,7 +115,7 @@ def test_default_options_are_valid_and_only_the_key_is_left_to_type() -> None:
     for option in addon.ADDON_OPTIONS:
         if isinstance(option.schema, list):
             assert options[option.name] == []
-    assert addon._VALIDATOR.is_valid({**options, "api_key": "a-key-of-the-household"})
+    assert addon.OPTIONS_VALIDATOR.is_valid({**options, "api_key": "a-key-of-the-household"})
 
 
 def test_translations_name_and_describe_every_option() -> None:

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import orjson
 import paho.mqtt.client as paho
@@ -340,3 +341,64 @@ async def test_a_supervisor_refusing_the_token_is_one_line(
     assert done.stderr.splitlines() == [
         "facespace-bridge: error: the Supervisor's services API answered HTTP 401 to GET /services/mqtt"
     ]
+
+
+def supervisor_answering(*answers: httpx.Response | Exception) -> httpx.MockTransport:
+    """A transport that gives `answers` in turn (an exception is raised, as a failed connection)."""
+    pending = list(answers)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/services/mqtt"
+        assert request.headers["Authorization"] == "Bearer token"
+        answer = pending.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handle)
+
+
+SUPERVISOR = addon.SUPERVISOR_URL
+SERVICE = {"host": "core-mosquitto", "port": 1883, "ssl": False, "username": "addons", "password": "pw"}
+
+
+async def test_the_services_api_is_asked_again_after_transport_errors() -> None:
+    refused = httpx.ConnectError("connection refused")
+    transport = supervisor_answering(
+        refused, refused, httpx.Response(200, json={"result": "ok", "data": SERVICE})
+    )
+    service = await addon.mqtt_service("http://supervisor", "token", first_wait=0.01, transport=transport)
+    assert service == addon.MqttService("core-mosquitto", 1883, False, "addons", "pw")
+    assert service.url == "mqtt://core-mosquitto:1883"
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        # No MQTT service: decided by the status and `result`, whatever the message says.
+        (httpx.Response(400, json={"result": "error", "message": "anything at all"}), None),
+        (httpx.Response(200, json={"result": "ok", "data": {**SERVICE, "ssl": True}}), "mqtts://"),
+        (httpx.Response(200, json={"result": "error", "data": SERVICE}), "answered HTTP 200"),
+        (httpx.Response(403, json={"result": "error", "message": "No access"}), "mqtt:need"),
+        (httpx.Response(502, text="<html>bad gateway</html>"), "answered HTTP 502"),
+        (httpx.Response(200, json={"result": "ok", "data": {"port": 1883}}), "names no host and port"),
+    ],
+)
+async def test_the_services_api_answer_decides(answer: httpx.Response, expected: str | None) -> None:
+    try:
+        service = await addon.mqtt_service(
+            "http://supervisor", "token", transport=supervisor_answering(answer)
+        )
+    except click.ClickException as exc:
+        assert expected is not None and expected in exc.message
+    else:
+        assert expected is None if service is None else service.url.startswith(expected)
+
+
+async def test_an_unreachable_supervisor_is_one_line_after_the_retries() -> None:
+    refused = httpx.ConnectError("connection refused")
+    transport = supervisor_answering(*[refused] * 3)
+    with pytest.raises(click.ClickException, match="cannot reach the Supervisor at http://supervisor"):
+        await addon.mqtt_service(
+            "http://supervisor", "token", attempts=3, first_wait=0.01, transport=transport
+        )
