@@ -171,7 +171,10 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
             )
         if state is not None:
             page, url = await serve_page(config, state, bridge)
-            log.info("web page at %s", url)
+            if config.get("web_ingress"):
+                log.info("web page at %s for Home Assistant's ingress proxy only", url)
+            else:
+                log.info("web page at %s", url)
         log.info(
             "bridge running: %s -> %s (checkpoint: %s)",
             config["api_url"],
