@@ -150,15 +150,17 @@ async def test_addon_with_the_supervisors_broker_home_assistant_and_ingress(
         port = free_port()
         # nginx below is the ingress proxy
         env = {**addon_env(tmp_path, supervisor), "FACESPACE_BRIDGE_INGRESS_PROXY": "127.0.0.1"}
-        options = options_file(tmp_path, sim, backfill_hours=1)
+        people = {p for _, p, _ in sim.world.entries()} | {
+            p for ps in sim.world.present().values() for p in ps
+        }
+        left_out = sorted(people)[0]  # through the option exclude_people: run's --exclude-person
+        options = options_file(tmp_path, sim, backfill_hours=1, exclude_people=[left_out])
         log = tmp_path / "addon.log"
         proc = start_addon(options, data, port, env, log)
         proxy = Nginx(f"http://127.0.0.1:{port}", "/api/hassio_ingress/token123", tmp_path / "nginx")
         try:
-            people = {p for _, p, _ in sim.world.entries()} | {
-                p for ps in sim.world.present().values() for p in ps
-            }
-            configs = Discovery(TopicLayout("facespace")).configs(sim.world.cameras(), sorted(people))
+            shown = sorted(people - {left_out})
+            configs = Discovery(TopicLayout("facespace")).configs(sim.world.cameras(), shown)
             expected = {orjson.loads(config)["unique_id"] for config in configs.values()}
 
             async def created() -> bool:
@@ -199,6 +201,7 @@ async def test_addon_with_the_supervisors_broker_home_assistant_and_ingress(
         assert code == 0, text
         assert "Traceback" not in text
         assert password not in text and sim.api_key not in text
+        assert left_out not in text  # the option reached run's filter: the name goes nowhere
         assert "MQTT broker from the Supervisor: mqtt://127.0.0.1:" in text
         assert (data / addon.CHECKPOINT).exists()
         # For the closing note: the add-on's log and the entities (pytest -s shows them).
@@ -254,37 +257,17 @@ async def test_bad_options_and_a_wrong_key_are_one_line_and_nothing_published(
 
 def test_every_option_maps_to_a_flag_of_run_or_a_variable_it_reads() -> None:
     flags = addon.run_flags()
-    missing_filters = [
-        o.flag for o in addon.ADDON_OPTIONS if o.flag in {"--exclude-camera", "--person", "--exclude-person"}
-        and o.flag not in flags
-    ]  # fmt: skip
     for option in addon.ADDON_OPTIONS:
         assert (option.flag is None) != (option.env is None), option.name
         if option.env is not None:
             continue
-        if (
-            option.flag in {"--camera-id", "--exclude-camera", "--person", "--exclude-person"}
-            and missing_filters
-        ):
-            continue  # the filters' flags: test_the_filter_options_map_to_repeatable_flags
         assert option.flag in flags, option.name
+        # A list option becomes its flag repeated: run must take it more than once.
         assert isinstance(option.schema, list) == bool(getattr(flags[option.flag], "multiple", False))
     configuration = (REPO / "docs" / "configuration.md").read_text()
     assert {o.env for o in addon.ADDON_OPTIONS if o.env} == {"FACESPACE_API_KEY", "MQTT_PASSWORD"}
     for variable in ("FACESPACE_API_KEY", "MQTT_PASSWORD"):
         assert variable in configuration  # documented as what run reads
-
-
-@pytest.mark.xfail(
-    not {"--exclude-camera", "--person", "--exclude-person"} <= addon.run_flags().keys(),
-    reason="run's camera and person filters (the privacy issue's branch) are not merged yet",
-    strict=True,
-)
-def test_the_filter_options_map_to_repeatable_flags() -> None:
-    flags = addon.run_flags()
-    for option in addon.ADDON_OPTIONS:
-        if isinstance(option.schema, list):
-            assert option.flag in flags and flags[option.flag].multiple, option.name
 
 
 def test_backfill_hours_gives_backfill_from_on_the_first_start_only(tmp_path: Path) -> None:
