@@ -3,6 +3,7 @@ competent script and a naive script, all into the same Tansu, in one run.
 
     .venv/bin/python bench/kafka_replay.py [--sightings 1000000] [--small 500000]
                                            [--clients librdkafka,aiokafka] [--breakdown] [--profile DIR]
+                                           [--pseudonymize ROUNDS]
 
 1. Starts Tansu (memory storage, no relay) and the simulator (`facespace-bridge simulate`, its
    own process) with a frozen world of about `--sightings` sightings in 48 hours (10 cameras,
@@ -30,6 +31,10 @@ what the API side costs), per client, `replay --no-cloudevents` (3 headers per r
 instead of 10), and `replay --exclude-person` of the world's most frequent person (the filters
 of docs/privacy.md; its rate counts the entries read, published or left out, as the others'
 do), timed the same way.
+
+`--pseudonymize ROUNDS` adds ROUNDS rounds of `replay` and `replay --pseudonymize` (names replaced
+by keyed pseudonyms, docs/privacy.md) with the first client, alternating, each checked against the
+ground truth, and prints the median rate of each.
 
 `--profile DIR` attaches py-spy to every replay and prints its top functions (rates measured
 with the sampler attached are lower).
@@ -75,9 +80,11 @@ from _bridge_harness import (  # noqa: E402
     usable_clients,
 )
 
+from facespace_bridge.privacy.pseudonyms import KEY_VARIABLE  # noqa: E402
 from tests.fixtures.kafka import Record, read_all, start_tansu  # noqa: E402
 
 START = datetime(2023, 10, 23, tzinfo=timezone.utc)
+BENCH_PSEUDONYM_KEY = "bench-pseudonym-key-of-at-least-32-bytes"
 HOURS = 48
 END = START + timedelta(hours=HOURS)  # the clock of the frozen world: the range is all of history
 CAMERAS = 10
@@ -159,7 +166,10 @@ def replay(
         ]  # fmt: skip
     broker = Probe(broker_pid)
     before = broker.cpu()
-    measured = checked("replay", run_measured(command, child_env(api_url), RUN_TIMEOUT, profiler, topic))
+    env = child_env(api_url)
+    if "--pseudonymize" in flags:
+        env[KEY_VARIABLE] = BENCH_PSEUDONYM_KEY  # by environment, never argv
+    measured = checked("replay", run_measured(command, env, RUN_TIMEOUT, profiler, topic))
     broker_cpu = broker.cpu() - before
     profiler.finish(f"replay, {client}")
     # "published N sightings and M dead letters ...", or "dry run: would publish N sightings ..."
@@ -170,11 +180,40 @@ def replay(
     published = int(found.group(1)) + (int(left_out.group(1)) if left_out else 0)  # entries read
     done = measured.finished
     if "--dry-run" in flags:
-        name = "`replay --dry-run` (read, number, build; no sink)"
+        others = "".join(f" {f}" for f in flags if f != "--dry-run")
+        name = f"`replay --dry-run{others}` (read, number, build; no sink)"
     else:
         name = f"`replay{''.join(' ' + f for f in flags)}`, {client}"
     return Run(name, published, done.seconds, done.cpu, f"{done.hwm_mb:.0f}", broker_cpu,
                done.hwm_mb)  # fmt: skip
+
+
+def pseudonymize_rounds(
+    rounds: int, api_url: str, bootstrap: str, pid: int, client: str, truth: int
+) -> list[Run]:
+    """`replay` and `replay --pseudonymize`, and both with `--dry-run` (the API side alone, where
+    the names are replaced), alternating, `rounds` times each; the median run of each (by
+    rate), after printing every rate."""
+    variants = [(), ("--pseudonymize",), ("--dry-run",), ("--dry-run", "--pseudonymize")]
+    rates: dict[tuple[str, ...], list[Run]] = {flags: [] for flags in variants}
+    for round_ in range(rounds):
+        for flags, found in rates.items():
+            topic = f"bench.replay.{client}.round{round_}{''.join(f.replace('--', '.') for f in flags)}"
+            run = replay(api_url, bootstrap, pid, client, END, topic, Profiler(None), flags)
+            stored = truth if "--dry-run" in flags else asyncio.run(topic_size(bootstrap, topic))
+            if not run.events == truth == stored:
+                raise SystemExit(f"{run.name}: {run.events:,} sent, topic {stored:,}, truth {truth:,}")
+            found.append(run)
+            print(f"  round {round_ + 1}: {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
+            if "--dry-run" not in flags:
+                asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
+    medians = []
+    for found in rates.values():
+        ranked = sorted(found, key=lambda r: r.rate)
+        median = ranked[len(ranked) // 2]
+        medians.append(Run(f"{median.name} (median of {rounds})", median.events, median.seconds, median.cpu,
+                           median.rss, median.broker_cpu, median.hwm_mb))  # fmt: skip
+    return medians
 
 
 SCRIPTS = {
@@ -275,6 +314,13 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also `replay --dry-run` and `replay --no-cloudevents`"
     )
+    parser.add_argument(
+        "--pseudonymize",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also ROUNDS rounds of `replay` and `replay --pseudonymize`, alternating",
+    )
     options = parser.parse_args()
     clients = usable_clients(options.clients)
     profiler = Profiler(options.profile)
@@ -346,6 +392,10 @@ def main() -> None:
                 asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
                 for run in breakdown:
                     print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
+            if options.pseudonymize:
+                breakdown += pseudonymize_rounds(
+                    options.pseudonymize, api_url, bootstrap, pid, clients[0], truth
+                )
             competent_run = script("_competent_seed.py", api_url, bootstrap, pid, "bench.competent")
             competent_digest = records_digest(
                 as_wire(asyncio.run(read_all(bootstrap, "bench.competent", 900)))

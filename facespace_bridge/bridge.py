@@ -22,7 +22,7 @@ from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, 
 from facespace_bridge.checkpoints.acks import AckTracker
 from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
-from facespace_bridge.events import seen_at_text
+from facespace_bridge.events import PSEUDONYMOUS_SIGHTINGS, SIGHTINGS, seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
@@ -60,6 +60,8 @@ class BridgeOptions:
     commit_interval: float = 0.1  # exactly once: seconds between transaction commits (Kafka Streams' default)
     announce_history: timedelta = timedelta(hours=24)  # people known from this much history are announced
     instance_id: str = "default"  # names the checkpoint in messages
+    # The client's names are pseudonyms (--pseudonymize, privacy/pseudonyms.py): the events say so.
+    pseudonymous: bool = False
 
 
 class Bridge:
@@ -94,12 +96,14 @@ class Bridge:
             tail_interval=options.tail_interval,
             refresh=options.refresh,
             clock=clock,
+            encoder=PSEUDONYMOUS_SIGHTINGS if options.pseudonymous else SIGHTINGS,
         )
         self.realtime_source = RealtimeSource(
             client,
             refresh=options.refresh,
             presence_timeout=options.presence_timeout,
             on_in_view=self.logs_source.poll_soon if options.logs and options.quick_polls else None,
+            pseudonymous=options.pseudonymous,
             entry_filter=options.entry_filter,
         )
         # What /status reports (facespace_bridge/status.py).

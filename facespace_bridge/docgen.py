@@ -33,6 +33,8 @@ DIRECT_ENV: dict[str, str] = {
     "MQTT_PASSWORD": "MQTT broker password (instead of a password in `--mqtt-url`); redacted from logs.",
     "FACESPACE_BRIDGE_WEB_PASSWORD": "The web page's password (`--web-port`): HTTP basic auth, any user "
     "name; needed for a `--web-host` beyond loopback. Redacted from logs.",
+    "FACESPACE_BRIDGE_PSEUDONYM_KEY": "The key of `--pseudonymize` (at least 32 bytes): names become "
+    "HMAC-SHA256 pseudonyms under it ([privacy.md](privacy.md#pseudonyms)). Redacted from logs.",
     "XDG_STATE_HOME": "Where the default checkpoint file lives: `$XDG_STATE_HOME/facespace-bridge/"
     "<instance-id>.json` (default `~/.local/state`).",
 }

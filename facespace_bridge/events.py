@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 SIGHTING_SCHEMA = "facespace.sighting/v1"
 PRESENCE_SCHEMA = "facespace.presence/v1"
+# Under --pseudonymize (docs/privacy.md): the versions that say so, `"pseudonymous": true`. Names
+# as the API gives them keep v1, so their payloads, ids and CloudEvents types stay what they were.
+PSEUDONYMOUS_SIGHTING_SCHEMA = "facespace.sighting/v2"
+PSEUDONYMOUS_PRESENCE_SCHEMA = "facespace.presence/v2"
 DEADLETTER_SCHEMA = "facespace.deadletter/v1"
 
 EVENT_ID_HEX_DIGITS = 32
@@ -145,9 +149,8 @@ def _finish(event: Event, fields: dict[str, Any]) -> Event:
 # -- sightings -------------------------------------------------------------------------------------
 
 # The sighting payload, in the canonical key order, around the parts that vary.
-_HEAD = b'{"schema":"' + SIGHTING_SCHEMA.encode() + b'","event_id":"'
 _SOURCE = "logs"  # tail, backfill and replay alike: the bytes do not depend on how a sighting was read
-_TAIL = b'","source":"' + _SOURCE.encode() + b'"}'
+_PSEUDONYMOUS = b',"pseudonymous":true'  # the last key of a pseudonymous payload
 _K_TEXT = tuple(f'",{k}]'.encode() for k in range(64))  # the id's end after seen_at, for the usual k
 _CACHE_MAX = 65_536  # entries per cache; cleared when full (names and seconds repeat, memory stays flat)
 
@@ -166,10 +169,12 @@ class SightingEncoder:
     """Builds sighting events; the parts of a payload and of its id that repeat are made once.
 
     A payload is `{"schema", "event_id", "camera_id", "person", "seen_at", "source"}` in that
-    order. Every value but the id comes from the (camera, person) pair or from the second, and
-    the id is sha256 over `["sighting", camera, person, seen_at, k]` -- so a pair's bytes are
-    encoded once (a second's are `client.entries.Second.utf8`, cached with the stamp it was
-    read from) and each event is two concatenations and one hash.
+    order; `pseudonymous=True` (the names it is given are pseudonyms, docs/privacy.md) makes
+    `facespace.sighting/v2` payloads that end with `"pseudonymous": true`. Every value but the
+    id comes from the (camera, person) pair or from the second, and the id is sha256 over
+    `["sighting", camera, person, seen_at, k]` -- so a pair's bytes are encoded once (a
+    second's are `client.entries.Second.utf8`, cached with the stamp it was read from) and each
+    event is two concatenations and one hash.
 
     Validation per part: the sighting schema constrains each property on its own (no keyword
     relates two properties; tests/test_schemas.py checks that this stays so), so a payload is
@@ -180,7 +185,12 @@ class SightingEncoder:
     rejects turns into a dead letter.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pseudonymous: bool = False) -> None:
+        self.pseudonymous = pseudonymous
+        self.schema = PSEUDONYMOUS_SIGHTING_SCHEMA if pseudonymous else SIGHTING_SCHEMA
+        self._head = b'{"schema":"' + self.schema.encode() + b'","event_id":"'
+        said = _PSEUDONYMOUS if pseudonymous else b""
+        self._tail = b'","source":"' + _SOURCE.encode() + b'"' + said + b"}"
         self._pairs: dict[str, dict[str, SightingPair | str]] = {}  # camera -> person -> parts or why not
         self._pair_count = 0
 
@@ -208,9 +218,9 @@ class SightingEncoder:
         utf8 = second.utf8
         k_text = _K_TEXT[k] if k < 64 else f'",{k}]'.encode()
         event_id = hashlib.sha256(pair.id_head + utf8 + k_text).hexdigest()[:EVENT_ID_HEX_DIGITS]
-        payload = b"".join((_HEAD, event_id.encode(), pair.middle, utf8, _TAIL))
+        payload = b"".join((self._head, event_id.encode(), pair.middle, utf8, self._tail))
         camera_id, person = pair.camera_id, pair.person
-        return Event(SIGHTING_SCHEMA, event_id, camera_id, payload, second.text, second.at, person)
+        return Event(self.schema, event_id, camera_id, payload, second.text, second.at, person)
 
     def _new_pair(self, camera_id: str, person: str) -> SightingPair | str:
         try:
@@ -228,7 +238,7 @@ class SightingEncoder:
     def _checked(self, pair: SightingPair, second: Second) -> str | None:
         """Why the payload of `pair` at `second` is invalid, or None."""
         fields = orjson.loads(self.event(pair, second, 0).payload)
-        errors = errors_against(SIGHTING_SCHEMA, fields)
+        errors = errors_against(self.schema, fields)
         return "; ".join(errors) if errors else None
 
 
@@ -236,6 +246,7 @@ class SightingEncoder:
 _REFERENCE_SECOND = Second.of(datetime(2000, 1, 1, tzinfo=timezone.utc))
 
 SIGHTINGS = SightingEncoder()  # shared: every reader of /logs builds its sightings with it
+PSEUDONYMOUS_SIGHTINGS = SightingEncoder(pseudonymous=True)  # ... and with --pseudonymize, this one
 
 
 def sighting_event(entry: LogEntry, k: int) -> Event:
@@ -249,24 +260,29 @@ def sighting_event(entry: LogEntry, k: int) -> Event:
     return unpublishable_sighting(entry.camera_id, entry.person, entry.seen_at, k, entry.raw)
 
 
-def unpublishable_sighting(camera_id: str, person: str, seen_at: datetime, k: int, raw: object) -> Event:
-    """The dead letter of a sighting whose pair the encoder refused (a name that is not UTF-8,
+def unpublishable_sighting(
+    camera_id: str, person: str, seen_at: datetime, k: int, raw: object, encoder: SightingEncoder = SIGHTINGS
+) -> Event:
+    """The dead letter of a sighting whose pair `encoder` refused (a name that is not UTF-8,
     a value its schema rejects), with the reason: the entry's raw text when it cannot even be encoded,
     else the payload that failed."""
     seen = Second.of(seen_at)
+    schema = encoder.schema
     try:
         event_id = _event_id(["sighting", camera_id, person, seen.text, k])
     except orjson.JSONEncodeError as exc:
-        return deadletter_event(camera_id, raw, f"cannot encode: {exc}", _SOURCE, SIGHTING_SCHEMA)
-    fields = {
-        "schema": SIGHTING_SCHEMA,
+        return deadletter_event(camera_id, raw, f"cannot encode: {exc}", _SOURCE, schema)
+    fields: dict[str, Any] = {
+        "schema": schema,
         "event_id": event_id,
         "camera_id": camera_id,
         "person": person,
         "seen_at": seen.text,
         "source": _SOURCE,
     }
-    event = Event(SIGHTING_SCHEMA, event_id, camera_id, b"", seen.text, seen.at, person)
+    if encoder.pseudonymous:
+        fields["pseudonymous"] = True
+    event = Event(schema, event_id, camera_id, b"", seen.text, seen.at, person)
     return _finish(event, fields)
 
 
@@ -283,11 +299,15 @@ def presence_event(
     arrived: Iterable[str],
     departed: Iterable[str],
     observed_at: datetime,
+    *,
+    pseudonymous: bool = False,
 ) -> Event:
     """A camera's presence: everyone seen now, who arrived and who left since its last event.
 
     Name lists are deduplicated and sorted, so the payload does not depend on set order.
+    `pseudonymous`: the names are pseudonyms (`facespace.presence/v2`, `"pseudonymous": true`).
     """
+    schema = PSEUDONYMOUS_PRESENCE_SCHEMA if pseudonymous else PRESENCE_SCHEMA
     second = Second.of(observed_at)
     observed = second.text
     people, arrived, departed = list(people), list(arrived), list(departed)
@@ -297,14 +317,14 @@ def presence_event(
         departed_sorted = _sorted_names(departed)
     except TypeError:  # a name that is not a string (unhashable or unorderable) came from the API
         raw = {"people": people, "arrived": arrived, "departed": departed, "observed_at": observed}
-        return deadletter_event(camera_id, raw, "presence names must be strings", "realtime", PRESENCE_SCHEMA)
+        return deadletter_event(camera_id, raw, "presence names must be strings", "realtime", schema)
     try:
         event_id = _event_id(["presence", camera_id, observed, people_sorted])
     except orjson.JSONEncodeError as exc:  # a name or camera id that is not valid UTF-8
         raw = {"people": people, "arrived": arrived, "departed": departed, "observed_at": observed}
-        return deadletter_event(camera_id, raw, f"cannot encode: {exc}", "realtime", PRESENCE_SCHEMA)
-    fields = {
-        "schema": PRESENCE_SCHEMA,
+        return deadletter_event(camera_id, raw, f"cannot encode: {exc}", "realtime", schema)
+    fields: dict[str, Any] = {
+        "schema": schema,
         "event_id": event_id,
         "camera_id": camera_id,
         "people": people_sorted,
@@ -312,7 +332,9 @@ def presence_event(
         "departed": departed_sorted,
         "observed_at": observed,
     }
-    event = Event(PRESENCE_SCHEMA, event_id, camera_id, b"", observed, second.at, people=tuple(people_sorted))
+    if pseudonymous:
+        fields["pseudonymous"] = True
+    event = Event(schema, event_id, camera_id, b"", observed, second.at, people=tuple(people_sorted))
     return _finish(event, fields)
 
 

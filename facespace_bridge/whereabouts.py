@@ -26,6 +26,8 @@ import orjson
 from facespace_bridge.events import seen_at_text
 
 WHEREABOUTS_SCHEMA = "facespace.whereabouts/v1"
+# Under --pseudonymize: the names are pseudonyms and the document says so (docs/privacy.md).
+PSEUDONYMOUS_WHEREABOUTS_SCHEMA = "facespace.whereabouts/v2"
 HOME, NOT_HOME = "home", "not_home"
 
 
@@ -52,8 +54,11 @@ class Whereabouts:
         *,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str, bytes], None] | None = None,
+        pseudonymous: bool = False,
     ) -> None:
         self.away_after = away_after
+        # The names it is given are pseudonyms: `facespace.whereabouts/v2`, `"pseudonymous": true`.
+        self.pseudonymous = pseudonymous
         self.clock = clock
         self.on_change = on_change
         self._people: dict[str, Person] = {}
@@ -123,19 +128,19 @@ class Whereabouts:
             if self.on_change is not None:
                 self.on_change(name, document)
 
-    @staticmethod
-    def document(person: Person) -> bytes:
-        """The person's `facespace.whereabouts/v1` state."""
-        return orjson.dumps(
-            {
-                "schema": WHEREABOUTS_SCHEMA,
-                "person": person.name,
-                "state": HOME if person.home else NOT_HOME,
-                "cameras": sorted(person.cameras),
-                "camera_id": person.camera,
-                "seen_at": None if person.seen_at is None else seen_at_text(person.seen_at),
-            }
-        )
+    def document(self, person: Person) -> bytes:
+        """The person's `facespace.whereabouts/v1` state (v2 when pseudonymous)."""
+        fields: dict[str, object] = {
+            "schema": PSEUDONYMOUS_WHEREABOUTS_SCHEMA if self.pseudonymous else WHEREABOUTS_SCHEMA,
+            "person": person.name,
+            "state": HOME if person.home else NOT_HOME,
+            "cameras": sorted(person.cameras),
+            "camera_id": person.camera,
+            "seen_at": None if person.seen_at is None else seen_at_text(person.seen_at),
+        }
+        if self.pseudonymous:
+            fields["pseudonymous"] = True
+        return orjson.dumps(fields)
 
     def close(self) -> None:
         """Cancel the timers (at shutdown)."""

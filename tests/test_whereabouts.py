@@ -107,3 +107,13 @@ async def test_an_api_clock_ahead_keeps_no_one_home_longer() -> None:
     model.update("Ann")
     assert told[-1]["state"] == "not_home"
     model.close()
+
+
+def test_a_pseudonymous_whereabouts_document_is_v2_and_says_so() -> None:
+    pseudonymous = Whereabouts(600, clock=lambda: 0.0, pseudonymous=True)
+    document = orjson.loads(pseudonymous.document(pseudonymous.person("p_0a1b2c3d4e5f60718293")))
+    assert errors_against(document["schema"], document) == []
+    assert (document["schema"], document["pseudonymous"]) == ("facespace.whereabouts/v2", True)
+    plain = Whereabouts(600, clock=lambda: 0.0)
+    named = orjson.loads(plain.document(plain.person("Zoë")))
+    assert named["schema"] == "facespace.whereabouts/v1" and "pseudonymous" not in named

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -39,7 +39,7 @@ from facespace_bridge.client._timefmt import (
     wire_params,
 )
 from facespace_bridge.client._windows import ReplyTooLarge, Window, count_entries, entries_in, walk_windows
-from facespace_bridge.client.entries import BadEntry, LogEntry
+from facespace_bridge.client.entries import BadEntry, LogEntry, rename_listing
 from facespace_bridge.client.errors import (
     APIKeyError,
     HTTPRequestError,
@@ -116,6 +116,29 @@ def _check_logs(data: Any) -> dict[str, Any]:
     return data
 
 
+class Renamer(Protocol):
+    """What every name in a reply is replaced with before anyone reads it
+    (privacy/pseudonyms.Pseudonyms under --pseudonymize); the client imports no implementation."""
+
+    def of(self, name: str) -> str:
+        """The name to show instead of `name`."""
+        ...
+
+    def withheld(self, value: object) -> object:
+        """What to show instead of a value that may hold a name where none can be told apart."""
+        ...
+
+
+def _rename_recognition(reply: dict[str, Any], names: Renamer) -> dict[str, Any]:
+    """A `/recognition` reply (camera id -> names in view) with every name replaced."""
+    return {
+        camera: [names.of(n) if isinstance(n, str) else names.withheld(n) for n in seen]
+        if isinstance(seen, list)
+        else names.withheld(seen)
+        for camera, seen in reply.items()
+    }
+
+
 class _StopSwitch:
     """Stop events of the running realtime streams; `stop_all` is safe from any thread."""
 
@@ -159,6 +182,8 @@ class AsyncLogsAPI:
     and jitter (`Retry-After` honoured), at most `max_retries` times and never starting a
     wait that would end later than `retry_max_seconds` after the first attempt;
     `on_retry(endpoint, error)`, when set, is told of each retry before its wait.
+    `names`, when set, rewrites every `/logs` and `/recognition` reply before anything reads it
+    (`--pseudonymize`: docs/privacy.md).
     Closing releases connections and the log file; a closed client reopens them when used.
     """
 
@@ -180,6 +205,7 @@ class AsyncLogsAPI:
         retry_initial_seconds: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         on_retry: Callable[[str, BaseException | None], None] | None = None,
+        names: Renamer | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("FACESPACE_API_KEY")
         if not key or not isinstance(key, str):
@@ -204,6 +230,7 @@ class AsyncLogsAPI:
         self.last_stop_reason: str | None = None  # the API's stop reply text, once received
         self._transport = transport
         self.on_retry = on_retry  # told the endpoint ("logs", "recognition") and error of each retry
+        self.names = names  # every reply goes through it before anyone reads it (--pseudonymize)
         self._http: httpx.AsyncClient | None = None
         self._stops = _StopSwitch()
         self._logging = ClientLogging(log_level, file_log_level, log_to_file)
@@ -366,7 +393,10 @@ class AsyncLogsAPI:
         if camera_id is not None:
             params["camera_id"] = camera_id
         reply = await self._get("logs", params, max_bytes=max_bytes)
-        return _check_logs(reply.data), exact, reply.body_bytes
+        data = _check_logs(reply.data)
+        if self.names is not None:
+            data = rename_listing(data, self.names.of, self.names.withheld)
+        return data, exact, reply.body_bytes
 
     # -- the original's API -----------------------------------------------------------------------
 
@@ -415,6 +445,8 @@ class AsyncLogsAPI:
         if isinstance(data.get("stop"), str):
             self.last_stop_reason = data["stop"]
             raise StopLogsSignal(data["stop"])
+        if self.names is not None:
+            data = _rename_recognition(data, self.names)
         if self.post_realtime and self._webhook is not None:
             await self._webhook.post(data)
         return data

@@ -1,8 +1,9 @@
 """History entries: `"<Name> @ <HH:MM:SS> <DD/MM/YY>"` parsed into typed values.
 
 The one owner of the entry format: `read_listing` splits the canonical form into name and
-stamp, `second_of` reads a stamp into a `Second` (cached: seconds repeat), and `parse_entry`
-reads any form the API may send, down to a reason for what it cannot. The client's typed layer,
+stamp, `second_of` reads a stamp into a `Second` (cached: seconds repeat), `parse_entry`
+reads any form the API may send, down to a reason for what it cannot, and `rename_listing`
+writes a listing back with other names (`--pseudonymize`). The client's typed layer,
 `sources/listing.py`'s numbering (the hot path of every backfill and replay), the events'
 timestamps and the simulator's tests all go through them.
 """
@@ -10,8 +11,10 @@ timestamps and the simulator's tests all go through them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 # The name is greedy so that a name containing " @ " keeps everything up to the
 # *last* "@" that is followed by a well-formed timestamp.
@@ -174,3 +177,55 @@ def parse_entry(camera_id: str, raw: object) -> LogEntry | BadEntry:
 def format_entry(person: str, seen_at: datetime) -> str:
     """The wire form of an entry (used by the simulator)."""
     return f"{person} @ {seen_at:%H:%M:%S %d/%m/%y}"
+
+
+# What may follow the last " @ " of an entry whose stamp alone is impossible, and still be kept
+# when its name is replaced: digits and the stamp's separators, which cannot spell a name.
+_STAMPISH = re.compile(r"[0-9:/ ]+")
+
+
+def rename_listing(
+    reply: dict[str, Any], rename: Callable[[str], str], withhold: Callable[[object], object]
+) -> dict[str, Any]:
+    """A `/logs` reply (camera id -> entries) with each entry's name replaced by `rename(name)`,
+    entry for entry: the shape and the count stay (the checkpoint's positions count entries).
+
+    An entry in any form `parse_entry` reads is written back in the canonical form; one whose
+    stamp alone is impossible keeps its stamp (so it is dead-lettered for the same reason);
+    anything else may hold a name anywhere and becomes `withhold(value)`, as does a camera's
+    value that is not a list.
+    """
+    out: dict[str, Any] = {}
+    seconds = _SECONDS
+    for camera, raws in reply.items():
+        if not isinstance(raws, list):
+            out[camera] = withhold(raws)
+            continue
+        renamed: list[object] = []
+        for raw in raws:
+            if (  # the canonical form, as `read_listing` takes it
+                type(raw) is str
+                and raw[-NAME_END:-STAMP_CHARS] == SEPARATOR
+                and (name := raw[:-NAME_END].strip())
+                and (seconds.get(stamp := raw[-STAMP_CHARS:]) or _read_second(stamp)) is not None
+            ):
+                renamed.append(rename(name) + raw[-NAME_END:])
+            else:
+                renamed.append(_rename_odd(camera, raw, rename, withhold))
+        out[camera] = renamed
+    return out
+
+
+def _rename_odd(
+    camera: str, raw: object, rename: Callable[[str], str], withhold: Callable[[object], object]
+) -> object:
+    """`rename_listing` for an entry not in the canonical form."""
+    if not isinstance(raw, str):
+        return withhold(raw)
+    entry = parse_entry(camera, raw)
+    if isinstance(entry, LogEntry):
+        return format_entry(rename(entry.person), entry.seen_at)
+    name, separator, stamp = raw.rpartition(SEPARATOR)
+    if separator and name.strip() and _STAMPISH.fullmatch(stamp):
+        return f"{rename(name.strip())}{separator}{stamp}"
+    return withhold(raw)

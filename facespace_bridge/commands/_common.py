@@ -36,6 +36,12 @@ from facespace_bridge.client import (
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
 from facespace_bridge.privacy.filters import EntryFilter, FilterError, FilterSettings
+from facespace_bridge.privacy.pseudonyms import (
+    KEY_VARIABLE,
+    PseudonymKeyError,
+    Pseudonyms,
+    key_from_environment,
+)
 from facespace_bridge.settings import cli_options, from_options
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
@@ -182,12 +188,24 @@ def filter_options(command: F) -> F:
     return command
 
 
-def entry_filter_from(config: dict[str, Any]) -> EntryFilter:
-    """The filters of a command's options; filters that contradict each other are bad input (exit 2)."""
+def entry_filter_from(config: dict[str, Any], names: Pseudonyms | None = None) -> EntryFilter:
+    """The filters of a command's options; filters that contradict each other are bad input (exit 2).
+
+    `names`: under --pseudonymize the sources see only pseudonyms (the client renames every
+    reply), so `--person` and `--exclude-person` are matched as their pseudonyms."""
     try:
-        return EntryFilter.from_settings(from_options(FilterSettings, config))
+        settings = from_options(FilterSettings, config)
+        entry_filter = EntryFilter.from_settings(settings)
     except FilterError as exc:
         raise click.BadParameter(str(exc), param_hint=exc.option) from None
+    if names is None or not entry_filter.by_person:
+        return entry_filter
+    return EntryFilter(
+        settings.cameras,
+        settings.exclude_cameras,
+        [names.of(name) for name in settings.people],
+        [names.of(name) for name in settings.exclude_people],
+    )
 
 
 def api_key_from(config: dict[str, Any]) -> str:
@@ -217,6 +235,29 @@ def warn_if_short(api_key: str) -> None:
             "alone, and a key that short is easy to guess",
             MIN_SAFE_LENGTH,
         )
+
+
+pseudonymize_option = click.option(
+    "--pseudonymize/--no-pseudonymize",
+    default=False,
+    show_default=True,
+    help=f"Replace every name by a keyed pseudonym (p_ and 20 hex digits) everywhere it would "
+    f"appear: payloads, event ids, Home Assistant, /status, the page, logs. The key: env "
+    f"{KEY_VARIABLE}, at least 32 bytes (docs/privacy.md).",
+)
+
+
+def pseudonyms_from(config: dict[str, Any]) -> Pseudonyms | None:
+    """With `--pseudonymize`, the pseudonyms under the key from the environment (never argv or
+    the config file); None without. A missing or short key is a usage error (exit 2)."""
+    if not config.get("pseudonymize"):
+        return None
+    try:
+        key = key_from_environment()
+    except PseudonymKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+    register_secret(os.environ[KEY_VARIABLE])
+    return Pseudonyms(key)
 
 
 def logging_options(command: F) -> F:
@@ -322,6 +363,9 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
     bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
     entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
+    names = pseudonyms_from(config)  # (the key checked before any side effect; make_client uses it)
+    if names is not None:
+        entry_filter = entry_filter_from(config, names)
     backfill_from = None
     if config["backfill_from"]:
         try:
@@ -358,6 +402,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         realtime=config["realtime"],
         quick_polls=config["quick_polls"],
         instance_id=config["instance_id"],
+        pseudonymous=names is not None,
     )
     return api_key, sinks, options
 
@@ -399,6 +444,7 @@ def make_client(
         base_url=config["api_url"],
         timeout=config["api_timeout"],
         transport=CountingTransport(metrics) if metrics else None,
+        names=pseudonyms_from(config),
         **retry,
     )
 

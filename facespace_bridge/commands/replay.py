@@ -42,12 +42,20 @@ from facespace_bridge.commands._common import (
     entry_filter_from,
     filter_options,
     logging_options,
+    pseudonymize_option,
+    pseudonyms_from,
     setup_logging,
     tune_gc,
     warn_if_short,
     with_env,
 )
-from facespace_bridge.events import DEADLETTER_SCHEMA, seen_at_text
+from facespace_bridge.events import (
+    DEADLETTER_SCHEMA,
+    PSEUDONYMOUS_SIGHTINGS,
+    SIGHTINGS,
+    SightingEncoder,
+    seen_at_text,
+)
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
@@ -261,6 +269,7 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
     help="Progress bar on stderr [default: when stderr is a terminal].",
 )
 @api_options
+@pseudonymize_option
 @logging_options
 @sink_options
 def command(**config: Any) -> None:
@@ -281,6 +290,9 @@ def command(**config: Any) -> None:
         )
     entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
+    names = pseudonyms_from(config)
+    if names is not None:
+        entry_filter = entry_filter_from(config, names)
     dry_run = config["dry_run"]
     if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
@@ -291,10 +303,11 @@ def command(**config: Any) -> None:
     warn_if_short(api_key)
     day_first = "/" in config["start_time"] or "/" in (config["end_time"] or "")
     understood = f"replaying {range_text(start, end)} (UTC{', day first' if day_first else ''})"
-    client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"])
+    client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"], names=names)
+    encoder = SIGHTINGS if names is None else PSEUDONYMOUS_SIGHTINGS
     began = time.monotonic()
     tally = asyncio.run(
-        _main(client, [] if dry_run else sinks, start, end, entry_filter, progress, understood)
+        _main(client, [] if dry_run else sinks, start, end, entry_filter, progress, understood, encoder)
     )
     seconds = time.monotonic() - began
     rate = tally.entries / seconds if seconds > 0 else 0.0
@@ -379,11 +392,14 @@ async def _main(
     entry_filter: EntryFilter,
     progress: bool,
     understood: str,
+    encoder: SightingEncoder = SIGHTINGS,
 ) -> Tally:
     """`understood` (the range as read) is logged once the API has answered (bad input says only
-    what is wrong)."""
+    what is wrong). `encoder` builds the sightings (pseudonymous ones under --pseudonymize)."""
     started: list[Sink] = []
-    chunks = LogsSource(client, entry_filter=entry_filter).read_range(start, end, Checkpoint())
+    chunks = LogsSource(client, entry_filter=entry_filter, encoder=encoder).read_range(
+        start, end, Checkpoint()
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -21,6 +21,7 @@ from facespace_bridge.commands._common import (
     page_state,
     preflight,
     prepare,
+    pseudonymize_option,
     require_transactions,
     serve_page,
     setup_logging,
@@ -138,6 +139,7 @@ log = logging.getLogger("facespace_bridge")
     "the ingress proxy may connect (172.30.32.2; env FACESPACE_BRIDGE_INGRESS_PROXY names another), "
     "any other client gets 403; no password, Home Assistant has authenticated the user.",
 )
+@pseudonymize_option
 @logging_options
 @sink_options
 def command(**config: Any) -> int:

@@ -26,7 +26,13 @@ from typing import Any
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import BadEntry, format_entry, parse_entry
 from facespace_bridge.client.entries import Second, read_listing
-from facespace_bridge.events import SIGHTINGS, SightingPair, deadletter_event, unpublishable_sighting
+from facespace_bridge.events import (
+    SIGHTINGS,
+    SightingEncoder,
+    SightingPair,
+    deadletter_event,
+    unpublishable_sighting,
+)
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Batch
 
@@ -76,6 +82,7 @@ def number_listing(
     memory: TailMemory | None = None,
     newest: dict[str, datetime] | None = None,
     batch_events: int | None = None,
+    encoder: SightingEncoder = SIGHTINGS,
     entry_filter: EntryFilter | None = None,
 ) -> Iterator[Batch]:
     """The events of a listing's entries in `[start, end)`, in the API's order, in batches.
@@ -85,6 +92,7 @@ def number_listing(
     sighting it handed over before is skipped, the others are remembered. `newest` is updated
     with the latest second read per camera. A bad entry becomes a dead letter unless it sits
     before the resume position (after it, or with nothing to place it by: a repeat beats a loss).
+    `encoder` builds the sightings (`events.PSEUDONYMOUS_SIGHTINGS` under --pseudonymize).
 
     `entry_filter` (privacy/filters.py): a camera left out is skipped whole; an entry whose person
     is left out is numbered as ever (so everyone else's k and n, hence event ids and positions,
@@ -98,7 +106,6 @@ def number_listing(
     per camera or per second.
     """
     batch_events = batch_events or BATCH_EVENTS
-    encoder = SIGHTINGS
     batch = Batch()
     events, positions = batch.events, batch.positions
     filtering = entry_filter if entry_filter is not None and entry_filter.active else None
@@ -186,7 +193,9 @@ def number_listing(
             if type(pair) is SightingPair:
                 events.append(encoder.event(pair, moment, k))  # type: ignore[arg-type]
             else:
-                events.append(unpublishable_sighting(camera, name, second, k, format_entry(name, second)))
+                events.append(
+                    unpublishable_sighting(camera, name, second, k, format_entry(name, second), encoder)
+                )
             published, published_n = second, n
             if len(events) >= batch_events:
                 positions[camera] = (published, n)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
+from facespace_bridge.events import SIGHTINGS, SightingEncoder
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
 from facespace_bridge.sources.listing import TailMemory, number_listing
@@ -52,10 +53,12 @@ class LogsSource:
         refresh: float = 1.0,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        encoder: SightingEncoder = SIGHTINGS,
     ) -> None:
         self.client = client
         self.entry_filter = entry_filter = entry_filter or EntryFilter()
         self.camera_id = entry_filter.single_camera  # the API's own narrowing, when it can
+        self.encoder = encoder  # builds the sightings (events.PSEUDONYMOUS_SIGHTINGS: --pseudonymize)
         self.lateness = lateness
         self.tail_interval = tail_interval
         self.refresh = refresh
@@ -88,6 +91,7 @@ class LogsSource:
                 resume=resume,
                 newest=self.newest_seen,
                 entry_filter=self.entry_filter,
+                encoder=self.encoder,
             ):
                 yield batch
             yield Barrier(window.end or self._read_through(window.start))
@@ -131,7 +135,7 @@ class LogsSource:
                     async for window in self.client.iter_windows(query_from, None, self.camera_id):
                         for batch in number_listing(
                             window.reply, window.start, window.end, resume=first, memory=memory,
-                            newest=self.newest_seen, entry_filter=self.entry_filter,
+                            newest=self.newest_seen, entry_filter=self.entry_filter, encoder=self.encoder,
                         ):  # fmt: skip
                             yield batch
                 except HTTPRequestError as exc:
@@ -180,6 +184,7 @@ class LogsSource:
                     memory=memory,
                     newest=self.newest_seen,
                     entry_filter=self.entry_filter,
+                    encoder=self.encoder,
                 ):
                     yield batch
         except HTTPRequestError as exc:

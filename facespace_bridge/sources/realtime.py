@@ -63,6 +63,7 @@ class RealtimeSource:
         presence_timeout: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         on_in_view: Callable[[list[str]], None] | None = None,
+        pseudonymous: bool = False,
         entry_filter: EntryFilter | None = None,
     ) -> None:
         self.client = client
@@ -72,6 +73,7 @@ class RealtimeSource:
         self.tracker = PresenceTracker(presence_timeout)
         self.monotonic = monotonic
         self.on_in_view = on_in_view  # called after each poll with the cameras that see someone
+        self.pseudonymous = pseudonymous  # the client's names are pseudonyms (--pseudonymize)
         self.health = PollHealth()
         self.polls = 0
 
@@ -118,7 +120,9 @@ class RealtimeSource:
             # The builder validates; a payload that fails comes back as a dead letter.
             yield Batch(
                 [
-                    presence_event(camera, people, arrived, departed, observed_at)
+                    presence_event(
+                        camera, people, arrived, departed, observed_at, pseudonymous=self.pseudonymous
+                    )
                     for camera, people, arrived, departed in changes
                 ]
             )

@@ -100,6 +100,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
             "KAFKA_SASL",
         ),
         (["--end-time", "23/10/23", "--broker", "kafka"], True, "--start-time"),
+        (["--start-time", "23/10/23", "--broker", "kafka", "--pseudonymize"], True, "PSEUDONYM_KEY"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(args, env_key, problem, sentinel, tmp_path):

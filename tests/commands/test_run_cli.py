@@ -142,6 +142,26 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             "--web-host 0.0.0.0 would show people's names beyond this machine without a password",
         ),
         (
+            ["--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k"},
+            "--pseudonymize needs a key: set FACESPACE_BRIDGE_PSEUDONYM_KEY",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYM_KEY": "é" * 15 + "x"},  # 31 bytes
+            "FACESPACE_BRIDGE_PSEUDONYM_KEY is too short: 32 bytes at least",
+        ),
+        (
+            ["--broker", "file", "--output", "x.jsonl"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYMIZE": "1"},
+            "--pseudonymize needs a key",
+        ),
+        (
+            ["check", "--broker", "file", "--output", "x.jsonl", "--pseudonymize"],
+            {"FACESPACE_API_KEY": "k", "FACESPACE_BRIDGE_PSEUDONYM_KEY": "short"},
+            "FACESPACE_BRIDGE_PSEUDONYM_KEY is too short",
+        ),
+        (
             ["--broker", "file", "--output", "x.jsonl", "--web-ingress"],
             {"FACESPACE_API_KEY": "k"},
             "--web-ingress serves the page on --web-port: set it",

@@ -148,6 +148,7 @@ class HomeAssistant(MqttExtension):
         reannounce_delay: tuple[float, float] = (1.0, 5.0),
         migration_pause: float = 2.0,
         clock: Callable[[], float] = time.time,
+        pseudonymous: bool = False,
     ) -> None:
         settings = settings or HomeAssistantSettings()
         ha_prefix, mode = settings.prefix, settings.mode
@@ -179,7 +180,9 @@ class HomeAssistant(MqttExtension):
         self.reannounces = 0  # re-sends after Home Assistant came online
         self.migrated = 0  # configs moved over from the other discovery form at start
         # The device trackers' states, retained on each person's tracker topic as they change.
-        self.whereabouts = Whereabouts(settings.away_after, clock=clock, on_change=self._tracker_changed)
+        self.whereabouts = Whereabouts(
+            settings.away_after, clock=clock, on_change=self._tracker_changed, pseudonymous=pseudonymous
+        )
         self._cutoff_at = -1  # the wall-clock second `_cutoff` was computed for
         self._cutoff = ""
         self._connection: MqttConnection | None = None
@@ -592,4 +595,5 @@ def from_config(
         )
     if role.side:
         return None
-    return HomeAssistant(layout, settings)
+    # --pseudonymize (a command option, not one of these settings): the names are pseudonyms.
+    return HomeAssistant(layout, settings, pseudonymous=bool(config.get("pseudonymize")))
