@@ -81,12 +81,14 @@ class LogsSource:
         After each window a Barrier lets the checkpoint's heartbeat time follow, so a crash
         resumes at the last window rather than at the start (and replay shows its progress).
         """
+        # The API answers whole minutes: the first window begins at the start's minute, and
+        # what that minute holds before `start` is left out (its seconds number nothing after).
         async for window in self.client.iter_windows(
             minute_floor(start), end, self.camera_id, read_ahead=True
         ):
             for batch in number_listing(
                 window.reply,
-                window.start,
+                max(window.start, start),
                 window.end,
                 resume=resume,
                 newest=self.newest_seen,

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 
 import orjson
+import pytest
 
 from facespace_bridge.checkpoints import Checkpoint, Position
 from facespace_bridge.client import AsyncLogsAPI, Window, format_entry
@@ -43,9 +44,14 @@ def client_of(sim: SimulatorServer) -> AsyncLogsAPI:
     return AsyncLogsAPI(sim.api_key, base_url=sim.base_url, max_retries=1, retry_max_seconds=0.2)
 
 
-async def test_a_range_is_the_ground_truth_once_after_the_resume_positions(simulator_factory) -> None:
+@pytest.mark.parametrize("seconds", [0, 37], ids=["on-a-minute", "within-a-minute"])
+async def test_a_range_is_the_ground_truth_once_after_the_resume_positions(
+    simulator_factory, seconds
+) -> None:
+    """Also from a start within a minute: the API answers whole minutes, and what the first
+    minute holds before the start is not in the range."""
     sim = simulator_factory(visits_per_hour=400)
-    start, end = SIM_NOW - timedelta(hours=6), SIM_NOW - timedelta(hours=1)
+    start, end = SIM_NOW - timedelta(hours=6, seconds=-seconds), SIM_NOW - timedelta(hours=1)
     expected = truth(sim, start, end)
     # Camera1 was published up to the whole second of its 50th entry in the range.
     cutoff = sorted(seen for camera, _, seen in expected.elements() if camera == "Camera1")[49]
