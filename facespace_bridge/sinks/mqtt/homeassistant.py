@@ -40,13 +40,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
+import paho.mqtt.client as paho
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import seen_at_text
@@ -60,6 +61,7 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
+from facespace_bridge.sinks.mqtt.traces import json_object, names_in, normalized
 from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
@@ -253,6 +255,14 @@ class HomeAssistant(MqttExtension):
     def details(self) -> dict[str, Any]:
         return {"ha_events_held_back": self.held_back}
 
+    def forget(self, person: str) -> None:
+        # Under every form of the name the API sent: nothing re-sent names them again.
+        for name in [p for p in self.people if normalized(p) == person]:
+            self.people.discard(name)
+            self.whereabouts.forget(name)
+            for topic in self.configs_for((), (name,), sorted(self.cameras), (name,)):
+                self._config_topics.pop(topic, None)
+
     async def close(self) -> None:
         if self._reannounce_task is not None:
             self._reannounce_task.cancel()
@@ -378,6 +388,30 @@ class HomeAssistant(MqttExtension):
         """The retained topics it would publish for these cameras and people."""
         people = sorted(set(people))
         return set(self.configs(cameras, people)) | {self.layout.person_tracker(p) for p in people}
+
+    def person_topics(self, people: Collection[str], found: Mapping[str, bytes]) -> list[str]:
+        """Their discovery configs, in either form, known by their device's identifier (a
+        person's device is `<node>_person_<slug of its name>`; in entity form each of their
+        entities carries it, the camera pairs too), and their device trackers' states."""
+        trackers = f"{self.layout.prefix}/person/+/tracker"
+        topics = []
+        for topic, payload in found.items():
+            if paho.topic_matches_sub(self.config_filter, topic):
+                if not self.owns(topic, payload):
+                    continue
+                document = json_object(payload)
+                device = document.get("device") or document.get("dev")
+                name = device.get("name") if isinstance(device, dict) else None
+                if (
+                    isinstance(name, str)
+                    and normalized(name) in people
+                    and self._person_device(name).info["identifiers"][0] in device.get("identifiers", ())
+                ):
+                    topics.append(topic)
+            elif paho.topic_matches_sub(trackers, topic):
+                if not names_in(json_object(payload), "person").isdisjoint(people):
+                    topics.append(topic)
+        return topics
 
     def owns(self, topic: str, payload: bytes) -> bool:
         """Whether a retained message under `retained_filters` is this bridge's: a config only

@@ -88,6 +88,9 @@ class MqttSettings:
         help="Unacknowledged messages held before sources are made to wait.",
     )
     topic_prefix: str = setting("--topic-prefix", default="facespace", help="Base MQTT topic.")
+    # People excluded now (NFC): the bridge clears what the broker still retains of them at
+    # start (their Home Assistant devices go), as it does when asked to forget someone.
+    excluded_people: frozenset[str] = frozenset()
 
     @property
     def address(self) -> BrokerAddress:
