@@ -469,8 +469,11 @@ class HomeAssistant(MqttExtension):
                 "state_topic": presence,
                 "value_template": "{{ value_json.people | length }}",
                 "json_attributes_topic": presence,
+                # An empty presence (cleared when someone is forgotten) empties the attributes,
+                # which named them, instead of leaving them and logging "Erroneous JSON".
                 "json_attributes_template": (
-                    '{{ {"people": value_json.people, "observed_at": value_json.observed_at} | tojson }}'
+                    '{{ ({"people": value_json.people, "observed_at": value_json.observed_at}'
+                    " if value_json is defined else {}) | tojson }}"
                 ),
             },
         )
