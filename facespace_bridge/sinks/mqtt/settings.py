@@ -88,8 +88,8 @@ class MqttSettings:
         help="Unacknowledged messages held before sources are made to wait.",
     )
     topic_prefix: str = setting("--topic-prefix", default="facespace", help="Base MQTT topic.")
-    # People excluded now (NFC): the bridge clears what the broker still retains of them at
-    # start (their Home Assistant devices go), as it does when asked to forget someone.
+    # `--exclude-person` (privacy/filters.py), NFC-normalised: people the bridge never publishes,
+    # whom the Home Assistant extension removes at start if they were announced before.
     excluded_people: frozenset[str] = frozenset()
 
     @property
