@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from facespace_bridge.client import LogEntry
-from facespace_bridge.events import PRESENCE_SCHEMA, SIGHTING_SCHEMA, Event, parse_rfc3339, seen_at_text
+from facespace_bridge.events import Event, parse_rfc3339, seen_at_text
 from facespace_bridge.sinks.base import LastSeen
 from facespace_bridge.sources.base import Batch
 from facespace_bridge.web.words import explain
@@ -63,11 +63,6 @@ def _hour_text(epoch: float) -> str:
 
 def _utc(epoch: float) -> str:
     return seen_at_text(datetime.fromtimestamp(epoch, timezone.utc))
-
-
-def _person(event: Event) -> str:
-    person: str = orjson.loads(event.payload)["person"]
-    return person
 
 
 class PageState:
@@ -149,13 +144,12 @@ class PageState:
     def presence(self, batch: Batch) -> None:
         """A batch of the realtime source, as the bridge hands it to the sinks."""
         for event in batch.events:
-            if event.schema != PRESENCE_SCHEMA:
+            if event.kind != "presence" or event.people is None or event.seen_at is None:
                 continue
-            fields = event.fields
-            people: list[str] = fields["people"]
+            people = list(event.people)
             self.in_view[event.camera_id] = people
             self._known(event.camera_id)
-            self.whereabouts.presence(event.camera_id, people, parse_rfc3339(fields["observed_at"]))
+            self.whereabouts.presence(event.camera_id, people, event.seen_at)
 
     def acknowledged(self, batch: Batch) -> None:
         """A batch every sink has acknowledged."""
@@ -170,7 +164,7 @@ class PageState:
         new: list[Event] = []
         for event in events:
             seen_at = event.time
-            if event.schema != SIGHTING_SCHEMA or seen_at is None:
+            if seen_at is None or event.person is None or event.kind != "sighting":
                 continue
             camera = event.camera_id
             floor = floors.get(camera)
@@ -186,14 +180,15 @@ class PageState:
         self._chart_changed = True
         newest: dict[str, Event] = {}
         for index, event in enumerate(new):
-            person = _person(event)
+            person = event.person or ""
             known = newest.get(person)
             if known is None or (event.time or "") > (known.time or ""):
                 newest[person] = event
             if index >= len(new) - (self.recent.maxlen or RECENT):
                 self._add_recent(event.camera_id, person, event.time or "")
         for person, event in newest.items():
-            self.whereabouts.sighting(person, event.camera_id, parse_rfc3339(event.time or ""))
+            if event.seen_at is not None:
+                self.whereabouts.sighting(person, event.camera_id, event.seen_at)
 
     def _known(self, camera: str) -> None:
         """Make `camera` known (with no sightings yet, it still has a row and a series)."""
