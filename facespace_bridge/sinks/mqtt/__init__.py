@@ -292,8 +292,9 @@ class MqttSink(Sink):
         else:
             try:
                 traces = await self.forget([person])
-            except SinkError as exc:
-                answer = {"status": "error", "error": str(exc)}
+            except Exception as exc:  # answered, and the bridge carries on
+                log.warning("could not forget a person on request: %s", exc)
+                answer = {"status": "error", "error": str(exc) or type(exc).__name__}
             else:
                 # The name stays out of the log: the point is to forget it.
                 log.info("forgot a person on request: cleared %s", traces.summary())
