@@ -165,14 +165,16 @@ class MqttSink(Sink):
     async def start(self) -> None:
         await self.connection.start()
         self.connection.on_message = self._on_message
-        for extension in self.extensions:
-            await extension.start(self.connection)
         if self.requests:
             self.connection.subscribe(self.layout.request("forget"))
             excluded = self.settings.excluded_people
             if excluded:
+                # Before the extensions start: Home Assistant's would migrate their configs
+                # to the other discovery form, which keeps them in its registry.
                 traces = await self.forget(excluded)
                 log.info("cleared what the broker retained of people excluded now: %s", traces.summary())
+        for extension in self.extensions:
+            await extension.start(self.connection)
 
     async def announce(
         self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen] | None = None

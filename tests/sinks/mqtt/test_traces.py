@@ -204,3 +204,22 @@ async def test_a_start_clears_the_people_excluded_now(mqtt_broker: MqttBroker) -
     ):
         pass
     assert LAYOUT.person("Alice") in await retained_async(mqtt_broker)
+
+
+async def test_excluded_at_a_start_that_switches_discovery_forms(mqtt_broker: MqttBroker) -> None:
+    """Cleared before Home Assistant's migration, which would otherwise move their configs over
+    (and keep them in its registry)."""
+    async with sink_for(mqtt_broker, ha=ha_for(mode="entity")) as sink:
+        await world(sink)
+    excluded = frozenset({"Bob Smith"})
+    with MqttCollector(mqtt_broker, "homeassistant/#") as collector:
+        async with sink_for(mqtt_broker, ha=ha_for(mode="device"), excluded_people=excluded) as sink:
+            await sink.announce(CAMERAS, [p for p in PEOPLE if p != "Bob Smith"])
+            await sink.flush()
+        await collector.wait_for(lambda ms: any("person_Alice" in m.topic for m in ms), what="the new form")
+    migrated = [m.topic for m in collector.snapshot() if b"migrate_discovery" in m.payload]
+    assert migrated and not any("Bob" in t for t in migrated)
+    after = await retained_async(mqtt_broker)
+    assert [t for t, p in after.items() if "Bob" in t or b"Bob" in p] == []
+    assert any(t.startswith("homeassistant/device/facespace/person_Alice") for t in after)
+    assert not any(t.startswith("homeassistant/sensor/") for t in after)  # the others migrated
