@@ -71,8 +71,9 @@ def names_them(name: str, messages: dict[str, bytes] | list[tuple[str, bytes]]) 
     return [topic for topic, payload in items if name in topic or name.encode() in payload]
 
 
+@pytest.mark.parametrize("mode", ["entity", "device"])
 async def test_forget_beside_a_running_bridge_then_exclude_at_start(
-    simulator_factory, home_assistant: HomeAssistant, mqtt_broker: MqttBroker, tmp_path: Path
+    simulator_factory, home_assistant: HomeAssistant, mqtt_broker: MqttBroker, tmp_path: Path, mode: str
 ) -> None:
     ha = home_assistant
     world = frozen_world_with_someone_in_view()
@@ -86,7 +87,7 @@ async def test_forget_beside_a_running_bridge_then_exclude_at_start(
     excluded = next(p for p in sorted(people) if p != forgotten)
     everyone = unique_ids(cameras, people)
     theirs = everyone - unique_ids(cameras, people - {forgotten})
-    bridge = Bridge(sim, mqtt_broker, tmp_path)
+    bridge = Bridge(sim, mqtt_broker, tmp_path, "--ha-discovery-mode", mode)
     try:
 
         async def announced(wanted: set[str]) -> bool:
@@ -152,7 +153,7 @@ async def test_forget_beside_a_running_bridge_then_exclude_at_start(
     # The bridge starts again with someone excluded (the sink's setting, as `--exclude-person`
     # fills it): what the broker retains of them goes, and Home Assistant removes them.
     kept = people - {forgotten, excluded}
-    async with sink_for(mqtt_broker, ha=ha_for(), excluded_people=frozenset({excluded})) as sink:
+    async with sink_for(mqtt_broker, ha=ha_for(mode=mode), excluded_people=frozenset({excluded})) as sink:
         await sink.announce(cameras, kept)
         wanted = unique_ids(cameras, kept)
         await ha.wait_until(lambda: shown(ha, wanted), 30, "the excluded person's entities gone")
