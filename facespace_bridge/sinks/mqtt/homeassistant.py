@@ -1,8 +1,8 @@
 """Home Assistant, as an extension of the MQTT sink (extension.py) that owns its whole life
 cycle: discovery configs in either of Home Assistant's two forms and the migration between
 them, re-announcing when Home Assistant restarts, the event gate, a device tracker per
-person, and what `mqtt-cleanup` needs to tell its topics from others'. docs/mqtt.md says
-what users see.
+person, what `mqtt-cleanup` needs to tell its topics from others', and which of them are a
+person's (`person_topics`, for forgetting them: traces.py). docs/mqtt.md says what users see.
 
 Discovery follows Home Assistant's MQTT discovery docs and zigbee2mqtt's Home Assistant
 extension: a stable `unique_id` per entity, `origin`, one device per camera and per person
