@@ -26,8 +26,10 @@ Every run writes to a fresh topic of 3 partitions, deleted after it: Tansu's mem
 slows down as it fills.
 
 `--breakdown` adds `replay --dry-run` (the range read, numbered and built into events, no sink:
-what the API side costs) and, per client, `replay --no-cloudevents` (3 headers per record
-instead of 10), timed the same way.
+what the API side costs), per client, `replay --no-cloudevents` (3 headers per record
+instead of 10), and `replay --exclude-person` of the world's most frequent person (the filters
+of docs/privacy.md; its rate counts the entries read, published or left out, as the others'
+do), timed the same way.
 
 `--profile DIR` attaches py-spy to every replay and prints its top functions (rates measured
 with the sampler attached are lower).
@@ -81,6 +83,7 @@ END = START + timedelta(hours=HOURS)  # the clock of the frozen world: the range
 CAMERAS = 10
 PARTITIONS = 3
 RUN_TIMEOUT = 900.0
+FREQUENT = "Zoë Ångström"  # the simulator's first person, whom its worlds show most often
 TARGET_OF_SAME_RECORDS = 0.7  # replay >= 70 % of the bare librdkafka loop sending its records
 TARGET_OF_COMPETENT = 1.5  # replay >= 1.5 x the competent script
 TARGET_RSS_MB = 200.0
@@ -163,7 +166,8 @@ def replay(
     found = re.search(r"publish(?:ed)? (\d+) sightings", measured.stdout)
     if found is None:
         raise SystemExit(f"no summary from the replay: {measured.stdout}")
-    published = int(found.group(1))
+    left_out = re.search(r"\((\d+) entries left out by the filters\)", measured.stdout)
+    published = int(found.group(1)) + (int(left_out.group(1)) if left_out else 0)  # entries read
     done = measured.finished
     if "--dry-run" in flags:
         name = "`replay --dry-run` (read, number, build; no sink)"
@@ -331,6 +335,15 @@ def main() -> None:
                         )
                     breakdown.append(run)
                     asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
+                topic = f"bench.replay.{clients[0]}.filtered"
+                run = replay(api_url, bootstrap, pid, clients[0], END, topic, Profiler(None),
+                             ["--exclude-person", FREQUENT])  # fmt: skip
+                stored = asyncio.run(topic_size(bootstrap, topic))
+                if not (run.events == truth and 0 < stored < truth):
+                    raise SystemExit(f"{run.name}: {run.events:,} read, topic {stored:,}, truth {truth:,}")
+                print(f"  {run.name}: {truth - stored:,} of {truth:,} left out", file=sys.stderr)
+                breakdown.append(run)
+                asyncio.run(delete_topics(bootstrap, topic, f"{topic}.deadletter"))
                 for run in breakdown:
                     print(f"  {run.name}: {run.rate:,.0f} events/s", file=sys.stderr)
             competent_run = script("_competent_seed.py", api_url, bootstrap, pid, "bench.competent")

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
 from facespace_bridge.events import seen_at_text
 from facespace_bridge.metrics import Metrics
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import LastSeen, Sink
 from facespace_bridge.sources.base import Barrier, Batch, Clock, utcnow
@@ -44,7 +45,8 @@ class BridgeOptions:
     backfill_from: datetime | None = None  # None: start at "now", no backfill
     lateness: timedelta = timedelta(minutes=2)  # look-back window for late-inserted entries
     presence_timeout: float = 30.0
-    camera_id: str | None = None
+    # Whose sightings leave the bridge (privacy/filters.py); the default keeps everyone.
+    entry_filter: EntryFilter = field(default_factory=EntryFilter)
     realtime: bool = True
     logs: bool = True
     quick_polls: bool = True  # someone in view on /recognition: that camera's /logs polled at once
@@ -78,6 +80,7 @@ class Bridge:
         self.store = store
         self.options = options = options or BridgeOptions()
         self.metrics = metrics or Metrics()
+        self.metrics.follow(options.entry_filter)
         self.clock = clock
         self.page = page  # the web page's state (web/), fed off the hot path; None without a page
         # Exactly once: the sink whose transactions carry the checkpoint.
@@ -86,7 +89,7 @@ class Bridge:
             raise ValueError("a transactional sink must be the only sink")
         self.logs_source = LogsSource(
             client,
-            camera_id=options.camera_id,
+            entry_filter=options.entry_filter,
             lateness=options.lateness,
             tail_interval=options.tail_interval,
             refresh=options.refresh,
@@ -97,6 +100,7 @@ class Bridge:
             refresh=options.refresh,
             presence_timeout=options.presence_timeout,
             on_in_view=self.logs_source.poll_soon if options.logs and options.quick_polls else None,
+            entry_filter=options.entry_filter,
         )
         # What /status reports (facespace_bridge/status.py).
         client.on_retry = self._api_retry
@@ -271,9 +275,10 @@ class Bridge:
         cameras: set[str] = set()
         people: set[str] = set()
         last_seen: dict[str, LastSeen] = {}
+        entry_filter = self.options.entry_filter
         # Best effort: what cannot be read now is announced on its first event instead.
         try:
-            in_view = await self.client.get_realtime()
+            in_view = entry_filter.recognition(await self.client.get_realtime())
             for camera, names in in_view.items():
                 cameras.add(camera)
                 people.update(names)
@@ -289,8 +294,12 @@ class Bridge:
         end = None if announcers else self._backfill_resumes()
         try:
             if end is None or end > start:
-                async for entry in self.client.iter_entries(start, end, self.options.camera_id):
-                    if isinstance(entry, LogEntry):
+                async for entry in self.client.iter_entries(start, end, entry_filter.single_camera):
+                    if (
+                        isinstance(entry, LogEntry)
+                        and entry_filter.camera_kept(entry.camera_id)
+                        and entry_filter.person_kept(entry.person)
+                    ):
                         cameras.add(entry.camera_id)
                         people.add(entry.person)
                         seen = last_seen.get(entry.person)

@@ -131,6 +131,13 @@ def render_configuration(cli: click.Group) -> str:
         "names with `_` (a `-` is accepted too); an unknown key is an error (exit 2). Secrets are "
         "never options: they come from the environment variables at the end of this page, or "
         "from files (`--api-key-file`).\n",
+        'A repeatable option is a TOML array (`exclude_person = ["Mary Ann Smith", "Björk"]`). '
+        "In the environment, the options that take names or camera ids (`--camera-id`, "
+        "`--exclude-camera`, `--person`, `--exclude-person`) take a comma-separated list whose "
+        "spaces belong to the names (`FACESPACE_BRIDGE_EXCLUDE_PERSON='Mary Ann Smith,Björk'`), "
+        "or a JSON array for names that hold a comma "
+        "(`FACESPACE_BRIDGE_EXCLUDE_PERSON='[\"Smith, Anne\"]'`); `--broker` takes its values "
+        "separated by spaces.\n",
         '```toml\n# facespace-bridge run --config bridge.toml\nbroker = ["kafka", "mqtt"]\n'
         'bootstrap_servers = "kafka:9092"\nmqtt_url = "mqtt://mosquitto:1883"\n'
         "metrics_port = 9108\n```\n",

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from facespace_bridge.checkpoints import Checkpoint
+from facespace_bridge.privacy.filters import REASONS, EntryFilter
 
 PREFIX = "facespace_bridge"
 STATES = ("STARTING", "RUNNING", "DEGRADED", "FAILED", "STOPPING")  # status.State's values
@@ -99,8 +100,23 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.filtered = Counter(
+            f"{PREFIX}_filtered",
+            "History entries left out by a filter (--camera-id, --exclude-camera, --person, "
+            "--exclude-person), by reason: camera or person; never a name",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REASONS:
+            self.filtered.labels(reason=reason)
         self._held_back = 0
         self._reconnects: dict[str, int] = {}
+        self._filters: list[tuple[EntryFilter, dict[str, int]]] = []
+
+    def follow(self, entry_filter: EntryFilter) -> None:
+        """Count what `entry_filter` leaves out (brought up to date at each scrape: the sources
+        only add to the filter's own counts, which costs the hot path nothing more)."""
+        self._filters.append((entry_filter, dict.fromkeys(REASONS, 0)))
 
     def saved(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was made durable."""
@@ -125,6 +141,11 @@ class Metrics:
         if held_back > self._held_back:
             self.ha_events_held_back.inc(held_back - self._held_back)
             self._held_back = held_back
+        for entry_filter, counted in self._filters:
+            for reason, total in entry_filter.counts.items():
+                if total > counted.get(reason, 0):
+                    self.filtered.labels(reason=reason).inc(total - counted.get(reason, 0))
+                    counted[reason] = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

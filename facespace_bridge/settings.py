@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import click
+import orjson
 
 T = TypeVar("T")
 _OPTION = "facespace_bridge.option"
@@ -39,6 +40,30 @@ def setting(*decls: str, default: Any, cli_default: Any = _UNSET, **option: Any)
     the field's default."""
     spec = _Option(decls, option, cli_default)
     return dataclasses.field(default=default, metadata={_OPTION: spec})
+
+
+class NameList(click.types.StringParamType):
+    """The type of a repeatable option whose values are names (camera ids, people): from the
+    environment, a comma-separated list whose spaces belong to the names (`Mary Ann Smith,Björk`),
+    or a JSON array for names that hold a comma (`["Smith, Anne"]`). (click's own split, at
+    whitespace, would cut a name in two.)"""
+
+    name = "name"
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        text = rv.strip()
+        if text.startswith("["):
+            try:
+                items = orjson.loads(text)
+            except orjson.JSONDecodeError as exc:
+                raise click.BadParameter(f"not a JSON array of names: {exc}") from None
+            if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+                raise click.BadParameter("a JSON list of names must hold only strings")
+            return items
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+
+NAMES = NameList()
 
 
 def _specs(cls: type) -> list[tuple[dataclasses.Field[Any], _Option]]:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "facespace_bridge"
 
 # Lowest first, as the table in docs/architecture.md.
 LAYERS: list[set[str]] = [
-    {"_version", "backoff", "schemas", "settings", "simulator"},
+    {"_version", "backoff", "schemas", "settings", "simulator", "privacy"},
     {"client"},
     {"events", "cloudevents", "kafka", "whereabouts"},
     {"checkpoints", "sources"},

@@ -35,6 +35,8 @@ from facespace_bridge.client import (
 )
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
+from facespace_bridge.privacy.filters import EntryFilter, FilterError, FilterSettings
+from facespace_bridge.settings import cli_options, from_options
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
 from facespace_bridge.web import Access, PageServer, PageState, exposure_problem, password_from
@@ -72,6 +74,7 @@ def _load_config(
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{value} is not valid TOML: {exc}", param_hint="--config") from None
     known = {p.name for p in ctx.command.params if p.name}
+    repeatable = {p.name for p in ctx.command.params if p.name and getattr(p, "multiple", False)}
     ignored = set(also_known()) - known
     defaults = {}
     for key, item in data.items():
@@ -85,6 +88,8 @@ def _load_config(
             continue
         if name not in known:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", param_hint="--config")
+        if name in repeatable and isinstance(item, str):
+            item = [item]  # `camera_id = "front"`, as before --camera-id was repeatable
         defaults[name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -165,6 +170,21 @@ def api_options(command: F) -> F:
     ):
         command = option(command)
     return command
+
+
+def filter_options(command: F) -> F:
+    """`--camera-id`, `--exclude-camera`, `--person`, `--exclude-person` (privacy/filters.py)."""
+    for option in reversed(cli_options(FilterSettings)):
+        command = option(command)
+    return command
+
+
+def entry_filter_from(config: dict[str, Any]) -> EntryFilter:
+    """The filters of a command's options; filters that contradict each other are bad input (exit 2)."""
+    try:
+        return EntryFilter.from_settings(from_options(FilterSettings, config))
+    except FilterError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.option) from None
 
 
 def api_key_from(config: dict[str, Any]) -> str:
@@ -297,6 +317,7 @@ def register_secret(secret: str | None) -> None:
 def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
+    entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
     backfill_from = None
     if config["backfill_from"]:
@@ -328,7 +349,7 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
         backfill_from=backfill_from,
         lateness=timedelta(seconds=config["lateness"]),
         presence_timeout=config["presence_timeout"],
-        camera_id=config["camera_id"],
+        entry_filter=entry_filter,
         realtime=config["realtime"],
         quick_polls=config["quick_polls"],
         instance_id=config["instance_id"],

@@ -24,11 +24,12 @@ import click
 import orjson
 
 from facespace_bridge.commands._common import config_option, logging_options, setup_logging, with_env
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.sinks import Role, SinkError
 from facespace_bridge.sinks.mqtt import OPTIONS as MQTT_OPTIONS
 from facespace_bridge.sinks.mqtt import MqttConnection, TopicLayout, homeassistant, side_connection
 from facespace_bridge.sinks.mqtt.settings import settings_from_config
-from facespace_bridge.sinks.mqtt.traces import PersonTraces, Traces, json_object, normalized, sweep
+from facespace_bridge.sinks.mqtt.traces import PersonTraces, Traces, json_object, sweep
 
 
 @dataclass(frozen=True)

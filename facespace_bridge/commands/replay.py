@@ -39,6 +39,8 @@ from facespace_bridge.commands._common import (
     api_key_from,
     api_options,
     config_option,
+    entry_filter_from,
+    filter_options,
     logging_options,
     setup_logging,
     tune_gc,
@@ -47,6 +49,7 @@ from facespace_bridge.commands._common import (
 )
 from facespace_bridge.events import DEADLETTER_SCHEMA, seen_at_text
 from facespace_bridge.metrics import Metrics
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
 from facespace_bridge.sinks import Role, Sink, SinkError
 from facespace_bridge.sinks.registry import SINK_MODULES, broker_help, build_sinks, sink_options
@@ -68,6 +71,7 @@ class Tally:
     through: datetime | None = None
     interrupted: bool = False  # Ctrl-C (or SIGTERM) ended it before the end of the range
     note: str | None = None  # why nothing was there, when nothing was
+    filtered: int = 0  # entries the filters left out (privacy/filters.py)
 
     @property
     def entries(self) -> int:
@@ -238,7 +242,7 @@ def _time(value: str, option: str, *, end: bool = False) -> datetime:
     help="Last moment of the range, inclusive at the resolution given (a date: that whole day). "
     "Default: up to the latest entry.",
 )
-@click.option("--camera-id", help="Only this camera (default: all).")
+@filter_options
 @click.option(
     "--broker",
     multiple=True,
@@ -275,6 +279,7 @@ def command(**config: Any) -> None:
             f"start {config['start_time']!r} is not before end {config['end_time']!r}",
             param_hint="--start-time",
         )
+    entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
     dry_run = config["dry_run"]
     if not config["broker"] and not dry_run:
@@ -289,7 +294,7 @@ def command(**config: Any) -> None:
     client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"])
     began = time.monotonic()
     tally = asyncio.run(
-        _main(client, [] if dry_run else sinks, start, end, config["camera_id"], progress, understood)
+        _main(client, [] if dry_run else sinks, start, end, entry_filter, progress, understood)
     )
     seconds = time.monotonic() - began
     rate = tally.entries / seconds if seconds > 0 else 0.0
@@ -305,8 +310,9 @@ def command(**config: Any) -> None:
             continue_command(sys.argv[1:], resume),
         )
         sys.exit(INTERRUPTED)
+    left_out = f" ({tally.filtered} entries left out by the filters)" if tally.filtered else ""
     click.echo(
-        f"{verb} {tally.published} sightings and {tally.deadlettered} dead letters "
+        f"{verb} {tally.published} sightings and {tally.deadlettered} dead letters{left_out} "
         f"in {seconds:.1f} s ({rate:,.0f} events/s)"
     )
     if tally.note:
@@ -370,14 +376,14 @@ async def _main(
     sinks: list[Sink],
     start: datetime,
     end: datetime | None,
-    camera_id: str | None,
+    entry_filter: EntryFilter,
     progress: bool,
     understood: str,
 ) -> Tally:
     """`understood` (the range as read) is logged once the API has answered (bad input says only
     what is wrong)."""
     started: list[Sink] = []
-    chunks = LogsSource(client, camera_id=camera_id).read_range(start, end, Checkpoint())
+    chunks = LogsSource(client, entry_filter=entry_filter).read_range(start, end, Checkpoint())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -391,8 +397,9 @@ async def _main(
             await sink.start()
             started.append(sink)
         tally = await publish_range(_then(first, chunks), started, _Progress(progress, start, end), stop)
-        if tally.entries == 0 and not tally.interrupted:
-            tally.note = await _nothing_there(client, camera_id)
+        tally.filtered = sum(entry_filter.counts.values())
+        if tally.entries == 0 and not tally.interrupted and not tally.filtered:
+            tally.note = await _nothing_there(client, entry_filter.single_camera)
         return tally
     except SinkError as exc:
         raise click.ClickException(str(exc)) from None

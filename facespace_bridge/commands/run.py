@@ -15,6 +15,7 @@ from facespace_bridge.client import APIKeyError
 from facespace_bridge.commands._common import (
     api_options,
     config_option,
+    filter_options,
     logging_options,
     make_client,
     page_state,
@@ -78,7 +79,7 @@ log = logging.getLogger("facespace_bridge")
     show_default=True,
     help="A person counts as gone after this many seconds unseen.",
 )
-@click.option("--camera-id", help="Only this camera (default: all).")
+@filter_options
 @click.option(
     "--realtime/--no-realtime",
     default=True,

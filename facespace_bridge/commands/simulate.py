@@ -48,6 +48,7 @@ def _simulate(**options: Any) -> None:
             now=options["now"],
             speed=options["speed"],
             odd_names=options["odd_names"],
+            companion=options["companion"],
         )
         faults = Faults(
             error_rate=options["error_rate"],
@@ -135,6 +136,12 @@ command = with_env(
                 help="Explicit camera id (repeatable); replaces Camera1..N.",
             ),
             click.Option(["--people"], type=click.IntRange(min=1), default=20, show_default=True),
+            click.Option(
+                ["--companion"],
+                metavar="NAME",
+                help="A person seen on every camera, in the same second as half of the others' "
+                "visits (for trying the filters: docs/privacy.md).",
+            ),
             click.Option(
                 ["--history-hours"],
                 type=click.FloatRange(min=0),

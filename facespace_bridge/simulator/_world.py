@@ -32,6 +32,8 @@ MAX_VISIT_SECONDS = 1800  # presence lasts at most this long, so /recognition lo
 _FIRST_KEY = itemgetter(0)
 _SAME_PERSON_SHARE = 0.04  # of visits that log their person twice in the same second
 _EXTRA_SHARE = 0.16  # of visits that bring a second entry in the same second (incl. the above)
+_COMPANION_SHARE = 0.5  # of visits the companion (WorldConfig.companion) shares the second of
+_COMPANION_TWICE = 0.2  # of those, where the companion is logged twice in that second
 # Visit lengths: exponential quantiles (mean about two minutes), at least 5 s, capped.
 _DURATIONS = tuple(
     min(MAX_VISIT_SECONDS, 5 + int(-120 * math.log(1 - (i + 0.5) / 1024))) for i in range(1024)
@@ -142,6 +144,10 @@ class WorldConfig:
     now: datetime | None = None  # start of the simulated clock; None = the real time
     speed: float = 1.0  # simulated seconds per real second; 0 freezes the clock
     odd_names: bool = False  # add people and cameras with '@', '/', '+', '#' in their names
+    # A person seen on every camera, in the same second as half of everyone else's visits
+    # (before or after them, sometimes twice), with a random stream of their own: everyone
+    # else's visits are the same with or without them. For testing filters against the truth.
+    companion: str | None = None
     cache_entries: int = 3_000_000  # bound of the bucket cache, in entries
 
     def __post_init__(self) -> None:
@@ -157,6 +163,10 @@ class WorldConfig:
             (self.visits_per_hour >= 0, "visits_per_hour must not be negative"),
             (self.speed >= 0, "speed must not be negative"),
             (self.cache_entries >= 0, "cache_entries must not be negative"),
+            (
+                self.companion is None or (bool(self.companion) and self.companion == self.companion.strip()),
+                "companion must be non-empty without leading or trailing spaces",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -244,6 +254,9 @@ class World:
             self._cameras += _ODD_CAMERAS
         self._camera_set = frozenset(self._cameras)
         self._people = _make_people(config.seed, config.people, config.odd_names)
+        if config.companion is not None:
+            if config.companion in self._people:
+                raise ValueError(f"the companion {config.companion!r} is one of the world's people already")
         self._lock = threading.RLock()
         self._cache: OrderedDict[tuple[str, int], _Bucket] = OrderedDict()
         self._cached_entries = 0
@@ -256,7 +269,8 @@ class World:
         return list(self._cameras)
 
     def people(self) -> list[str]:
-        return list(self._people)
+        companion = [self.config.companion] if self.config.companion is not None else []
+        return [*self._people, *companion]
 
     def has_camera(self, camera_id: str) -> bool:
         return camera_id in self._camera_set
@@ -454,12 +468,34 @@ class World:
         visits.sort(key=_FIRST_KEY)  # stable: generation order inside a second
         if base < self.origin:
             visits = [v for v in visits if v[0] >= self.origin]
+        if config.companion is not None:
+            visits = self._with_companion(visits, camera_id, hour, config.companion)
         visit_starts = array("q", [v[0] for v in visits])
         hh, date = _hour_suffixes(hour)
         mmss = _MMSS
         wire: list[object] = [f"{person} @ {hh}:{mmss[start - base]} {date}" for start, _, person in visits]
         names: list[str | None] = [person for _, _, person in visits]
         return _Bucket(array("q", visit_starts), wire, names, visit_starts, visits)
+
+    def _with_companion(
+        self, visits: list[tuple[int, int, str]], camera_id: str, hour: int, companion: str
+    ) -> list[tuple[int, int, str]]:
+        """`visits` (sorted) with the companion beside some of them, in the same second; drawn
+        from a stream of its own, so that everyone else's visits are what they are without it."""
+        rand = random.Random(f"{self.config.seed}|{camera_id}|{hour}|companion").random
+        out: list[tuple[int, int, str]] = []
+        for visit in visits:
+            roll = rand()
+            if roll >= _COMPANION_SHARE:
+                out.append(visit)
+                continue
+            theirs = (visit[0], visit[1], companion)
+            times = 2 if roll < _COMPANION_SHARE * _COMPANION_TWICE else 1
+            if rand() < 0.5:
+                out += [theirs] * times + [visit]
+            else:
+                out += [visit] + [theirs] * times
+        return out
 
     def _insert_seconds(self, camera_id: str, seen_at: datetime | None) -> int:
         if camera_id not in self._camera_set:

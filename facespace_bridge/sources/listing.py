@@ -27,6 +27,7 @@ from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import BadEntry, format_entry, parse_entry
 from facespace_bridge.client.entries import Second, read_listing
 from facespace_bridge.events import SIGHTINGS, SightingPair, deadletter_event, unpublishable_sighting
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Batch
 
 # Events per batch at most (a batch ends at the end of a run, so it may hold a few more).
@@ -75,6 +76,7 @@ def number_listing(
     memory: TailMemory | None = None,
     newest: dict[str, datetime] | None = None,
     batch_events: int | None = None,
+    entry_filter: EntryFilter | None = None,
 ) -> Iterator[Batch]:
     """The events of a listing's entries in `[start, end)`, in the API's order, in batches.
 
@@ -83,6 +85,12 @@ def number_listing(
     sighting it handed over before is skipped, the others are remembered. `newest` is updated
     with the latest second read per camera. A bad entry becomes a dead letter unless it sits
     before the resume position (after it, or with nothing to place it by: a repeat beats a loss).
+
+    `entry_filter` (privacy/filters.py): a camera left out is skipped whole; an entry whose person
+    is left out is numbered as ever (so everyone else's k and n, hence event ids and positions,
+    are what they are without the filter) but builds nothing, and its position is recorded as if
+    published, so the checkpoint moves past it; a malformed entry that names someone left out
+    is dropped, not dead-lettered. Each is counted in the filter, never logged.
 
     The per-entry path of every backfill and replay: `client.entries.read_listing` splits the
     canonical form and gives each entry its cached `Second` (anything else goes through
@@ -93,9 +101,17 @@ def number_listing(
     encoder = SIGHTINGS
     batch = Batch()
     events, positions = batch.events, batch.positions
+    filtering = entry_filter if entry_filter is not None and entry_filter.active else None
+    by_person = filtering if filtering is not None and filtering.by_person else None
     for camera, raws in reply.items():
+        if filtering is not None and not filtering.camera_kept(camera):
+            filtering.left_out("camera", len(raws) if isinstance(raws, list) else 1)
+            continue
         floor = resume.position(camera) if resume is not None else None
         if not isinstance(raws, list):
+            if by_person is not None and not by_person.raw_kept(raws):
+                by_person.left_out("person")
+                continue
             bad = BadEntry(camera, raws, f"camera's entries are a {type(raws).__name__}, not a list")
             if memory is None or memory.new_dead_letter(bad):
                 events.append(deadletter_event(camera, bad.raw, bad.reason, "logs"))
@@ -127,7 +143,10 @@ def number_listing(
                     # (counted by the memory first: the next poll must know it was seen here)
                     unseen = memory is None or memory.new_dead_letter(entry)
                     if unseen and (numbered is None or floor is None or numbered >= floor):
-                        events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
+                        if by_person is not None and not by_person.raw_kept(entry.raw):
+                            by_person.left_out("person")  # it names someone left out: dropped
+                        else:
+                            events.append(deadletter_event(camera, entry.raw, entry.reason, "logs"))
                     continue
                 name, entry_second = entry.person, Second.of(entry.seen_at)
             if entry_second is not moment and entry_second.at != second:  # a new second
@@ -159,6 +178,10 @@ def number_listing(
                 handed.add((name, k))
             if n <= skip:
                 continue
+            if by_person is not None and not by_person.person_kept(name):
+                by_person.left_out("person")
+                published, published_n = second, n  # the checkpoint moves past it all the same
+                continue
             pair = pairs.get(name) or encoder.pair(camera, name)
             if type(pair) is SightingPair:
                 events.append(encoder.event(pair, moment, k))  # type: ignore[arg-type]
@@ -173,5 +196,5 @@ def number_listing(
                 published = None
         if published is not None:
             positions[camera] = (published, published_n)
-    if events:
+    if events or positions:  # (positions alone: entries left out by a filter, to move past)
         yield batch

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
 from facespace_bridge.sources.listing import TailMemory, number_listing
 
@@ -36,13 +37,16 @@ def minute_floor(dt: datetime) -> datetime:
 
 
 class LogsSource:
-    """Reads `/logs` for the bridge and for replay. One instance per run; not thread-safe."""
+    """Reads `/logs` for the bridge and for replay. One instance per run; not thread-safe.
+
+    `entry_filter` leaves cameras and people out (privacy/filters.py); with one `--camera-id`
+    the API is asked for that camera alone."""
 
     def __init__(
         self,
         client: AsyncLogsAPI,
         *,
-        camera_id: str | None = None,
+        entry_filter: EntryFilter | None = None,
         lateness: timedelta = timedelta(minutes=2),
         tail_interval: float = 5.0,
         refresh: float = 1.0,
@@ -50,7 +54,8 @@ class LogsSource:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.camera_id = camera_id
+        self.entry_filter = entry_filter = entry_filter or EntryFilter()
+        self.camera_id = entry_filter.single_camera  # the API's own narrowing, when it can
         self.lateness = lateness
         self.tail_interval = tail_interval
         self.refresh = refresh
@@ -77,7 +82,12 @@ class LogsSource:
             minute_floor(start), end, self.camera_id, read_ahead=True
         ):
             for batch in number_listing(
-                window.reply, window.start, window.end, resume=resume, newest=self.newest_seen
+                window.reply,
+                window.start,
+                window.end,
+                resume=resume,
+                newest=self.newest_seen,
+                entry_filter=self.entry_filter,
             ):
                 yield batch
             yield Barrier(window.end or self._read_through(window.start))
@@ -91,8 +101,7 @@ class LogsSource:
 
     def poll_soon(self, cameras: Iterable[str]) -> None:
         """Someone is in view at these cameras: poll their history at once (coalesced)."""
-        if self.camera_id is not None:
-            cameras = [c for c in cameras if c == self.camera_id]
+        cameras = [c for c in cameras if self.entry_filter.camera_kept(c)]
         before = len(self._quick)
         self._quick.update(cameras)
         if len(self._quick) > before:
@@ -122,7 +131,7 @@ class LogsSource:
                     async for window in self.client.iter_windows(query_from, None, self.camera_id):
                         for batch in number_listing(
                             window.reply, window.start, window.end, resume=first, memory=memory,
-                            newest=self.newest_seen,
+                            newest=self.newest_seen, entry_filter=self.entry_filter,
                         ):  # fmt: skip
                             yield batch
                 except HTTPRequestError as exc:
@@ -165,7 +174,12 @@ class LogsSource:
         try:
             async for window in self.client.iter_windows(start, None, camera):
                 for batch in number_listing(
-                    window.reply, window.start, window.end, memory=memory, newest=self.newest_seen
+                    window.reply,
+                    window.start,
+                    window.end,
+                    memory=memory,
+                    newest=self.newest_seen,
+                    entry_filter=self.entry_filter,
                 ):
                     yield batch
         except HTTPRequestError as exc:

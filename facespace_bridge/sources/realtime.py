@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, HTTPRequestError, StopLogsSignal
 from facespace_bridge.events import presence_event
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Batch, PollHealth, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,11 @@ class RealtimeSource:
         presence_timeout: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         on_in_view: Callable[[list[str]], None] | None = None,
+        entry_filter: EntryFilter | None = None,
     ) -> None:
         self.client = client
+        # Cameras and people left out never reach the tracker: no presence, no quick poll.
+        self.entry_filter = entry_filter or EntryFilter()
         self.refresh = refresh
         self.tracker = PresenceTracker(presence_timeout)
         self.monotonic = monotonic
@@ -102,6 +106,8 @@ class RealtimeSource:
                 backoff.succeeded()
                 delay = self.refresh
             self.polls += 1
+            if self.entry_filter.active:
+                snapshot = self.entry_filter.recognition(snapshot)
             observed_at = datetime.now(timezone.utc).replace(microsecond=0)
             changes = self.tracker.update(snapshot, self.monotonic())
             # Someone in view may have just made a history entry: an arrival surely did, and so

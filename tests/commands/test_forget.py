@@ -26,7 +26,7 @@ from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant
 from tests.fixtures.mqtt import MqttBroker, MqttCollector, retained_async
 from tests.fixtures.simulator import SMALL_WORLD
-from tests.sinks.mqtt._helpers import Bridge, ha_for, registry_of, sink_for
+from tests.sinks.mqtt._helpers import Bridge, registry_of, sink_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -150,15 +150,17 @@ async def test_forget_beside_a_running_bridge_then_exclude_at_start(
     finally:
         await bridge.stop()
 
-    # The bridge starts again with someone excluded (the sink's setting, as `--exclude-person`
-    # fills it): what the broker retains of them goes, and Home Assistant removes them.
-    kept = people - {forgotten, excluded}
-    async with sink_for(mqtt_broker, ha=ha_for(mode=mode), excluded_people=frozenset({excluded})) as sink:
-        await sink.announce(cameras, kept)
+    # The bridge starts again with someone excluded: what the broker retains of them goes, and
+    # Home Assistant removes them. (The forgotten person is in its history: announced again.)
+    kept = people - {excluded}
+    bridge = Bridge(sim, mqtt_broker, tmp_path, "--ha-discovery-mode", mode, "--exclude-person", excluded)
+    try:
         wanted = unique_ids(cameras, kept)
-        await ha.wait_until(lambda: shown(ha, wanted), 30, "the excluded person's entities gone")
-    assert names_them(excluded, await retained_async(mqtt_broker)) == []
-    assert excluded not in {d["name"] for d in await ha.device_registry()}
+        await ha.wait_until(lambda: announced(wanted), 60, "the excluded person's entities gone")
+        assert names_them(excluded, await retained_async(mqtt_broker)) == []
+        assert excluded not in {d["name"] for d in await ha.device_registry()}
+    finally:
+        await bridge.stop()
 
 
 async def world(broker: MqttBroker) -> None:

@@ -153,3 +153,28 @@ def test_bad_config_is_refused() -> None:
     for bad in ({"cameras": 0}, {"people": 0}, {"speed": -1.0}, {"camera_ids": ("A", "A")}):
         with pytest.raises(ValueError):
             WorldConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_the_companion_is_everywhere_and_everyone_else_is_as_without_them() -> None:
+    companion = "Zoe\u0308 Companion"
+    plain, accompanied = small(), small(companion=companion)
+    assert accompanied.people() == [*plain.people(), companion]
+    entries = list(accompanied.entries())
+    assert [e for e in entries if e[1] != companion] == list(plain.entries())
+    theirs = [(camera, at) for camera, person, at in entries if person == companion]
+    assert {camera for camera, _ in theirs} == set(accompanied.cameras())
+    others = {(camera, at) for camera, person, at in entries if person != companion}
+    assert all(seen in others for seen in theirs)  # always in the same second as someone else
+    assert any(count > 1 for count in Counter(theirs).values())  # sometimes twice in one second
+    assert len(theirs) > len(others) / 3
+    for minutes in range(0, 24 * 60, 17):
+        at = NOW - timedelta(minutes=minutes)
+        without = {c: [p for p in people if p != companion] for c, people in accompanied.present(at).items()}
+        assert without == plain.present(at)
+
+
+def test_the_companion_must_be_someone_else() -> None:
+    with pytest.raises(ValueError, match="companion"):
+        small(companion=" padded")
+    with pytest.raises(ValueError, match="one of the world's people"):
+        small(companion=small().people()[0])

@@ -17,6 +17,7 @@ import orjson
 from facespace_bridge.checkpoints import Checkpoint, Position
 from facespace_bridge.client import BadEntry, parse_entry
 from facespace_bridge.events import deadletter_event, sighting_event
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.listing import TailMemory, number_listing
 
 T = datetime(2023, 10, 23, 0, 5, 22, tzinfo=timezone.utc)
@@ -187,3 +188,79 @@ def test_a_quick_poll_leaves_dead_letters_to_the_full_poll() -> None:
     assert [e.kind for e in events_of({"A": [raw("Al"), "junk"]}, memory=memory)] == ["sighting"]
     memory.quick = False
     assert [e.kind for e in events_of({"A": [raw("Al"), "junk"]}, memory=memory)] == ["deadletter"]
+
+
+# -- filters (privacy/filters.py) -------------------------------------------------------------------
+
+
+def last_positions(batches: list) -> dict[str, tuple[datetime, int]]:
+    out: dict[str, tuple[datetime, int]] = {}
+    for batch in batches:
+        out.update(batch.positions)
+    return out
+
+
+def test_a_filter_leaves_everyone_elses_ids_and_the_positions_as_they_are() -> None:
+    """Left out: camera C, and Zoë (sent decomposed, excluded composed). Everyone else's events
+    are the same, with the same ids, and each camera's last position is the same as without the
+    filter: the checkpoint moves past what was left out."""
+    rng = random.Random(21)
+    zoe_nfd = "Zoe\u0308"
+    for trial in range(400):
+        reply = random_reply(rng)
+        for raws in reply.values():
+            if isinstance(raws, list):
+                for index, text in enumerate(raws):
+                    if isinstance(text, str) and text.startswith("Zoë"):
+                        raws[index] = zoe_nfd + text[3:]
+                if rng.random() < 0.3:
+                    raws.insert(rng.randrange(len(raws) + 1), f"{zoe_nfd} @ 99:99:99 junk")
+        start = T + timedelta(seconds=rng.randrange(-1, 3)) if rng.random() < 0.3 else None
+        resume = None
+        if trial % 2:
+            cameras = {
+                c: Position(T + timedelta(seconds=rng.randrange(-1, 7)), rng.randrange(3)) for c in "AB"
+            }
+            resume = Checkpoint(cameras=cameras)
+        size = rng.randrange(1, 30)
+        everything = list(number_listing(reply, start, None, resume=resume, batch_events=size))
+        entry_filter = EntryFilter(exclude_cameras=["C"], exclude_people=["Zoë"])
+        kept = list(
+            number_listing(reply, start, None, resume=resume, batch_events=size, entry_filter=entry_filter)
+        )
+
+        def named_zoe(event: Any) -> bool:
+            text = event.person if event.kind == "sighting" else str(event.fields.get("raw"))
+            return "Zoe\u0308" in (text or "")
+
+        left_out = [e for b in everything for e in b.events if e.camera_id == "C" or named_zoe(e)]
+        assert [e.event_id for b in kept for e in b.events] == [
+            e.event_id for b in everything for e in b.events if e not in left_out
+        ], trial
+        assert not any(named_zoe(e) for b in kept for e in b.events)
+        expected_positions = {c: p for c, p in last_positions(everything).items() if c != "C"}
+        assert last_positions(kept) == expected_positions, trial
+        assert entry_filter.counts["person"] == sum(e.camera_id != "C" for e in left_out), trial
+        assert entry_filter.counts["camera"] == len(reply["C"]), trial
+
+
+def test_entries_left_out_at_the_end_still_move_the_position() -> None:
+    entry_filter = EntryFilter(exclude_people=["Zoë"])
+    batches = list(
+        number_listing({"A": [raw("Al"), raw("Zoë"), raw("Zoë")]}, None, None, entry_filter=entry_filter)
+    )
+    assert [[e.person for e in b.events] for b in batches] == [["Al"]]
+    assert batches[0].positions == {"A": (T, 3)}
+    only_left_out = list(number_listing({"A": [raw("Zoë")]}, None, None, entry_filter=entry_filter))
+    assert [(b.events, b.positions) for b in only_left_out] == [([], {"A": (T, 1)})]
+
+
+def test_the_tail_moves_past_an_entry_left_out_once() -> None:
+    entry_filter = EntryFilter(exclude_people=["Zoë"])
+    memory = TailMemory()
+    reply = {"A": [raw("Al"), raw("Zoë")]}
+    first = list(number_listing(reply, None, None, memory=memory, entry_filter=entry_filter))
+    assert first[0].positions == {"A": (T, 2)}
+    memory.full_poll_done()
+    assert list(number_listing(reply, None, None, memory=memory, entry_filter=entry_filter)) == []
+    assert entry_filter.counts["person"] == 1

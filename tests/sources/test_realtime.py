@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI
+from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.simulator import STOP_MESSAGE, SimulatorServer
 from facespace_bridge.sources.base import Batch
 from facespace_bridge.sources.realtime import RealtimeSource
@@ -86,6 +87,28 @@ async def test_presence_follows_who_the_cameras_see(simulator_factory) -> None:
             for event in changes:
                 old, new = set(before[event["camera_id"]]), set(after[event["camera_id"]])
                 assert (set(event["arrived"]), set(event["departed"])) == (new - old, old - new)
+        finally:
+            await run.close()
+
+
+async def test_a_filter_keeps_cameras_and_people_out_of_presence(simulator_factory) -> None:
+    """A camera left out has no presence at all; a person left out is in no camera's list, and a
+    camera that sees only them is not in view (no quick poll)."""
+    companion = "Zoe\u0308 Companion"  # decomposed, as an API may send it; excluded composed
+    sim = simulator_factory(cameras=4, people=10, visits_per_hour=300, companion=companion)
+    entry_filter = EntryFilter(exclude_cameras=["Camera4"], exclude_people=["Zoë Companion"])
+    present = sim.world.present()
+    assert any(companion in people for camera, people in present.items() if camera != "Camera4")
+    async with client_of(sim) as client:
+        run = Run(RealtimeSource(client, refresh=0.02, presence_timeout=0, entry_filter=entry_filter))
+        try:
+            await run.polls(3)
+            events = run.events()
+            expected = {c: sorted(p for p in people if p != companion) for c, people in present.items()}
+            del expected["Camera4"]
+            assert shown(events) == expected
+            assert all(companion not in e["arrived"] + e["departed"] for e in events)
+            assert sorted(run.in_view[-1]) == sorted(c for c, p in expected.items() if p)
         finally:
             await run.close()
 

@@ -35,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from facespace_bridge.events import Event
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.settings import cli_options
 from facespace_bridge.sinks.base import Ack, LastSeen, Role, Sink, SinkError
 from facespace_bridge.sinks.mqtt import homeassistant
@@ -49,7 +50,7 @@ from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.outbox import Acknowledgement
 from facespace_bridge.sinks.mqtt.settings import MqttSettings, settings_from_config
 from facespace_bridge.sinks.mqtt.topics import TopicLayout, check_base_topic, id_slug
-from facespace_bridge.sinks.mqtt.traces import PersonTraces, Traces, json_object, normalized, sweep
+from facespace_bridge.sinks.mqtt.traces import PersonTraces, Traces, json_object, sweep
 
 __all__ = [
     "BrokerAddress",

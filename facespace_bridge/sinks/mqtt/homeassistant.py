@@ -51,6 +51,7 @@ import paho.mqtt.client as paho
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import seen_at_text
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.settings import cli_options, from_options, setting
 from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
@@ -61,7 +62,7 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
-from facespace_bridge.sinks.mqtt.traces import json_object, names_in, normalized
+from facespace_bridge.sinks.mqtt.traces import json_object, names_in
 from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from facespace_bridge.client import redactor
+from facespace_bridge.privacy.filters import FilterSettings, normalized
 from facespace_bridge.settings import flag, from_options, option_name, setting
 from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
 from facespace_bridge.sinks.mqtt.connection import PROTOCOLS
@@ -105,7 +106,13 @@ class MqttSettings:
 def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
     """The settings from a command's parsed options (click parameter names) and env
     MQTT_PASSWORD; raises click's errors for bad input, does no I/O."""
-    settings = from_options(MqttSettings, config, password=os.environ.get("MQTT_PASSWORD") or None)
+    excluded = config.get(option_name(FilterSettings, "exclude_people")) or ()
+    settings = from_options(
+        MqttSettings,
+        config,
+        password=os.environ.get("MQTT_PASSWORD") or None,
+        excluded_people=frozenset(normalized(name) for name in excluded),
+    )
 
     def hint(field: str) -> str:
         return flag(MqttSettings, field)

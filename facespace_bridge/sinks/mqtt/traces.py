@@ -17,7 +17,6 @@ Home Assistant removes the entities before their state topics empty.
 from __future__ import annotations
 
 import asyncio
-import unicodedata
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -25,14 +24,10 @@ from typing import Any, TypeVar, overload
 import orjson
 import paho.mqtt.client as paho
 
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.sinks.mqtt.connection import MqttConnection
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
-
-
-def normalized(name: str) -> str:
-    """The form names are compared in: NFC, as the API may send either."""
-    return unicodedata.normalize("NFC", name)
 
 
 def json_object(payload: bytes) -> dict[str, Any]:

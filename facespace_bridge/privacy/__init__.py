@@ -1,0 +1,1 @@
+"""Privacy controls: whose sightings leave the bridge (docs/privacy.md)."""
