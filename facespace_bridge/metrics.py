@@ -175,6 +175,11 @@ class CountingTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
+async def healthz(_: web.Request) -> web.Response:
+    """`GET /healthz`: the process answers (a watchdog's probe; `/readyz` says more)."""
+    return web.Response(text="ok\n")
+
+
 async def serve_metrics(
     metrics: Metrics, port: int, status: Callable[[], dict[str, Any]], host: str = "0.0.0.0"
 ) -> web.AppRunner:
@@ -189,9 +194,6 @@ async def serve_metrics(
         return web.Response(
             body=orjson.dumps(status(), option=orjson.OPT_INDENT_2), content_type="application/json"
         )
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
         state = status()["state"]

@@ -54,6 +54,9 @@ ENV_PREFIX = "FACESPACE_BRIDGE"
 NEGATED_KEYS = {"no_realtime": "realtime", "no_cloudevents": "cloudevents"}
 
 F = TypeVar("F", bound=Callable[..., Any])
+# `--web-ingress`: the Supervisor's proxy reaches the add-on's container over its network,
+# so the page listens on every address and the access rule, not the address, keeps others out.
+INGRESS_HOST = "0.0.0.0"
 
 
 def _load_config(
@@ -336,7 +339,9 @@ def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list
             )
     if config.get("checkpoint") == "kafka" and not config.get("bootstrap_servers"):
         raise click.UsageError("--checkpoint kafka needs --bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS)")
-    if config.get("web_port") is not None:
+    if config.get("web_ingress") and config.get("web_port") is None:
+        raise click.UsageError("--web-ingress serves the page on --web-port: set it (8099 for the add-on)")
+    if config.get("web_port") is not None and not config.get("web_ingress"):
         password = password_from()
         problem = exposure_problem(config["web_host"], password)
         if problem:
@@ -364,13 +369,20 @@ def page_state(config: dict[str, Any]) -> PageState | None:
     return PageState(away_after=config["away_after"])
 
 
+def page_host(config: dict[str, Any]) -> str:
+    """The address the page listens on: `--web-host`, or every address with `--web-ingress`."""
+    return INGRESS_HOST if config.get("web_ingress") else str(config["web_host"])
+
+
 async def serve_page(config: dict[str, Any], state: PageState, bridge: Bridge) -> tuple[PageServer, str]:
-    """Serve the page on `--web-host:--web-port` (the password, if any, from the environment);
-    returns the server and the page's URL. A port that cannot be bound is one line, exit 1."""
+    """Serve the page on `--web-host:--web-port` (the password, if any, from the environment),
+    or with `--web-ingress` on every address for the ingress proxy alone; returns the server
+    and the page's URL. A port that cannot be bound is one line, exit 1."""
     server = PageServer(state, bridge.status)
-    host, port = config["web_host"], config["web_port"]
+    host, port = page_host(config), config["web_port"]
+    access = Access.ingress() if config.get("web_ingress") else Access(password=password_from())
     try:
-        url = await server.listen(host, port, Access(password=password_from()))
+        url = await server.listen(host, port, access)
     except OSError as exc:
         await server.close()
         raise click.ClickException(

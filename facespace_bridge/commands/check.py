@@ -18,7 +18,13 @@ import click
 
 from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
-from facespace_bridge.commands._common import preflight, prepare, require_transactions, warn_if_short
+from facespace_bridge.commands._common import (
+    page_host,
+    preflight,
+    prepare,
+    require_transactions,
+    warn_if_short,
+)
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.web import can_bind
 
@@ -75,8 +81,9 @@ async def _reach(config: dict[str, Any], api_key: str, sinks: list[Sink]) -> int
     except Exception as exc:
         line("checkpoint", False, str(exc))
     if config.get("web_port") is not None:
-        where = f"{config['web_host']}:{config['web_port']}"
-        problem = can_bind(config["web_host"], config["web_port"])
+        host = page_host(config)
+        where = f"{host}:{config['web_port']}"
+        problem = can_bind(host, config["web_port"])
         line(
             "web",
             problem is None,

@@ -130,6 +130,14 @@ log = logging.getLogger("facespace_bridge")
     help="Address for --web-port. Beyond loopback the page needs a password: env "
     "FACESPACE_BRIDGE_WEB_PASSWORD (HTTP basic auth, any user name).",
 )
+@click.option(
+    "--web-ingress/--no-web-ingress",
+    default=False,
+    show_default=True,
+    help="Serve --web-port on every address for Home Assistant's ingress (the add-on does): only "
+    "the ingress proxy may connect (172.30.32.2; env FACESPACE_BRIDGE_INGRESS_PROXY names another), "
+    "any other client gets 403; no password, Home Assistant has authenticated the user.",
+)
 @logging_options
 @sink_options
 def command(**config: Any) -> int:
@@ -164,7 +172,10 @@ async def _run(config: dict[str, Any], api_key: str, sinks: list[Sink], options:
             )
         if state is not None:
             page, url = await serve_page(config, state, bridge)
-            log.info("web page at %s", url)
+            if config.get("web_ingress"):
+                log.info("web page at %s for Home Assistant's ingress proxy only", url)
+            else:
+                log.info("web page at %s", url)
         log.info(
             "bridge running: %s -> %s (checkpoint: %s)",
             config["api_url"],

@@ -12,6 +12,9 @@ producer, yet a `read_committed` consumer reads the records of an aborted transa
   to a `read_committed` consumer that reads past it (a committed marker written after it
   proves the read went far enough). Only this settles it, and it writes to a topic of its
   own (`facespace-bridge.capability-probe`), so it runs only when exactly-once is asked for.
+
+This module imports aiokafka as it loads (its request classes extend aiokafka's): the
+package (facespace_bridge/kafka/__init__.py) loads it only when one of its names is used.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka import errors as kafka_errors
@@ -28,13 +31,11 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.transaction import InitProducerIdRequest as InitProducerIdV0
 from aiokafka.protocol.types import CompactString, Int16, Int32, Int64, Schema, TaggedFields
 
-from facespace_bridge.kafka.connection import KafkaConnection
+from facespace_bridge.kafka.connection import Client, KafkaConnection
 from facespace_bridge.kafka.topics import ensure_topic
 
 log = logging.getLogger(__name__)
 
-Client = Literal["librdkafka", "aiokafka"]
-CLIENTS: tuple[Client, ...] = ("librdkafka", "aiokafka")
 PROBE_TOPIC = "facespace-bridge.capability-probe"
 _PROBE_READ_SECONDS = 15.0
 _PROBE_TIMEOUT_SECONDS = 30.0

@@ -5,6 +5,9 @@ the checkpoint store, the capability probe, the `checkpoint` command), rendered 
 aiokafka keyword arguments or as librdkafka configuration. TLS files are read here, so a
 bad certificate is bad input (exit 2), not a failure at run time; SASL credentials come
 only from the environment, never from argv (`ps` shows argv).
+
+No Kafka library is imported before a connection is made from the options: every command's
+flags include the Kafka ones, and the Home Assistant add-on's image has no Kafka library.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ import os
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import click
-from aiokafka.helpers import create_ssl_context
 
 from facespace_bridge.client import redactor
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 DEFAULT_BOOTSTRAP = "localhost:9092"
+#: the client libraries a Kafka sink may write with (`--kafka-client`)
+Client = Literal["librdkafka", "aiokafka"]
+CLIENTS: tuple[Client, ...] = ("librdkafka", "aiokafka")
 #: secrets that configure a Kafka connection: read from here only, redacted from every log line
 SECRET_VARIABLES = ("KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD")
 
@@ -127,6 +132,8 @@ def connection_from_config(config: Mapping[str, Any]) -> KafkaConnection:
 
     context = None
     if protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
         try:
             context = create_ssl_context(
                 cafile=cafile, certfile=certfile, keyfile=keyfile, password=key_password

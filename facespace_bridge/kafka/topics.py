@@ -5,9 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from aiokafka import errors as kafka_errors
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
 from facespace_bridge.kafka.connection import KafkaConnection
 
 log = logging.getLogger(__name__)
@@ -27,6 +24,9 @@ async def ensure_topic(
 ) -> bool:
     """Create `topic` unless it exists; True when it was created. `replication_factor` None:
     min(3, brokers in the cluster). Raises TopicError."""
+    from aiokafka import errors as kafka_errors  # here: only a Kafka sink or store loads aiokafka
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
     admin = AIOKafkaAdminClient(**connection.aiokafka_kwargs())
     try:
         await admin.start()

@@ -9,6 +9,7 @@
   rather than Server-Sent Events because Home Assistant's ingress proxy passes WebSockets
   through as they are, and compressed event streams until 2026.1, which browsers buffer.
 - `GET /api/state`: the same snapshot as JSON, for a look with curl.
+- `GET /healthz`: "ok", as on the metrics port (the add-on's watchdog asks the ingress port).
 
 Each port the page is served on has its own `Access` rule (access.py): `PageServer.listen`
 may be called for several ports (the add-on serves the ingress port beside `--web-port`),
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from facespace_bridge.metrics import healthz
 from facespace_bridge.web.access import Access
 from facespace_bridge.web.push import Broadcaster, Status
 from facespace_bridge.web.state import PageState
@@ -80,6 +82,7 @@ class PageServer:
         app.router.add_get("/", self._page)
         app.router.add_get("/api/live", self._live)
         app.router.add_get("/api/state", self._state)
+        app.router.add_get("/healthz", healthz)
         app.router.add_static("/static", STATIC, append_version=False)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()

@@ -141,6 +141,11 @@ def one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
             {"FACESPACE_API_KEY": "k"},
             "--web-host 0.0.0.0 would show people's names beyond this machine without a password",
         ),
+        (
+            ["--broker", "file", "--output", "x.jsonl", "--web-ingress"],
+            {"FACESPACE_API_KEY": "k"},
+            "--web-ingress serves the page on --web-port: set it",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_before_any_side_effect(tmp_path, args, env, needle):

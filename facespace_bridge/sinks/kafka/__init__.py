@@ -30,11 +30,10 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 import click
-from aiokafka import codec as _aiokafka_codec
-from aiokafka import errors as aiokafka_errors
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
 from facespace_bridge import kafka as kafka_connection
@@ -44,18 +43,18 @@ from facespace_bridge.kafka import (
     CLIENTS,
     CONNECTION_OPTIONS,
     DEFAULT_BOOTSTRAP,
-    BrokerCapabilities,
     Client,
     KafkaConnection,
     TopicError,
-    broker_capabilities,
     connection_from_config,
     ensure_topic,
-    transactions_work,
 )
 from facespace_bridge.settings import cli_options, flag, from_options, setting
 from facespace_bridge.sinks.base import Role, Sink, SinkError
 from facespace_bridge.sinks.kafka.properties import check_properties, parse_properties
+
+if TYPE_CHECKING:
+    from facespace_bridge.kafka import BrokerCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,6 @@ CLIENT_DEFAULTS: dict[Client, ClientDefaults] = {
     "aiokafka": ClientDefaults(linger_ms=0, batch_size=256 * 1024),
 }
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
-# librdkafka's wheels carry every codec; aiokafka writes snappy/lz4/zstd only with cramjam.
-_AIOKAFKA_COMPRESSIONS = (
-    "none",
-    *(name for name in COMPRESSIONS[1:] if getattr(_aiokafka_codec, f"has_{name}")()),
-)
 # Kafka's own rule for topic names.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _CONTENT_TYPE = ("content-type", b"application/json")
@@ -117,7 +111,16 @@ class RecordHead:
 
 def compressions(client: Client) -> tuple[str, ...]:
     """The codecs `client` can write here."""
-    return COMPRESSIONS if client == "librdkafka" else _AIOKAFKA_COMPRESSIONS
+    return COMPRESSIONS if client == "librdkafka" else _aiokafka_compressions()
+
+
+@cache
+def _aiokafka_compressions() -> tuple[str, ...]:
+    """librdkafka's wheels carry every codec; aiokafka writes snappy/lz4/zstd only with cramjam
+    (asked when a sink is configured: importing this module loads no Kafka library)."""
+    from aiokafka import codec
+
+    return ("none", *(name for name in COMPRESSIONS[1:] if getattr(codec, f"has_{name}")()))
 
 
 @dataclass(frozen=True)
@@ -352,7 +355,7 @@ class KafkaSink(Sink):
 
     async def _probe(self) -> BrokerCapabilities:
         """What the broker grants this sink's client library (one connection, no retries)."""
-        caps = await broker_capabilities(self.settings.kafka, self.settings.client)
+        caps = await kafka_connection.broker_capabilities(self.settings.kafka, self.settings.client)
         if self.capabilities is None and self.settings.idempotence and not caps.idempotence:
             log.warning(
                 "Kafka broker %s does not grant %s an idempotent producer (InitProducerId fails); "
@@ -375,12 +378,16 @@ class KafkaSink(Sink):
 
     def _retriable(self, exc: BaseException) -> bool:
         """Whether a failed start attempt is worth another (the broker may come up)."""
+        from aiokafka import errors as aiokafka_errors
+
         return isinstance(exc, (asyncio.TimeoutError, OSError)) or (
             isinstance(exc, aiokafka_errors.KafkaError) and exc.retriable
         )
 
     def _reason(self, exc: BaseException) -> str:
         """One short line for a user; the libraries' texts repeat class names and list sockets."""
+        from aiokafka import errors as aiokafka_errors
+
         if isinstance(exc, aiokafka_errors.KafkaConnectionError):
             return "no broker answered"
         if isinstance(exc, asyncio.TimeoutError):
@@ -420,7 +427,7 @@ class KafkaSink(Sink):
     async def transactions_work(self) -> tuple[bool, str]:
         """Whether `--exactly-once` can work with this broker and client library, and why not
         (an aborted write that a read_committed reader must not see: facespace_bridge.kafka)."""
-        return await transactions_work(self.settings.kafka, self.settings.client)
+        return await kafka_connection.transactions_work(self.settings.kafka, self.settings.client)
 
     # -- topics and records ----------------------------------------------------------------------
 
