@@ -142,6 +142,13 @@ class Whereabouts:
             fields["pseudonymous"] = True
         return orjson.dumps(fields)
 
+    def forget(self, name: str) -> None:
+        """Drop `name` and their timer: no state of theirs is handed over again until they are
+        seen again."""
+        person = self._people.pop(name, None)
+        if person is not None and person.timer is not None:
+            person.timer.cancel()
+
     def close(self) -> None:
         """Cancel the timers (at shutdown)."""
         for person in self._people.values():

@@ -35,8 +35,9 @@ from facespace_bridge.sinks import Role, SinkError
 from facespace_bridge.sinks.mqtt import (
     OPTIONS as MQTT_OPTIONS,
 )
-from facespace_bridge.sinks.mqtt import MqttConnection, TopicLayout, client_id_of, homeassistant
+from facespace_bridge.sinks.mqtt import MqttConnection, TopicLayout, homeassistant, side_connection
 from facespace_bridge.sinks.mqtt.settings import settings_from_config
+from facespace_bridge.sinks.mqtt.traces import sweep
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,10 @@ async def clean(
     `dry_run`); returns the stale topics and how many were found in all."""
     await connection.start()
     try:
-        found = await connection.read_retained(filters, timeout)
-        stale = stale_topics(found, known, layout, ha)
-        if stale and not dry_run:
-            await asyncio.wait_for(asyncio.gather(*(connection.clear(topic) for topic in stale)), timeout)
-        return stale, len(found)
+        return await sweep(
+            connection, filters, lambda found: stale_topics(found, known, layout, ha),
+            timeout=timeout, dry_run=dry_run,
+        )  # fmt: skip
     except asyncio.TimeoutError:
         raise SinkError(
             f"MQTT broker {connection.address} did not acknowledge within {timeout:g} s"
@@ -171,20 +171,7 @@ def command(**config: Any) -> None:
         known = asyncio.run(fetch())
 
     timeout = config["mqtt_timeout"]
-    connection = MqttConnection(
-        settings.address,
-        # Its own client id, never the running bridge's, and no hand on its availability.
-        client_id=client_id_of(Role.CLEANUP, settings.client_id, layout.prefix),
-        tls=settings.tls,
-        keepalive=settings.keepalive,
-        qos=1,  # clearing waits for each PUBACK
-        protocol=settings.protocol,
-        max_inflight=settings.max_inflight,
-        max_queued=settings.max_queued,
-        connect_timeout=timeout,
-        reconnect_delay=(0.5, 2.0),
-        close_timeout=timeout,
-    )
+    connection = side_connection(settings, Role.CLEANUP, timeout)
     filters = layout.retained_filters() + (ha.retained_filters() if ha is not None else [])
     try:
         stale, found = asyncio.run(

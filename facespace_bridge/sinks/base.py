@@ -50,6 +50,7 @@ class Role(enum.Enum):
     REPLAY = "replay"  # history published again: data topics and last seen, nothing that acts
     CHECK = "check"  # connects and disconnects; publishes nothing
     CLEANUP = "cleanup"  # `mqtt-cleanup`: reads and clears stale retained topics
+    FORGET = "forget"  # `forget`: clears one person's retained topics, asks the bridge to forget them
 
     @property
     def side(self) -> bool:

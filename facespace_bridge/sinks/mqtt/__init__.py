@@ -12,20 +12,30 @@ first and may add topics to it.
 
 With MQTT 5, the messages that are not retained carry a message expiry, the user properties
 `event-id` and `schema`, and the content type `application/json`.
+
+The bridge's own sink (not a side client's) also forgets people: when asked on
+`<prefix>/bridge/request/forget` (`{"person": NAME}`, as zigbee2mqtt's running bridge takes
+`bridge/request/device/remove`; answered on `<prefix>/bridge/response/forget`) and, at
+start, for the people excluded now (`MqttSettings.excluded_people`). Forgetting drops what
+the sink and its extensions hold of them and clears their retained topics (traces.py), so
+neither a reconnect nor a Home Assistant restart announces them again until they are seen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from facespace_bridge.events import Event
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.settings import cli_options
 from facespace_bridge.sinks.base import Ack, LastSeen, Role, Sink, SinkError
 from facespace_bridge.sinks.mqtt import homeassistant
@@ -40,6 +50,7 @@ from facespace_bridge.sinks.mqtt.extension import MqttExtension
 from facespace_bridge.sinks.mqtt.outbox import Acknowledgement
 from facespace_bridge.sinks.mqtt.settings import MqttSettings, settings_from_config
 from facespace_bridge.sinks.mqtt.topics import TopicLayout, check_base_topic, id_slug
+from facespace_bridge.sinks.mqtt.traces import PersonTraces, Traces, json_object, sweep
 
 __all__ = [
     "BrokerAddress",
@@ -51,6 +62,7 @@ __all__ = [
     "TopicLayout",
     "from_config",
     "parse_mqtt_url",
+    "side_connection",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,11 +81,33 @@ def client_id_of(role: Role, client_id: str | None, topic_prefix: str) -> str:
     return f"{own}-{role.value}" if role.side else own
 
 
+def side_connection(settings: MqttSettings, role: Role, timeout: float) -> MqttConnection:
+    """The connection of a side client that reads and clears retained topics beside a running
+    bridge (`mqtt-cleanup`, `forget`): its own client id, never the bridge's, and no hand on
+    its availability; QoS 1, so that clearing waits for each PUBACK."""
+    assert role.side
+    return MqttConnection(
+        settings.address,
+        client_id=client_id_of(role, settings.client_id, settings.topic_prefix),
+        tls=settings.tls,
+        keepalive=settings.keepalive,
+        qos=1,
+        protocol=settings.protocol,
+        max_inflight=settings.max_inflight,
+        max_queued=settings.max_queued,
+        connect_timeout=timeout,
+        reconnect_delay=(0.5, 2.0),
+        close_timeout=timeout,
+    )
+
+
 class MqttSink(Sink):
     """Events into MQTT topics (docs/mqtt.md), with `extensions` on top.
 
     `availability`: the sink keeps `<prefix>/bridge/state` (`online`, and `offline` as its
     Last Will); off for a side client that runs beside the bridge (a replay, a check).
+    `requests`: it answers forget requests and clears the excluded people's traces at start
+    (the module docstring); off for a side client too.
     """
 
     name = "mqtt"
@@ -83,6 +117,7 @@ class MqttSink(Sink):
         settings: MqttSettings | None = None,
         *,
         availability: bool = True,
+        requests: bool = True,
         extensions: Sequence[MqttExtension] = (),
         connect_timeout: float = CONNECT_TIMEOUT,
         reconnect_delay: tuple[float, float] = RECONNECT_DELAY,
@@ -112,6 +147,10 @@ class MqttSink(Sink):
         self.message_expiry = settings.message_expiry
         self.extensions = list(extensions)
         self._person_seen_at: dict[str, datetime] = {}  # the seen_at of each person's retained topic
+        self.requests = requests
+        self.traces = PersonTraces(self.layout, self.extensions)
+        self._forgetting = asyncio.Lock()  # one forget at a time: each reads what the last cleared
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -127,6 +166,14 @@ class MqttSink(Sink):
     async def start(self) -> None:
         await self.connection.start()
         self.connection.on_message = self._on_message
+        if self.requests:
+            self.connection.subscribe(self.layout.request("forget"))
+            excluded = self.settings.excluded_people
+            if excluded:
+                # Before the extensions start: Home Assistant's would migrate their configs
+                # to the other discovery form, which keeps them in its registry.
+                traces = await self.forget(excluded)
+                log.info("cleared what the broker retained of people excluded now: %s", traces.summary())
         for extension in self.extensions:
             await extension.start(self.connection)
 
@@ -141,6 +188,8 @@ class MqttSink(Sink):
         await self.connection.flush()
 
     async def close(self) -> None:
+        for task in list(self._answering):
+            task.cancel()
         for extension in self.extensions:
             try:
                 await extension.close()
@@ -203,8 +252,63 @@ class MqttSink(Sink):
         return properties
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.requests and topic == self.layout.request("forget"):
+            task = asyncio.ensure_future(self._answer_forget(payload))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+            return
         for extension in self.extensions:
             extension.on_message(topic, payload)
+
+    # -- forgetting -------------------------------------------------------------------------------
+
+    async def forget(self, people: Collection[str], timeout: float = 10.0) -> Traces:
+        """Forget `people`: drop what the sink and its extensions hold of them, then clear their
+        retained topics, those the broker holds and those this connection would re-send (its
+        own). Raises SinkError when the broker cannot be read or does not acknowledge."""
+        wanted = self.settings.as_published(people)
+        for name in [p for p in self._person_seen_at if normalized(p) in wanted]:
+            del self._person_seen_at[name]
+        for extension in self.extensions:
+            for person in wanted:
+                extension.forget(person)
+
+        def theirs(found: dict[str, bytes]) -> Traces:
+            return self.traces.find(wanted, {**self.connection.retained_values(), **found})
+
+        async with self._forgetting:
+            try:
+                traces, _ = await sweep(self.connection, self.traces.filters(), theirs, timeout=timeout)
+            except asyncio.TimeoutError:
+                raise SinkError(
+                    f"MQTT broker {self.address} did not acknowledge within {timeout:g} s"
+                ) from None
+        return traces
+
+    async def _answer_forget(self, payload: bytes) -> None:
+        """A forget request: forget the person, answer with what was cleared (never the name)."""
+        request = json_object(payload)
+        person = request.get("person")
+        answer: dict[str, Any]
+        if not isinstance(person, str) or not person:
+            answer = {"status": "error", "error": 'the request must be {"person": NAME}'}
+        else:
+            try:
+                traces = await self.forget([person])
+            except Exception as exc:  # answered, and the bridge carries on
+                log.warning("could not forget a person on request: %s", exc)
+                answer = {"status": "error", "error": str(exc) or type(exc).__name__}
+            else:
+                # The name stays out of the log: the point is to forget it.
+                log.info("forgot a person on request: cleared %s", traces.summary())
+                answer = {"status": "ok", "data": traces.counts()}
+        if "transaction" in request:
+            answer["transaction"] = request["transaction"]
+        if self.connection.connected:
+            ack = self.connection.acknowledgement()
+            self.connection.send(self.layout.response("forget"), orjson.dumps(answer), ack)
+            self.connection.drain()
+            await ack.seal()
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -221,4 +325,9 @@ def from_config(config: Mapping[str, Any], *, role: Role = Role.BRIDGE) -> MqttS
     # A side client (replay, check) runs beside the bridge: its own client id, no hand on
     # the bridge's availability, no extensions.
     settings = replace(settings, client_id=client_id_of(role, settings.client_id, layout.prefix))
-    return MqttSink(settings, availability=not role.side, extensions=[ha] if ha is not None else [])
+    return MqttSink(
+        settings,
+        availability=not role.side,
+        requests=not role.side,
+        extensions=[ha] if ha is not None else [],
+    )

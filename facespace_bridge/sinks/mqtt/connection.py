@@ -278,6 +278,10 @@ class MqttConnection:
         self._outbox.drain()
         return ack.seal()
 
+    def retained_values(self) -> dict[str, bytes]:
+        """What this connection retains and would re-send after a reconnect: topic -> value."""
+        return self._retained.values()
+
     def resend_retained(self, first: Iterable[str] = ()) -> None:
         """Queue every retained topic again: availability first, then the topics in `first`
         (what the others' readers need before them: discovery configs), then the rest in the

@@ -17,7 +17,11 @@ all on the event loop:
    event's acknowledgement (Home Assistant's event entities), and may update retained
    state of its own.
 4. `on_message(topic, payload)` for each message on a topic it subscribed to.
-5. `close()` before the connection closes.
+5. `forget(person)` when the bridge is asked to forget someone (MqttSink): drop what it
+   holds about them, so that nothing it re-sends (after a reconnect, to a restarted Home
+   Assistant) names them until they are seen again; the sink then clears their retained
+   topics, which it finds with `person_topics` under `retained_filters` (traces.py).
+6. `close()` before the connection closes.
 
 `details()` adds what /status should show about it. An extension must not block: the
 hooks run between publishes.
@@ -26,7 +30,7 @@ hooks run between publishes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from facespace_bridge.events import Event
@@ -57,6 +61,18 @@ class MqttExtension(ABC):
 
     def on_message(self, topic: str, payload: bytes) -> None:  # noqa: B027 - optional hook
         """A message on a topic this extension subscribed to."""
+
+    def forget(self, person: str) -> None:  # noqa: B027 - optional hook
+        """Drop everything held about `person` (NFC-normalised): they are being forgotten."""
+
+    def retained_filters(self) -> list[str]:
+        """Where the retained topics this extension publishes lie."""
+        return []
+
+    def person_topics(self, people: Collection[str], found: Mapping[str, bytes]) -> list[str]:
+        """Which of the retained messages `found` (topic -> payload, read under
+        `retained_filters`) are this extension's and belong to one of `people` (NFC)."""
+        return []
 
     def details(self) -> dict[str, Any]:
         """What /status shows about this extension, beside the sink's own details."""

@@ -1,8 +1,8 @@
 """Home Assistant, as an extension of the MQTT sink (extension.py) that owns its whole life
 cycle: discovery configs in either of Home Assistant's two forms and the migration between
 them, re-announcing when Home Assistant restarts, the event gate, a device tracker per
-person, and what `mqtt-cleanup` needs to tell its topics from others'. docs/mqtt.md says
-what users see.
+person, what `mqtt-cleanup` needs to tell its topics from others', and which of them are a
+person's (`person_topics`, for forgetting them: traces.py). docs/mqtt.md says what users see.
 
 Discovery follows Home Assistant's MQTT discovery docs and zigbee2mqtt's Home Assistant
 extension: a stable `unique_id` per entity, `origin`, one device per camera and per person
@@ -40,16 +40,18 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
+import paho.mqtt.client as paho
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import seen_at_text
+from facespace_bridge.privacy.filters import normalized
 from facespace_bridge.settings import cli_options, from_options, setting
 from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
@@ -60,6 +62,7 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
+from facespace_bridge.sinks.mqtt.traces import json_object, names_in
 from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
@@ -256,6 +259,14 @@ class HomeAssistant(MqttExtension):
     def details(self) -> dict[str, Any]:
         return {"ha_events_held_back": self.held_back}
 
+    def forget(self, person: str) -> None:
+        # Under every form of the name the API sent: nothing re-sent names them again.
+        for name in [p for p in self.people if normalized(p) == person]:
+            self.people.discard(name)
+            self.whereabouts.forget(name)
+            for topic in self.configs_for((), (name,), sorted(self.cameras), (name,)):
+                self._config_topics.pop(topic, None)
+
     async def close(self) -> None:
         if self._reannounce_task is not None:
             self._reannounce_task.cancel()
@@ -382,6 +393,30 @@ class HomeAssistant(MqttExtension):
         people = sorted(set(people))
         return set(self.configs(cameras, people)) | {self.layout.person_tracker(p) for p in people}
 
+    def person_topics(self, people: Collection[str], found: Mapping[str, bytes]) -> list[str]:
+        """Their discovery configs, in either form, known by their device's identifier (a
+        person's device is `<node>_person_<slug of its name>`; in entity form each of their
+        entities carries it, the camera pairs too), and their device trackers' states."""
+        trackers = f"{self.layout.prefix}/person/+/tracker"
+        topics = []
+        for topic, payload in found.items():
+            if paho.topic_matches_sub(self.config_filter, topic):
+                if not self.owns(topic, payload):
+                    continue
+                document = json_object(payload)
+                device = document.get("device") or document.get("dev")
+                name = device.get("name") if isinstance(device, dict) else None
+                if (
+                    isinstance(name, str)
+                    and normalized(name) in people
+                    and self._person_device(name).info["identifiers"][0] in device.get("identifiers", ())
+                ):
+                    topics.append(topic)
+            elif paho.topic_matches_sub(trackers, topic):
+                if not names_in(json_object(payload), "person").isdisjoint(people):
+                    topics.append(topic)
+        return topics
+
     def owns(self, topic: str, payload: bytes) -> bool:
         """Whether a retained message under `retained_filters` is this bridge's: a config only
         when its origin says so (never someone else's under a colliding node id)."""
@@ -438,8 +473,11 @@ class HomeAssistant(MqttExtension):
                 "state_topic": presence,
                 "value_template": "{{ value_json.people | length }}",
                 "json_attributes_topic": presence,
+                # An empty presence (cleared when someone is forgotten) empties the attributes,
+                # which named them, instead of leaving them and logging "Erroneous JSON".
                 "json_attributes_template": (
-                    '{{ {"people": value_json.people, "observed_at": value_json.observed_at} | tojson }}'
+                    '{{ ({"people": value_json.people, "observed_at": value_json.observed_at}'
+                    " if value_json is defined else {}) | tojson }}"
                 ),
             },
         )

@@ -41,6 +41,10 @@ class RetainedState:
         """Stop restoring `topic` (it is being cleared)."""
         self._values.pop(topic, None)
 
+    def values(self) -> dict[str, bytes]:
+        """Every retained topic set (but the availability) and its value, now."""
+        return dict(self._values)
+
     def value(self, topic: str) -> bytes | None:
         """What `topic` holds now; None for a topic cleared or never set."""
         if topic == self.availability:

@@ -5,7 +5,7 @@ which its CLI options and `from_config` are made; the connection's part is read 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -13,6 +13,7 @@ import click
 
 from facespace_bridge.client import redactor
 from facespace_bridge.privacy.filters import FilterSettings, normalized
+from facespace_bridge.privacy.pseudonyms import PseudonymKeyError, Pseudonyms, key_from_environment
 from facespace_bridge.settings import flag, from_options, option_name, setting
 from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
 from facespace_bridge.sinks.mqtt.connection import PROTOCOLS
@@ -92,6 +93,16 @@ class MqttSettings:
     # `--exclude-person` (privacy/filters.py), NFC-normalised: people the bridge never publishes,
     # whom the Home Assistant extension removes at start if they were announced before.
     excluded_people: frozenset[str] = frozenset()
+    # `--pseudonymize` (privacy/pseudonyms.py): what was published stands for each person.
+    pseudonyms: Pseudonyms | None = None
+
+    def as_published(self, people: Iterable[str]) -> frozenset[str]:
+        """`people` as the bridge published them, to find their traces by: NFC-normalised, and
+        under `--pseudonymize` their pseudonyms too (a request may name a person either way)."""
+        names = frozenset(map(normalized, people))
+        if self.pseudonyms is None:
+            return names
+        return names | frozenset(map(self.pseudonyms.of, names))
 
     @property
     def address(self) -> BrokerAddress:
@@ -107,11 +118,18 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
     """The settings from a command's parsed options (click parameter names) and env
     MQTT_PASSWORD; raises click's errors for bad input, does no I/O."""
     excluded = config.get(option_name(FilterSettings, "exclude_people")) or ()
+    pseudonyms = None
+    if config.get("pseudonymize"):
+        try:
+            pseudonyms = Pseudonyms(key_from_environment())
+        except PseudonymKeyError as exc:
+            raise click.UsageError(str(exc)) from None
     settings = from_options(
         MqttSettings,
         config,
         password=os.environ.get("MQTT_PASSWORD") or None,
         excluded_people=frozenset(normalized(name) for name in excluded),
+        pseudonyms=pseudonyms,
     )
 
     def hint(field: str) -> str:

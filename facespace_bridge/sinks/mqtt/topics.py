@@ -93,6 +93,14 @@ class TopicLayout:
         self.bridge_state = f"{prefix}/bridge/state"
         self.deadletter = f"{prefix}/deadletter"
 
+    def request(self, action: str) -> str:
+        """Where the bridge takes requests (`forget`), as zigbee2mqtt's `bridge/request/...`."""
+        return f"{self.prefix}/bridge/request/{action}"
+
+    def response(self, action: str) -> str:
+        """Where the bridge answers a request."""
+        return f"{self.prefix}/bridge/response/{action}"
+
     def sighting(self, camera_id: str) -> str:
         return f"{self.prefix}/{camera_segment(camera_id)}/sighting"
 

@@ -1,0 +1,156 @@
+"""A person's retained traces on the broker, found in what it actually retains and cleared:
+`facespace-bridge forget` (commands/forget.py), the bridge when asked to forget someone and,
+at start, for the people excluded now (MqttSink). `mqtt-cleanup` clears its stale topics
+through the same `sweep`.
+
+What belongs to a person is read from the retained messages themselves, never guessed from
+topic spellings (a name reaches a topic only through `topics.topic_segment`, and may have
+reached the broker in another Unicode form): the sink's own topics by the names in their
+payloads — the person's last-seen state (`person`) and every camera's presence that names
+them (`people`, `arrived`, `departed`) — and each extension's by its own rule
+(`MqttExtension.person_topics`: Home Assistant's discovery configs by their device
+identifiers, the device tracker's state by its `person`). Names are compared after NFC
+normalisation. Clearing is an empty retained payload on each topic, configs first, so that
+Home Assistant removes the entities before their state topics empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import orjson
+import paho.mqtt.client as paho
+
+from facespace_bridge.privacy.filters import normalized
+from facespace_bridge.sinks.mqtt.connection import MqttConnection
+from facespace_bridge.sinks.mqtt.extension import MqttExtension
+from facespace_bridge.sinks.mqtt.topics import TopicLayout
+
+
+def json_object(payload: bytes) -> dict[str, Any]:
+    """A retained payload as a JSON object; empty when it is not one."""
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def names_in(document: Mapping[str, Any], *fields: str) -> set[str]:
+    """The names (NFC) a document holds in `fields`, each a name or a list of names."""
+    names: set[str] = set()
+    for field in fields:
+        value = document.get(field)
+        for name in value if isinstance(value, list) else [value]:
+            if isinstance(name, str):
+                names.add(normalized(name))
+    return names
+
+
+@dataclass(frozen=True)
+class Traces(Sequence[str]):
+    """The retained topics that name or belong to some people, in the order to clear them."""
+
+    configs: tuple[str, ...] = ()  # discovery configs: first, so their entities go before their state
+    states: tuple[str, ...] = ()  # last seen, device trackers
+    presences: tuple[str, ...] = ()  # cameras' presence that names them
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (*self.configs, *self.states, *self.presences)
+
+    def __len__(self) -> int:
+        return len(self.configs) + len(self.states) + len(self.presences)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.topics)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return self.topics[index]
+
+    def counts(self) -> dict[str, int]:
+        """How many of each kind (a bridge's answer to a forget request carries them)."""
+        return {
+            "cleared": len(self),
+            "configs": len(self.configs),
+            "states": len(self.states),
+            "presences": len(self.presences),
+        }
+
+    def summary(self) -> str:
+        """The counts, in words."""
+        return (
+            f"{len(self)} retained message(s): {len(self.configs)} discovery config(s), "
+            f"{len(self.states)} state(s), {len(self.presences)} camera presence(s)"
+        )
+
+
+class PersonTraces:
+    """Where people's retained traces lie under one topic layout, and which they are."""
+
+    def __init__(self, layout: TopicLayout, extensions: Iterable[MqttExtension] = ()) -> None:
+        self.layout = layout
+        self.extensions = list(extensions)
+
+    def filters(self) -> list[str]:
+        """The topic filters under which every retained trace lies."""
+        filters = self.layout.retained_filters()
+        for extension in self.extensions:
+            filters += extension.retained_filters()
+        return list(dict.fromkeys(filters))
+
+    def find(self, people: Collection[str], found: Mapping[str, bytes]) -> Traces:
+        """The topics of `found` (retained topic -> payload) that name or belong to `people`."""
+        wanted = frozenset(map(normalized, people))
+        if not wanted:
+            return Traces()
+        states: list[str] = []
+        presences: list[str] = []
+        # A person named "presence" has `<prefix>/person/presence`: the payload tells them apart.
+        sink_filters = self.layout.retained_filters()
+        for topic, payload in found.items():
+            if not any(paho.topic_matches_sub(f, topic) for f in sink_filters):
+                continue
+            document = json_object(payload)
+            if "people" in document:
+                if names_in(document, "people", "arrived", "departed") & wanted:
+                    presences.append(topic)
+            elif names_in(document, "person") & wanted:
+                states.append(topic)
+        configs: list[str] = []
+        for extension in self.extensions:
+            for topic in extension.person_topics(wanted, found):
+                (configs if topic.endswith("/config") else states).append(topic)
+        unique = dict.fromkeys  # an extension's topic may lie under the sink's filters too
+        return Traces(
+            tuple(sorted(unique(configs))), tuple(sorted(unique(states))), tuple(sorted(unique(presences)))
+        )
+
+
+Chosen = TypeVar("Chosen", bound=Sequence[str])
+
+
+async def sweep(
+    connection: MqttConnection,
+    filters: Sequence[str],
+    choose: Callable[[dict[str, bytes]], Chosen],
+    *,
+    timeout: float,
+    dry_run: bool = False,
+) -> tuple[Chosen, int]:
+    """Read what the broker retains under `filters` through `connection` (started), clear the
+    topics `choose(found)` picks (unless `dry_run`), in its order; returns them and how many
+    retained topics were found in all. Raises asyncio.TimeoutError when the broker does not
+    acknowledge within `timeout`."""
+    found = await connection.read_retained(filters, timeout)
+    chosen = choose(found)
+    if chosen and not dry_run:
+        await asyncio.wait_for(asyncio.gather(*(connection.clear(topic) for topic in chosen)), timeout)
+    return chosen, len(found)
