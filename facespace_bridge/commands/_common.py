@@ -237,6 +237,22 @@ def warn_if_short(api_key: str) -> None:
         )
 
 
+# The MQTT side clients' own options (mqtt-cleanup, forget).
+broker_timeout_option = click.option(
+    "--timeout",
+    "mqtt_timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker.",
+)
+
+
+def dry_run_option(does_nothing: str) -> Callable[[F], F]:
+    """`--dry-run/--no-dry-run`, off by default; `does_nothing` is its help text."""
+    return click.option("--dry-run/--no-dry-run", default=False, show_default=True, help=does_nothing)
+
+
 pseudonymize_option = click.option(
     "--pseudonymize/--no-pseudonymize",
     default=False,

@@ -24,7 +24,9 @@ import click
 import orjson
 
 from facespace_bridge.commands._common import (
+    broker_timeout_option,
     config_option,
+    dry_run_option,
     logging_options,
     pseudonymize_option,
     pseudonyms_from,
@@ -128,20 +130,8 @@ def person_name(_ctx: click.Context, _param: click.Parameter, value: str) -> str
     show_default=True,
     help="Seconds to wait for a running bridge to answer.",
 )
-@click.option(
-    "--dry-run/--no-dry-run",
-    default=False,
-    show_default=True,
-    help="List what would be cleared; change nothing and ask no bridge.",
-)
-@click.option(
-    "--timeout",
-    "mqtt_timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the broker.",
-)
+@dry_run_option("List what would be cleared; change nothing and ask no bridge.")
+@broker_timeout_option
 @pseudonymize_option
 @logging_options
 def command(name: str, **config: Any) -> None:

@@ -26,7 +26,9 @@ from facespace_bridge.client import AsyncLogsAPI, LogEntry, StopLogsSignal
 from facespace_bridge.commands._common import (
     api_key_from,
     api_options,
+    broker_timeout_option,
     config_option,
+    dry_run_option,
     logging_options,
     setup_logging,
     with_env,
@@ -135,20 +137,8 @@ async def known_from_api(client: AsyncLogsAPI, history_days: float) -> Known:
     show_default=True,
     help="Without --keep: people and cameras seen in this much history are kept.",
 )
-@click.option(
-    "--dry-run/--no-dry-run",
-    default=False,
-    show_default=True,
-    help="List what would be removed; change nothing.",
-)
-@click.option(
-    "--timeout",
-    "mqtt_timeout",
-    type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds to wait for the broker.",
-)
+@dry_run_option("List what would be removed; change nothing.")
+@broker_timeout_option
 @api_options
 @logging_options
 def command(**config: Any) -> None:

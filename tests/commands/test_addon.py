@@ -22,10 +22,8 @@ from typing import Any
 import click
 import httpx
 import orjson
-import paho.mqtt.client as paho
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.commands import addon
 from facespace_bridge.simulator import SimulatorServer
@@ -33,7 +31,7 @@ from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant as Discovery
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.browser import Nginx
 from tests.fixtures.homeassistant import HomeAssistantFactory
-from tests.fixtures.mqtt import MqttBroker, MqttCollector, free_port, log_in
+from tests.fixtures.mqtt import MqttBroker, MqttCollector, free_port, publish_marker
 from tests.fixtures.supervisor import Supervisor
 from tests.sinks.mqtt._helpers import registry_of
 
@@ -100,18 +98,6 @@ def start_addon(
 
 def command_line(pid: int) -> bytes:
     return Path(f"/proc/{pid}/cmdline").read_bytes()
-
-
-def publish_marker(broker: MqttBroker, topic: str) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    log_in(client, broker)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(topic, b"marker", qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 async def nothing_published(broker: MqttBroker, collector: MqttCollector) -> None:

@@ -14,31 +14,18 @@ import uuid
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from facespace_bridge.sinks.mqtt.homeassistant import HomeAssistant as Discovery
 from facespace_bridge.sinks.mqtt.topics import TopicLayout
 from tests.fixtures.homeassistant import HomeAssistant, State
-from tests.fixtures.mqtt import MqttBroker, MqttCollector
+from tests.fixtures.mqtt import MqttBroker, MqttCollector, publish_marker
 from tests.sinks.mqtt._helpers import Bridge, registry_of
 
 pytestmark = pytest.mark.timeout(180)
 
 BRIDGE_ID = "facespace-bridge-facespace"  # the default client id for --topic-prefix facespace
 STATE = "facespace/bridge/state"
-
-
-def publish_marker(broker: MqttBroker, topic: str) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(topic, b"marker", qos=1).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 async def test_check_beside_a_running_bridge_disturbs_nothing(
