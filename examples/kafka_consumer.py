@@ -90,7 +90,8 @@ async def consume(args: argparse.Namespace) -> None:
             await consumer.commit()
             stored += len(new)
             duplicates += len(sightings) - len(new)
-            # Each camera is a partition of its own, read side by side: sort to print in time order.
+            # One camera's sightings stay in one partition; partitions are read side by side: sort
+            # to print in time order.
             for payload in sorted(new, key=lambda p: (p["seen_at"], p["camera_id"])):
                 print(f"{payload['seen_at']}  {payload['camera_id']:<12} {payload['person']}")
             print(f"-- {stored} stored, {duplicates} duplicates skipped", flush=True)
