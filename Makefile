@@ -48,8 +48,8 @@ demo: venv system-deps
 	$(BIN)/facespace-bridge demo
 
 lint: venv
-	$(BIN)/ruff check facespace_bridge tests bench
-	$(BIN)/ruff format --check facespace_bridge tests bench
+	$(BIN)/ruff check facespace_bridge tests bench examples
+	$(BIN)/ruff format --check facespace_bridge tests bench examples
 
 # Home Assistant's own venv (Python 3.13), the oracle of the MQTT discovery tests: built once
 # into ~/.cache/facespace-bridge and reused (tests/fixtures/homeassistant.py says how).

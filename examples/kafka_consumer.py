@@ -70,7 +70,8 @@ async def consume(args: argparse.Namespace) -> None:
         await consumer.stop()
         db.close()
         why = "no broker answered" if isinstance(exc, KafkaConnectionError) else str(exc)
-        raise SystemExit(f"kafka_consumer.py: cannot read {args.topic} from {args.bootstrap_servers}: {why}")
+        where = f"{args.topic} from {args.bootstrap_servers}"
+        raise SystemExit(f"kafka_consumer.py: cannot read {where}: {why}") from None
     finally:
         library_log.setLevel(logging.NOTSET)
     stored = duplicates = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -237,9 +238,11 @@ class Bridge:
             if backfill_from is not None and not _holds_backfill_from(loaded, backfill_from):
                 written = f" (written {seen_at_text(loaded.written_at)})" if loaded.written_at else ""
                 log.warning(
-                    "checkpoint of %s exists%s: --backfill-from ignored; 'checkpoint reset' to start over",
+                    "checkpoint of %s exists%s: --backfill-from ignored; to start over, stop the bridge "
+                    "and run: facespace-bridge checkpoint reset --instance-id %s",
                     self.options.instance_id,
                     written,
+                    shlex.quote(self.options.instance_id),
                 )
             self.saved_checkpoint = loaded
             return loaded

@@ -368,8 +368,8 @@ async def test_a_checkpoint_that_overrides_backfill_from_says_so(simulator_facto
     await run.stop()
     said = [r.getMessage() for r in caplog.records if "--backfill-from ignored" in r.getMessage()]
     assert said == [
-        f"checkpoint of kitchen exists (written {written}): --backfill-from ignored; "
-        "'checkpoint reset' to start over"
+        f"checkpoint of kitchen exists (written {written}): --backfill-from ignored; to start over, "
+        "stop the bridge and run: facespace-bridge checkpoint reset --instance-id kitchen"
     ]
     resumed_at = datetime.fromisoformat(first["through"].replace("Z", "+00:00"))
     assert all(seen_at >= resumed_at for _, _, seen_at in sightings(read_events(run.output)))  # no backfill
