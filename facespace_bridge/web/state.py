@@ -268,7 +268,7 @@ class PageState:
                 self._sent[name] = encoded
                 message[name] = value
         self._chart_changed = False
-        if self._forgotten:  # (before `people` and `sightings`: someone seen again comes back)
+        if self._forgotten:  # (a page drops them before it takes `people` and `sightings`)
             message["forgotten"] = sorted(self._forgotten)
             self._forgotten.clear()
         if self._people_changed:
@@ -276,8 +276,9 @@ class PageState:
             self._people_changed.clear()
         if self.seq > self._pushed_seq:
             # The newest, by their order (a forget may have taken some from before them).
-            fresh = itertools.takewhile(lambda s: s.seq > self._pushed_seq, reversed(self.recent))
-            message["sightings"] = [self._sighting(s) for s in reversed(list(fresh))]
+            fresh = list(itertools.takewhile(lambda s: s.seq > self._pushed_seq, reversed(self.recent)))
+            if fresh:
+                message["sightings"] = [self._sighting(s) for s in reversed(fresh)]
             self._pushed_seq = self.seq
         return message
 

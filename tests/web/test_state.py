@@ -201,6 +201,10 @@ async def test_a_forgotten_person_leaves_people_sightings_and_in_view_but_not_th
         ("Ann", "2023-10-25T12:29:36Z"),
         (jose, "2023-10-25T12:29:45Z"),
     ]
+    # Forgotten before any of their new sightings was pushed: none is.
+    state.acknowledged(batch(entry("Yard", jose, 0.1)))
+    state.forget(frozenset({"José"}))
+    assert "sightings" not in state.update(STATUS)
     state.forget(frozenset({"Nobody"}))  # nobody it holds: nothing to tell
     assert "forgotten" not in state.update(STATUS)
     state.close()
