@@ -56,8 +56,11 @@ lint: venv
 ha-venv: venv
 	$(BIN)/python -m tests.fixtures.homeassistant build
 
+# Two workers, each taking whole test files (--dist loadfile: a file's module-scoped brokers and
+# Home Assistant start once): most of the suite waits on brokers, Home Assistant and browsers,
+# so two workers halve its wall time even on two cores.
 test: venv system-deps lint ha-venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: venv system-deps
 	$(BIN)/pip install -q -e '.[test,bench]'
