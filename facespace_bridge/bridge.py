@@ -17,7 +17,7 @@ import shlex
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, CheckpointStore
 from facespace_bridge.checkpoints.acks import AckTracker
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from facespace_bridge.web.state import PageState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -86,6 +88,9 @@ class Bridge:
         self.metrics.follow(options.entry_filter)
         self.clock = clock
         self.page = page  # the web page's state (web/), fed off the hot path; None without a page
+        if page is not None:  # whom a sink forgets on request, the page forgets too
+            for sink in sinks:
+                sink.on_forget = self._for_page(page.forget)
         # Exactly once: the sink whose transactions carry the checkpoint.
         self.transactional = next((s for s in sinks if s.transactional), None)
         if self.transactional is not None and len(sinks) > 1:
@@ -363,15 +368,16 @@ class Bridge:
                 await self.publisher.publish(chunk)
 
     @staticmethod
-    def _for_page(feed: Callable[[Batch], None]) -> Callable[[Batch], None]:
-        """`feed`, such that a failure in the page's bookkeeping never reaches the bridge (its
-        type is logged, not its text, which may hold a name)."""
+    def _for_page(feed: Callable[[T], None]) -> Callable[[T], None]:
+        """`feed` (a batch, or the people a sink forgot), such that a failure in the page's
+        bookkeeping never reaches the bridge (its type is logged, not its text, which may hold
+        a name)."""
 
-        def guarded(batch: Batch) -> None:
+        def guarded(news: T) -> None:
             try:
-                feed(batch)
+                feed(news)
             except Exception as exc:
-                log.error("web page: could not take a batch (%s)", type(exc).__name__)
+                log.error("web page: could not take what the bridge handed over (%s)", type(exc).__name__)
                 log.debug("web page feed failed", exc_info=True)
 
         return guarded

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,12 @@ class FilterError(ValueError):
 def normalized(name: str) -> str:
     """The form in which names are compared (and kept by the bridge's filters): NFC."""
     return unicodedata.normalize("NFC", name)
+
+
+def matching(names: Iterable[str], people: Collection[str]) -> list[str]:
+    """Those of `names` (in whatever form the API sent them) that stand for one of `people`
+    (NFC-normalised): how what the bridge holds by name finds a person it forgets."""
+    return [name for name in names if normalized(name) in people]
 
 
 class EntryFilter:

@@ -17,7 +17,7 @@ import asyncio
 import enum
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
@@ -70,6 +70,12 @@ class Sink(ABC):
 
     #: the last problem the sink had with its destination, and when (`time.time()`); for /status
     last_error: tuple[float, str] | None = None
+
+    #: Set by the bridge: a sink that forgets people (the MQTT sink, when asked on its forget
+    #: request topic: docs/privacy.md) calls it with them, as published (NFC-normalised names;
+    #: under --pseudonymize their pseudonyms too), so that the rest of the bridge (the web page)
+    #: forgets them as well.
+    on_forget: Callable[[frozenset[str]], None] | None = None
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect; raise `SinkError` with one clear line if the destination is unusable."""

@@ -6,7 +6,10 @@ The bridge feeds a `PageState`:
   after a restart the chart, the recent sightings and everyone's last seen are back at once;
 - with each presence batch as the realtime source hands it over (`presence`);
 - with each batch once every sink has acknowledged it (`acknowledged`): the recent
-  sightings, the per-minute counts behind the chart and the last hour, last seen.
+  sightings, the per-minute counts behind the chart and the last hour, last seen;
+- with the people a sink forgot on request (`forget`, docs/privacy.md): they leave the
+  people, the recent sightings and each camera's list of who is in view (the counts stay:
+  they hold no names) until they are seen again.
 
 What the bridge pays per batch is bounded and small: a batch whose sightings all came with
 the history read (a backfill, the tail's look-back after a restart: per camera, at or before
@@ -18,13 +21,16 @@ bounded: `RECENT` sightings, one count per camera and minute for the last `HOURS
 What the page reads are JSON documents: `snapshot(status)` (everything, for a page that
 connects or falls behind) and `update(status)` (what changed since the last update), where
 `status` is the bridge's status document (status.py). The web server (server.py) sends them.
+An update names the people forgotten since the last one (`forgotten`), so that an open page
+drops them from its lists too.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +39,7 @@ import orjson
 
 from facespace_bridge.client import LogEntry
 from facespace_bridge.events import Event, parse_rfc3339, seen_at_text
+from facespace_bridge.privacy.filters import matching
 from facespace_bridge.sinks.base import LastSeen
 from facespace_bridge.sources.base import Batch
 from facespace_bridge.web.words import explain
@@ -94,6 +101,7 @@ class PageState:
         self._samples: deque[tuple[float, int, float]] = deque()  # (monotonic, acknowledged, progress)
         # What changed since the last update.
         self._people_changed: set[str] = set()
+        self._forgotten: set[str] = set()
         self._pushed_seq = 0
         self._sent: dict[str, bytes] = {}  # section -> its bytes as last sent
         self._chart_changed = True
@@ -190,6 +198,24 @@ class PageState:
             if event.seen_at is not None:
                 self.whereabouts.sighting(person, event.camera_id, event.seen_at)
 
+    def forget(self, people: Collection[str]) -> None:
+        """The bridge forgot `people` (NFC-normalised, as a sink was asked for them): they leave
+        the people, the recent sightings and each camera's list of who is in view, under every
+        form of their name the API sent; the per-minute counts stay (they hold no names)."""
+        held = {p.name for p in self.whereabouts} | {s.person for s in self.recent}
+        held.update(name for names in self.in_view.values() for name in names)
+        gone = set(matching(held, people))
+        if not gone:
+            return
+        for name in gone:
+            self.whereabouts.forget(name)
+        self._people_changed -= gone
+        self._forgotten |= gone
+        self.recent = deque((s for s in self.recent if s.person not in gone), maxlen=self.recent.maxlen)
+        for camera, names in self.in_view.items():
+            if not gone.isdisjoint(names):
+                self.in_view[camera] = [name for name in names if name not in gone]
+
     def _known(self, camera: str) -> None:
         """Make `camera` known (with no sightings yet, it still has a row and a series)."""
         self.in_view.setdefault(camera, [])
@@ -242,12 +268,17 @@ class PageState:
                 self._sent[name] = encoded
                 message[name] = value
         self._chart_changed = False
+        if self._forgotten:  # (a page drops them before it takes `people` and `sightings`)
+            message["forgotten"] = sorted(self._forgotten)
+            self._forgotten.clear()
         if self._people_changed:
             message["people"] = [self._person(name) for name in sorted(self._people_changed)]
             self._people_changed.clear()
         if self.seq > self._pushed_seq:
-            fresh = self.seq - self._pushed_seq
-            message["sightings"] = [self._sighting(s) for s in list(self.recent)[-fresh:]]
+            # The newest, by their order (a forget may have taken some from before them).
+            fresh = list(itertools.takewhile(lambda s: s.seq > self._pushed_seq, reversed(self.recent)))
+            if fresh:
+                message["sightings"] = [self._sighting(s) for s in reversed(fresh)]
             self._pushed_seq = self.seq
         return message
 

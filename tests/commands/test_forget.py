@@ -222,11 +222,15 @@ async def test_under_pseudonymize_it_finds_the_person_by_their_pseudonym(
     assert [orjson.loads(m.payload)["person"] for m in asked] == [mary]
     after = await retained_async(mqtt_broker)
     assert names_them(mary, after) == [] and names_them(jose, after) == names_them(jose, before)
-    # The bridge's own sink, asked by the name (as Home Assistant's mqtt.publish would).
+    # The bridge's own sink, asked by the name (as Home Assistant's mqtt.publish would); the
+    # bridge hears whom it forgot in both forms (its web page holds the pseudonym).
+    heard: list[frozenset[str]] = []
     async with sink_for(mqtt_broker, pseudonyms=pseudonyms) as sink:
+        sink.on_forget = heard.append
         await sink.announce(["Door"], [jose])
         await sink.forget(["José"])
     assert names_them(jose, await retained_async(mqtt_broker)) == []
+    assert heard == [frozenset({"José", jose})]
 
 
 @pytest.mark.parametrize(

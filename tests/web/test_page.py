@@ -4,7 +4,8 @@ bridge run as users run it (the CLI, in a subprocess) against the simulator over
 Everything is read from the page's DOM and compared with the simulator's ground truth (its
 `/recognition`, `/admin/truth`), never with the bridge's own JSON. One browser and one
 simulator for the module, one bridge for most tests (killed and started again in one), a
-second with a password; nginx in front of the first for the prefix test.
+second with a password, a third with the MQTT sink (a real Mosquitto) that is asked to forget
+someone; nginx in front of the first for the prefix test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from selenium.webdriver.support.ui import Select
 
 from facespace_bridge.simulator import SimulatorServer
 from tests.fixtures.browser import Browser, Nginx, free_port, wait_for
+from tests.fixtures.mqtt import MqttBroker
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -209,6 +212,37 @@ def chart_truth(truth: Truth, hours: list[str]) -> dict[str, dict[str, int]]:
     return {hour: {camera: counts[(hour, camera)] for camera in CAMERAS} for hour in hours}
 
 
+@dataclass(frozen=True)
+class PageShown:
+    """What the page shows: each person's last seen (camera, time), the sightings, who each
+    camera sees, the chart's counts."""
+
+    people: dict[str, tuple[str, str | None]]
+    sightings: list[tuple[str, str, str]]
+    in_view: dict[str, list[str]]
+    chart: dict[str, dict[str, int]]
+
+    @classmethod
+    def read(cls, browser: Browser) -> PageShown:
+        rows = browser.js("""return [...document.querySelectorAll('#people-table tbody tr')].map((tr) => [
+            tr.dataset.person, tr.cells[2].textContent.split(' · ')[0],
+            tr.cells[2].querySelector('[data-ago]')?.dataset.ago ?? null]);""")
+        return cls(
+            {name: (camera, seen_at) for name, camera, seen_at in rows},
+            sightings(browser),
+            in_view(browser),
+            chart(browser),
+        )
+
+    def without(self, person: str) -> PageShown:
+        return PageShown(
+            {name: seen for name, seen in self.people.items() if name != person},
+            [sighting for sighting in self.sightings if sighting[1] != person],
+            {camera: [name for name in names if name != person] for camera, names in self.in_view.items()},
+            self.chart,
+        )
+
+
 def screenshot(browser: Browser, directory: Path, name: str, *, dark: bool) -> None:
     path = browser.screenshot(directory / name, dark=dark)
     assert path.stat().st_size > 20_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -390,3 +424,54 @@ def test_a_password_guards_the_page(browser: Browser, sim: SimulatorServer, tmp_
         assert "correct horse" not in guarded.log()
     finally:
         guarded.stop()
+
+
+def test_a_person_the_bridge_forgets_leaves_the_page_at_once(
+    browser: Browser, sim: SimulatorServer, truth: Truth, mqtt_broker: MqttBroker, tmp_path: Path
+) -> None:
+    """`forget NAME` beside a bridge with the MQTT sink (a real Mosquitto): the open page drops
+    them from its people, sightings, person filter and cameras without a reload, and all else
+    (the chart's counts too) stays as it was; a page opened afterwards never has them."""
+    forgetting = PageBridge(sim, tmp_path / "forgetting")
+    forgetting.start("--broker", "mqtt", "--mqtt-url", mqtt_broker.url)
+    try:
+        open_page(browser, forgetting.url)
+        recognition = truth.recognition()
+        wait_for(
+            lambda: in_view(browser) == {camera: sorted(people) for camera, people in recognition.items()},
+            UI,
+            "who is in view",
+        )
+        wait_for(lambda: len(sightings(browser)) >= 200, UI, "200 sightings")
+        before = PageShown.read(browser)
+        # Someone in view now if anyone is (the world is frozen: nobody comes or goes), with
+        # sightings on the page.
+        listed = {person for _, person, _ in before.sightings}
+        in_view_now = {person for people in recognition.values() for person in people}
+        forgotten = sorted(in_view_now & listed or listed)[0]
+        assert forgotten in before.people
+
+        done = subprocess.run(
+            [*CLI, "forget", forgotten, "--mqtt-url", mqtt_broker.url],
+            capture_output=True, text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("FACESPACE", "MQTT"))},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "the running bridge forgot them" in done.stdout
+
+        after = wait_for(
+            lambda: shown if forgotten not in (shown := PageShown.read(browser)).people else None,
+            UI,
+            "them gone from the people",
+        )
+        assert after == before.without(forgotten)
+        options = browser.js(
+            "return [...document.querySelectorAll('#filter-person option')].map((o) => o.value)"
+        )
+        assert forgotten not in options and len(options) > 1
+        assert browser.js("return window.loadedOnce") == "yes"  # the same page: no reload
+        # What a page opening now gets (its snapshot).
+        assert forgotten not in httpx.get(forgetting.url + "api/state", timeout=10).text
+        assert forgotten not in forgetting.log()  # the bridge does not log whom it forgot
+    finally:
+        forgetting.stop()

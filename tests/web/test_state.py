@@ -3,6 +3,7 @@ of it, what it keeps (bounded), and what a snapshot and an update say."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -152,4 +153,58 @@ async def test_a_backfill_gets_a_rate_and_the_time_left() -> None:
     status["backfill"] = {**status["backfill"], "done": True, "progress": 1.0}
     state.tick(status)
     assert state.snapshot(status)["bridge"]["backfill"]["rate"] is None
+    state.close()
+
+
+async def test_a_forgotten_person_leaves_people_sightings_and_in_view_but_not_the_counts() -> None:
+    state, _ = state_at()
+    jose = unicodedata.normalize("NFD", "José")  # as the API sends it; forgotten as typed (NFC)
+    history = [entry("Door", jose, 50), entry("Door", "Ann", 40), entry("Yard", jose, 30)]
+    for item in history:
+        state.history_entry(item)
+    state.history_done(
+        {jose: LastSeen(history[2].seen_at, "Yard"), "Ann": LastSeen(history[1].seen_at, "Door")}
+    )
+    state.presence_now({"Door": ["Ann", jose], "Yard": [jose]})
+    state.acknowledged(batch(entry("Door", "Ann", 1), entry("Yard", jose, 1)))
+    before = state.snapshot(STATUS)
+    state.update(STATUS)  # an open page has everything so far
+
+    state.forget(frozenset({"José", "Nobody"}))
+    after = state.snapshot(STATUS)
+    assert [p["name"] for p in after["people"]] == ["Ann"]
+    assert after["people"][0] == next(p for p in before["people"] if p["name"] == "Ann")
+    assert [s for s in after["sightings"]] == [s for s in before["sightings"] if s["person"] == "Ann"]
+    assert {c: v["in_view"] for c, v in after["cameras"].items()} == {"Door": ["Ann"], "Yard": []}
+    assert after["chart"] == before["chart"] and chart_counts(state) == {"Door": 3, "Yard": 2}
+    assert after["cameras"]["Yard"]["last_hour"] == before["cameras"]["Yard"]["last_hour"] == 2
+    # An open page is told once, by the name it shows, with the cameras' new lists.
+    update = state.update(STATUS)
+    assert update["forgotten"] == [jose]
+    assert update["cameras"]["Door"]["in_view"] == ["Ann"] and "people" not in update
+    assert "forgotten" not in state.update(STATUS)
+
+    # Seen again: back, and an open page gets only the new sighting (none it had before).
+    state.acknowledged(batch(entry("Door", jose, 0.5)))
+    again = state.update(STATUS)
+    assert [(s["person"], s["seen_at"]) for s in again["sightings"]] == [(jose, "2023-10-25T12:29:30Z")]
+    assert [p["name"] for p in again["people"]] == [jose] and "forgotten" not in again
+    # Forgotten with sightings not yet pushed, and seen again within one update: the page drops
+    # them, then takes them back, with the new sightings only (none pushed before, none of theirs
+    # from before the forget).
+    state.acknowledged(batch(entry("Door", "Ann", 0.4), entry("Yard", jose, 0.4)))
+    state.forget(frozenset({"José"}))
+    state.acknowledged(batch(entry("Door", jose, 0.25)))
+    both = state.update(STATUS)
+    assert both["forgotten"] == [jose] and [p["name"] for p in both["people"]] == ["Ann", jose]
+    assert [(s["person"], s["seen_at"]) for s in both["sightings"]] == [
+        ("Ann", "2023-10-25T12:29:36Z"),
+        (jose, "2023-10-25T12:29:45Z"),
+    ]
+    # Forgotten before any of their new sightings was pushed: none is.
+    state.acknowledged(batch(entry("Yard", jose, 0.1)))
+    state.forget(frozenset({"José"}))
+    assert "sightings" not in state.update(STATUS)
+    state.forget(frozenset({"Nobody"}))  # nobody it holds: nothing to tell
+    assert "forgotten" not in state.update(STATUS)
     state.close()

@@ -35,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from facespace_bridge.events import Event
-from facespace_bridge.privacy.filters import normalized
+from facespace_bridge.privacy.filters import matching
 from facespace_bridge.settings import cli_options
 from facespace_bridge.sinks.base import Ack, LastSeen, Role, Sink, SinkError
 from facespace_bridge.sinks.mqtt import homeassistant
@@ -267,11 +267,13 @@ class MqttSink(Sink):
         retained topics, those the broker holds and those this connection would re-send (its
         own). Raises SinkError when the broker cannot be read or does not acknowledge."""
         wanted = self.settings.as_published(people)
-        for name in [p for p in self._person_seen_at if normalized(p) in wanted]:
+        for name in matching(self._person_seen_at, wanted):
             del self._person_seen_at[name]
         for extension in self.extensions:
             for person in wanted:
                 extension.forget(person)
+        if self.on_forget is not None:  # the rest of the bridge (its web page) forgets them too
+            self.on_forget(wanted)
 
         def theirs(found: dict[str, bytes]) -> Traces:
             return self.traces.find(wanted, {**self.connection.retained_values(), **found})

@@ -51,7 +51,7 @@ import paho.mqtt.client as paho
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import seen_at_text
-from facespace_bridge.privacy.filters import normalized
+from facespace_bridge.privacy.filters import matching, normalized
 from facespace_bridge.settings import cli_options, from_options, setting
 from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
@@ -261,7 +261,7 @@ class HomeAssistant(MqttExtension):
 
     def forget(self, person: str) -> None:
         # Under every form of the name the API sent: nothing re-sent names them again.
-        for name in [p for p in self.people if normalized(p) == person]:
+        for name in matching(self.people, (person,)):
             self.people.discard(name)
             self.whereabouts.forget(name)
             for topic in self.configs_for((), (name,), sorted(self.cameras), (name,)):

@@ -141,6 +141,7 @@
       view.cameras = message.cameras;
       drawCameras();
     }
+    if (message.forgotten) forget(new Set(message.forgotten)); // before people who came back
     if (message.people) {
       for (const person of message.people) view.people.set(person.name, person);
       drawPeople();
@@ -155,6 +156,16 @@
     }
     if (message.cameras || message.people) drawFilters();
     $("updated").textContent = `Updated ${clock.format(new Date())}`;
+  }
+
+  // The bridge forgot these people (docs/privacy.md): gone from the people and the sightings
+  // (the cameras' lists of who is in view come anew in the same update).
+  function forget(gone) {
+    for (const name of gone) view.people.delete(name);
+    for (const [seq, sighting] of view.sightings) if (gone.has(sighting.person)) view.sightings.delete(seq);
+    drawPeople();
+    drawFilters(); // first: a person filter set to one of them shows everyone again
+    drawSightings(new Set());
   }
 
   // -- the bridge ------------------------------------------------------------------------------
