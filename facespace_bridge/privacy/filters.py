@@ -57,8 +57,9 @@ class FilterSettings:
         type=NAMES,
         metavar="NAME",
         show_default=False,
-        help="Only this person's sightings and presence; repeatable (default: everyone). Exact "
-        "names, compared after Unicode NFC normalisation (docs/privacy.md).",
+        help="Only this person's sightings and presence; repeatable (default: everyone; anyone "
+        "else announced to Home Assistant before is removed). Exact names, compared after Unicode "
+        "NFC normalisation (docs/privacy.md).",
     )
     exclude_people: tuple[str, ...] = setting(
         "--exclude-person",
