@@ -116,6 +116,16 @@ def _check_logs(data: Any) -> dict[str, Any]:
     return data
 
 
+def _not_json(body: bytes) -> str:
+    """What a 2xx reply that is not JSON was, for an error message (which reaches the logs and
+    /status): the start of a page that is not JSON at all (a proxy's, a wrong --api-url), but
+    never of a JSON document cut short or broken, which holds the names a filter or
+    --pseudonymize keeps out of both."""
+    if body.lstrip()[:1] in (b"{", b"["):
+        return f"a broken or cut-off JSON document of {len(body)} bytes"
+    return repr(body[:80])
+
+
 class Renamer(Protocol):
     """What every name in a reply is replaced with before anyone reads it
     (privacy/pseudonyms.Pseudonyms under --pseudonymize); the client imports no implementation."""
@@ -378,7 +388,7 @@ class AsyncLogsAPI:
         try:
             return _Reply(orjson.loads(body), len(body))
         except orjson.JSONDecodeError:
-            raise HTTPRequestError(f"GET /{path}: the reply is not JSON: {body[:80]!r}", status) from None
+            raise HTTPRequestError(f"GET /{path}: the reply is not JSON: {_not_json(body)}", status) from None
 
     async def _logs(
         self,

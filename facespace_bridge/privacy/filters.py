@@ -57,8 +57,9 @@ class FilterSettings:
         type=NAMES,
         metavar="NAME",
         show_default=False,
-        help="Only this person's sightings and presence; repeatable (default: everyone). Exact "
-        "names, compared after Unicode NFC normalisation (docs/privacy.md).",
+        help="Only this person's sightings and presence; repeatable (default: everyone; anyone "
+        "else announced to Home Assistant before is removed). Exact names, compared after Unicode "
+        "NFC normalisation (docs/privacy.md).",
     )
     exclude_people: tuple[str, ...] = setting(
         "--exclude-person",
@@ -161,13 +162,18 @@ class EntryFilter:
     def raw_kept(self, raw: object) -> bool:
         """Whether a malformed entry (or a camera's malformed list) may become a dead letter: not
         when its text holds a name left out by `--exclude-person`, nor, with `--person`, unless
-        it holds one of those names (its person is unknown; a dead letter holds its raw text)."""
+        it is one of those names followed by what should have been its stamp (its person is
+        unknown; a dead letter holds its raw text). Merely holding a kept name is not enough:
+        with `--person Ann`, "Anne @ junk" and "Mary Ann Smith @ junk" name someone else."""
         if not self.by_person:
             return True
         text = normalized(raw if isinstance(raw, str) else repr(raw))
         if any(name in text for name in self.exclude_people):
             return False
-        return not self.people or any(name in text for name in self.people)
+        if not self.people:
+            return True
+        name, separator, _ = text.rpartition("@")  # as an entry's name runs to its last "@"
+        return bool(separator) and name.strip() in self.people
 
     def recognition(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
         """A `/recognition` reply without the cameras left out, and without the people left out

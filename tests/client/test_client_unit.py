@@ -156,6 +156,27 @@ async def test_network_failures_are_retried_then_reported() -> None:
     await api.aclose()
 
 
+async def test_a_broken_json_reply_is_reported_without_its_names() -> None:
+    """A /logs reply cut short names people: the error (logged, shown in /status) says what it
+    was, never what it held; a page that is not JSON at all is quoted, to tell what answered."""
+    replies = {
+        "/logs": b'{"Camera1": ["Zo\xc3\xab Secret @ 10:00:00 23/10/23", "Zo\xc3\xab Sec',
+        "/recognition": b"<html><body>Captive portal</body></html>",
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=replies["/" + request.url.path.rsplit("/", 1)[-1]])
+
+    api = AsyncLogsAPI(KEY, base_url=BASE, transport=httpx.MockTransport(answer), max_retries=0)
+    with pytest.raises(HTTPRequestError) as broken:
+        await api.get_logs_range("10:00 23/10/23", "10:01 23/10/23")
+    assert "Secret" not in str(broken.value) and "Zo" not in str(broken.value)
+    assert "not JSON: a broken or cut-off JSON document of" in str(broken.value)
+    with pytest.raises(HTTPRequestError, match="not JSON: b'<html><body>Captive portal"):
+        await api.get_realtime()
+    await api.aclose()
+
+
 # -- ranges ----------------------------------------------------------------------------------------
 
 

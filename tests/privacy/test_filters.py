@@ -75,6 +75,9 @@ def test_with_people_given_a_malformed_entry_is_kept_only_if_it_names_one() -> N
     assert entry_filter.raw_kept("Björk @ junk")
     assert not entry_filter.raw_kept("Mary Ann Smith @ junk")
     assert not entry_filter.raw_kept(12345)
+    assert not entry_filter.raw_kept("Björk Smith @ junk")  # holds a kept name, names someone else
+    assert not entry_filter.raw_kept("Anne Björk @ junk")
+    assert not entry_filter.raw_kept({"who": "Björk", "and": "Mary Ann Smith"})
     assert EntryFilter(cameras=["Camera1"]).raw_kept(12345)  # camera filters say nothing of names
 
 

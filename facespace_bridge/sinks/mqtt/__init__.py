@@ -16,9 +16,10 @@ With MQTT 5, the messages that are not retained carry a message expiry, the user
 The bridge's own sink (not a side client's) also forgets people: when asked on
 `<prefix>/bridge/request/forget` (`{"person": NAME}`, as zigbee2mqtt's running bridge takes
 `bridge/request/device/remove`; answered on `<prefix>/bridge/response/forget`) and, at
-start, for the people excluded now (`MqttSettings.excluded_people`). Forgetting drops what
-the sink and its extensions hold of them and clears their retained topics (traces.py), so
-neither a reconnect nor a Home Assistant restart announces them again until they are seen.
+start, for the people left out now (`MqttSettings.excluded_people`; with `--person`, everyone
+the broker retains a trace of who is not in `MqttSettings.kept_people`). Forgetting drops
+what the sink and its extensions hold of them and clears their retained topics (traces.py),
+so neither a reconnect nor a Home Assistant restart announces them again until they are seen.
 """
 
 from __future__ import annotations
@@ -168,7 +169,9 @@ class MqttSink(Sink):
         self.connection.on_message = self._on_message
         if self.requests:
             self.connection.subscribe(self.layout.request("forget"))
-            excluded = self.settings.excluded_people
+            excluded = set(self.settings.excluded_people)
+            if self.settings.kept_people:  # `--person`: everyone else is left out
+                excluded |= await self._not_kept()
             if excluded:
                 # Before the extensions start: Home Assistant's would migrate their configs
                 # to the other discovery form, which keeps them in its registry.
@@ -286,6 +289,15 @@ class MqttSink(Sink):
                     f"MQTT broker {self.address} did not acknowledge within {timeout:g} s"
                 ) from None
         return traces
+
+    async def _not_kept(self, timeout: float = 10.0) -> set[str]:
+        """Everyone the broker retains a trace of who is not one of `--person` (as published)."""
+        try:
+            found = await self.connection.read_retained(self.traces.filters(), timeout)
+        except asyncio.TimeoutError:
+            raise SinkError(f"MQTT broker {self.address} did not acknowledge within {timeout:g} s") from None
+        kept = self.settings.as_published(self.settings.kept_people)
+        return {name for name in self.traces.people(found) if name not in kept}
 
     async def _answer_forget(self, payload: bytes) -> None:
         """A forget request: forget the person, answer with what was cleared (never the name)."""

@@ -74,6 +74,10 @@ class MqttExtension(ABC):
         `retained_filters`) are this extension's and belong to one of `people` (NFC)."""
         return []
 
+    def people_in(self, found: Mapping[str, bytes]) -> set[str]:
+        """Everyone (NFC) whom this extension's retained messages in `found` belong to."""
+        return set()
+
     def details(self) -> dict[str, Any]:
         """What /status shows about this extension, beside the sink's own details."""
         return {}

@@ -397,25 +397,36 @@ class HomeAssistant(MqttExtension):
         """Their discovery configs, in either form, known by their device's identifier (a
         person's device is `<node>_person_<slug of its name>`; in entity form each of their
         entities carries it, the camera pairs too), and their device trackers' states."""
-        trackers = f"{self.layout.prefix}/person/+/tracker"
         topics = []
         for topic, payload in found.items():
-            if paho.topic_matches_sub(self.config_filter, topic):
-                if not self.owns(topic, payload):
-                    continue
-                document = json_object(payload)
-                device = document.get("device") or document.get("dev")
-                name = device.get("name") if isinstance(device, dict) else None
-                if (
-                    isinstance(name, str)
-                    and normalized(name) in people
-                    and self._person_device(name).info["identifiers"][0] in device.get("identifiers", ())
-                ):
-                    topics.append(topic)
-            elif paho.topic_matches_sub(trackers, topic):
-                if not names_in(json_object(payload), "person").isdisjoint(people):
-                    topics.append(topic)
+            if not self._people_of(topic, payload).isdisjoint(people):
+                topics.append(topic)
         return topics
+
+    def people_in(self, found: Mapping[str, bytes]) -> set[str]:
+        """Everyone whose discovery configs or device tracker `found` holds (NFC)."""
+        people: set[str] = set()
+        for topic, payload in found.items():
+            people |= self._people_of(topic, payload)
+        return people
+
+    def _people_of(self, topic: str, payload: bytes) -> set[str]:
+        """The person (NFC) a retained message of this bridge's belongs to: a discovery config
+        by its device (a person's is `<node>_person_<slug of its name>`), a device tracker's
+        state by its `person`; none for anything else."""
+        if paho.topic_matches_sub(self.config_filter, topic):
+            if not self.owns(topic, payload):
+                return set()
+            document = json_object(payload)
+            device = document.get("device") or document.get("dev")
+            name = device.get("name") if isinstance(device, dict) else None
+            if isinstance(name, str) and self._person_device(name).info["identifiers"][0] in device.get(
+                "identifiers", ()
+            ):
+                return {normalized(name)}
+        elif paho.topic_matches_sub(f"{self.layout.prefix}/person/+/tracker", topic):
+            return names_in(json_object(payload), "person")
+        return set()
 
     def owns(self, topic: str, payload: bytes) -> bool:
         """Whether a retained message under `retained_filters` is this bridge's: a config only

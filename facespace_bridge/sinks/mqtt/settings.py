@@ -93,6 +93,8 @@ class MqttSettings:
     # `--exclude-person` (privacy/filters.py), NFC-normalised: people the bridge never publishes,
     # whom the Home Assistant extension removes at start if they were announced before.
     excluded_people: frozenset[str] = frozenset()
+    # `--person`, NFC-normalised: when given, everyone else is left out, and removed at start too.
+    kept_people: frozenset[str] = frozenset()
     # `--pseudonymize` (privacy/pseudonyms.py): what was published stands for each person.
     pseudonyms: Pseudonyms | None = None
 
@@ -118,6 +120,7 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
     """The settings from a command's parsed options (click parameter names) and env
     MQTT_PASSWORD; raises click's errors for bad input, does no I/O."""
     excluded = config.get(option_name(FilterSettings, "exclude_people")) or ()
+    kept = config.get(option_name(FilterSettings, "people")) or ()
     pseudonyms = None
     if config.get("pseudonymize"):
         try:
@@ -129,6 +132,7 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
         config,
         password=os.environ.get("MQTT_PASSWORD") or None,
         excluded_people=frozenset(normalized(name) for name in excluded),
+        kept_people=frozenset(normalized(name) for name in kept),
         pseudonyms=pseudonyms,
     )
 

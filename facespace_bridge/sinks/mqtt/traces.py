@@ -106,6 +106,17 @@ class PersonTraces:
             filters += extension.retained_filters()
         return list(dict.fromkeys(filters))
 
+    def people(self, found: Mapping[str, bytes]) -> set[str]:
+        """Everyone (NFC) that the retained messages `found` name or belong to."""
+        sink_filters = self.layout.retained_filters()
+        people: set[str] = set()
+        for topic, payload in found.items():
+            if any(paho.topic_matches_sub(f, topic) for f in sink_filters):
+                people |= names_in(json_object(payload), "person", "people", "arrived", "departed")
+        for extension in self.extensions:
+            people |= extension.people_in(found)
+        return people
+
     def find(self, people: Collection[str], found: Mapping[str, bytes]) -> Traces:
         """The topics of `found` (retained topic -> payload) that name or belong to `people`."""
         wanted = frozenset(map(normalized, people))

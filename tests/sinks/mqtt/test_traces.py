@@ -206,6 +206,29 @@ async def test_a_start_clears_the_people_excluded_now(mqtt_broker: MqttBroker) -
     assert LAYOUT.person("Alice") in await retained_async(mqtt_broker)
 
 
+async def test_a_start_clears_the_people_a_person_list_leaves_out(mqtt_broker: MqttBroker) -> None:
+    """With `--person`, everyone not on the list is left out: announced before, they are
+    removed at start as the excluded are (docs/privacy.md, "Filters")."""
+    async with sink_for(mqtt_broker) as sink:
+        await world(sink)
+    before = await retained_async(mqtt_broker)
+    kept = frozenset({"Alice", unicodedata.normalize("NFC", ZOE_NFD)})
+    async with sink_for(mqtt_broker, kept_people=kept) as sink:
+        await sink.announce(CAMERAS, ["Alice", ZOE_NFD])
+        await sink.flush()
+    after = await retained_async(mqtt_broker)
+    left_out_topics = ("Bob", "a_b", "person/a", "person/presence", "person_presence")
+    assert [t for t in after if any(part in t for part in left_out_topics)] == []
+    assert [t for t, p in after.items() if b"Bob" in p or b'"a/b"' in p or b'"presence"' in p] == []
+    assert LAYOUT.person("Alice") in after and LAYOUT.person(ZOE_NFD) in after
+    assert any("person_Alice" in t or "person_alice" in t for t in after)
+    left_out_configs = ("Bob", "a_b", "occupancy_presence", "person_presence")
+    others = {
+        t for t in before if t.startswith("homeassistant/") and not any(x in t for x in left_out_configs)
+    }
+    assert others <= after.keys()
+
+
 async def test_excluded_at_a_start_that_switches_discovery_forms(mqtt_broker: MqttBroker) -> None:
     """Cleared before Home Assistant's migration, which would otherwise move their configs over
     (and keep them in its registry)."""
