@@ -39,7 +39,8 @@ class FilterSettings:
         type=NAMES,
         metavar="ID",
         show_default=False,
-        help="Only this camera; repeatable (default: every camera).",
+        help="Only this camera; repeatable (default: every camera; any other announced to Home "
+        "Assistant before is removed).",
     )
     exclude_cameras: tuple[str, ...] = setting(
         "--exclude-camera",
@@ -48,7 +49,8 @@ class FilterSettings:
         type=NAMES,
         metavar="ID",
         show_default=False,
-        help="Leave this camera out, its presence too; repeatable.",
+        help="Leave this camera out, its presence too (removed from Home Assistant if announced "
+        "before); repeatable.",
     )
     people: tuple[str, ...] = setting(
         "--person",

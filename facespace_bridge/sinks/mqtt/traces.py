@@ -90,7 +90,7 @@ class Traces(Sequence[str]):
             "configs": len(self.configs),
             "states": len(self.states),
             "presences": len(self.presences),
-            "rewritten": len(self.rewrites),
+            **({"rewritten": len(self.rewrites)} if self.rewrites else {}),  # a camera's; never a person's
         }
 
     def summary(self) -> str:
