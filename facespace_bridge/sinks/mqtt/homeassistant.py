@@ -526,15 +526,18 @@ class HomeAssistant(MqttExtension):
         )
 
     @staticmethod
-    def _withdrawn(payload: bytes) -> bool:
-        """Whether a device config holds withdrawn components (`camera_rewrites`)."""
-        components = json_object(payload).get("cmps")
-        return isinstance(components, dict) and any(c == {"p": c.get("p")} for c in components.values())
+    def _is_withdrawn(component: object) -> bool:
+        """Whether a device config's component is only `{"p": platform}` (`camera_rewrites`)."""
+        return isinstance(component, dict) and component.keys() == {"p"}
 
-    @staticmethod
-    def _without_withdrawn(payload: bytes) -> bytes:
+    def _withdrawn(self, payload: bytes) -> bool:
+        """Whether a device config holds withdrawn components."""
+        components = json_object(payload).get("cmps")
+        return isinstance(components, dict) and any(map(self._is_withdrawn, components.values()))
+
+    def _without_withdrawn(self, payload: bytes) -> bytes:
         document = json_object(payload)
-        components = {k: c for k, c in document["cmps"].items() if c != {"p": c.get("p")}}
+        components = {k: c for k, c in document["cmps"].items() if not self._is_withdrawn(c)}
         return orjson.dumps({**document, "cmps": components})
 
     def owns(self, topic: str, payload: bytes) -> bool:
