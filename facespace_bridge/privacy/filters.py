@@ -39,7 +39,8 @@ class FilterSettings:
         type=NAMES,
         metavar="ID",
         show_default=False,
-        help="Only this camera; repeatable (default: every camera).",
+        help="Only this camera; repeatable (default: every camera; any other announced to Home "
+        "Assistant before is removed).",
     )
     exclude_cameras: tuple[str, ...] = setting(
         "--exclude-camera",
@@ -48,7 +49,8 @@ class FilterSettings:
         type=NAMES,
         metavar="ID",
         show_default=False,
-        help="Leave this camera out, its presence too; repeatable.",
+        help="Leave this camera out, its presence too (removed from Home Assistant if announced "
+        "before); repeatable.",
     )
     people: tuple[str, ...] = setting(
         "--person",
@@ -90,6 +92,13 @@ def matching(names: Iterable[str], people: Collection[str]) -> list[str]:
     """Those of `names` (in whatever form the API sent them) that stand for one of `people`
     (NFC-normalised): how what the bridge holds by name finds a person it forgets."""
     return [name for name in names if normalized(name) in people]
+
+
+def camera_passes(camera: str, cameras: Collection[str], exclude_cameras: Collection[str]) -> bool:
+    """The camera filters' rule: one of `cameras` (when any is given) and none of
+    `exclude_cameras`; ids compared exactly. The sources keep entries by it (`EntryFilter`), the
+    MQTT sink clears at start what it left out (sinks/mqtt: `MqttSettings.camera_kept`)."""
+    return (not cameras or camera in cameras) and camera not in exclude_cameras
 
 
 class EntryFilter:
@@ -145,7 +154,7 @@ class EntryFilter:
         return None
 
     def camera_kept(self, camera: str) -> bool:
-        return (not self.cameras or camera in self.cameras) and camera not in self.exclude_cameras
+        return camera_passes(camera, self.cameras, self.exclude_cameras)
 
     def person_kept(self, name: str) -> bool:
         """Whether `name` (as the API sent it) passes the person filters; a name's verdict is

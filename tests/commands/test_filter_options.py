@@ -34,6 +34,7 @@ def params(command: click.Command, args: list[str]) -> dict:
         ([], 'camera_id = ["Front", "Back"]\nexclude_person = ["Mary Ann Smith"]\n', {}, {"Front", "Back"},
          {"Mary Ann Smith"}),
         ([], "", {"FACESPACE_BRIDGE_CAMERA_ID": "Back door"}, {"Back door"}, set()),
+        (["--exclude-camera", "Garage", "--exclude-camera", "Back door"], "", {}, set(), set()),
         ([], "", {EXCLUDE: f"Mary Ann Smith, {NFD}"}, set(), {"Mary Ann Smith", NFC}),
         ([], "", {EXCLUDE: '["Smith, Anne", "Björk"]'}, set(), {"Smith, Anne", "Björk"}),
         # flag beats env beats file, as for every option
@@ -54,6 +55,11 @@ def test_filters_from_flags_file_and_environment(tmp_path, monkeypatch, args, fi
     (sink,) = sinks
     assert isinstance(sink, MqttSink)
     assert sink.settings.excluded_people == excluded  # what the Home Assistant extension reads
+    # and the cameras whose traces a start clears, by the sources' own rule
+    assert sink.settings.kept_cameras == cameras
+    assert sink.settings.excluded_cameras == options.entry_filter.exclude_cameras
+    for camera in ("Front", "Back door", "Garage", "Hall"):
+        assert sink.settings.camera_kept(camera) == options.entry_filter.camera_kept(camera)
     assert (replayed.cameras, replayed.exclude_people) == (cameras, excluded)
 
 

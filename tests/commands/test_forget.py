@@ -151,15 +151,25 @@ async def test_forget_beside_a_running_bridge_then_exclude_at_start(
     finally:
         await bridge.stop()
 
-    # The bridge starts again with someone excluded: what the broker retains of them goes, and
-    # Home Assistant removes them. (The forgotten person is in its history: announced again.)
-    kept = people - {excluded}
-    bridge = Bridge(sim, mqtt_broker, tmp_path, "--ha-discovery-mode", mode, "--exclude-person", excluded)
+    # The bridge starts again with someone and a camera excluded: what the broker retains of
+    # them goes, and Home Assistant removes them: the person's device, the camera's, and
+    # everyone's occupancy of the camera (in device form, components of each person's device).
+    # The forgotten person is announced again if its history at the other camera names them.
+    camera, other = cameras[-1], cameras[0]
+    seen_at_other = {p for c, p, _ in sim.world.entries() if c == other} | set(sim.world.present()[other])
+    kept = people - {excluded, forgotten} | ({forgotten} & seen_at_other)
+    bridge = Bridge(
+        sim, mqtt_broker, tmp_path, "--ha-discovery-mode", mode,
+        "--exclude-person", excluded, "--exclude-camera", camera,
+    )  # fmt: skip
     try:
-        wanted = unique_ids(cameras, kept)
-        await ha.wait_until(lambda: announced(wanted), 60, "the excluded person's entities gone")
-        assert names_them(excluded, await retained_async(mqtt_broker)) == []
-        assert excluded not in {d["name"] for d in await ha.device_registry()}
+        wanted = unique_ids([other], kept)
+        await ha.wait_until(lambda: announced(wanted), 60, "the excluded person's and camera's entities gone")
+        retained = await retained_async(mqtt_broker)
+        assert names_them(excluded, retained) == []
+        assert LAYOUT.presence(camera) not in retained
+        devices = {d["name"] for d in await ha.device_registry()}
+        assert excluded not in devices and camera not in devices and other in devices
     finally:
         await bridge.stop()
 

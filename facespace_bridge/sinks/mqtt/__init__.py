@@ -20,13 +20,16 @@ start, for the people left out now (`MqttSettings.excluded_people`; with `--pers
 the broker retains a trace of who is not in `MqttSettings.kept_people`). Forgetting drops
 what the sink and its extensions hold of them and clears their retained topics (traces.py),
 so neither a reconnect nor a Home Assistant restart announces them again until they are seen.
+The same sweep at start clears what the broker retains of the cameras left out now
+(`MqttSettings.camera_kept`: `--exclude-camera`, and with `--camera-id` every other camera):
+their presence, their Home Assistant devices and everyone's occupancy of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -169,14 +172,15 @@ class MqttSink(Sink):
         self.connection.on_message = self._on_message
         if self.requests:
             self.connection.subscribe(self.layout.request("forget"))
-            excluded = set(self.settings.excluded_people)
-            if self.settings.kept_people:  # `--person`: everyone else is left out
-                excluded |= await self._not_kept()
-            if excluded:
+            if self.settings.leaves_out:
                 # Before the extensions start: Home Assistant's would migrate their configs
                 # to the other discovery form, which keeps them in its registry.
-                traces = await self.forget(excluded)
-                log.info("cleared what the broker retained of people excluded now: %s", traces.summary())
+                traces = await self._clear_left_out()
+                if traces or traces.rewrites:
+                    log.info(
+                        "cleared what the broker retained of people and cameras left out now: %s",
+                        traces.summary(),
+                    )
         for extension in self.extensions:
             await extension.start(self.connection)
 
@@ -270,34 +274,54 @@ class MqttSink(Sink):
         retained topics, those the broker holds and those this connection would re-send (its
         own). Raises SinkError when the broker cannot be read or does not acknowledge."""
         wanted = self.settings.as_published(people)
-        for name in matching(self._person_seen_at, wanted):
+        self._drop(wanted)
+        return await self._sweep(lambda found: self.traces.find(wanted, found), timeout)
+
+    async def _clear_left_out(self, timeout: float = 10.0) -> Traces:
+        """Forget, in one sweep, whom and what the filters leave out now: the excluded people
+        and, with `--person`, everyone else the broker retains a trace of; every camera it
+        retains a trace of that the camera filters leave out (`--exclude-camera`, and with
+        `--camera-id` every other camera)."""
+        settings = self.settings
+
+        def left_out(found: dict[str, bytes]) -> Traces:
+            people = set(settings.as_published(settings.excluded_people))
+            if settings.kept_people:
+                kept = settings.as_published(settings.kept_people)
+                people |= {name for name in self.traces.people(found) if name not in kept}
+            self._drop(people)
+            cameras = {camera for camera in self.traces.cameras(found) if not settings.camera_kept(camera)}
+            return self.traces.find(people, found, cameras)
+
+        return await self._sweep(left_out, timeout)
+
+    def _drop(self, people: Collection[str]) -> None:
+        """Drop what the sink, its extensions and the rest of the bridge hold of `people` (as
+        published), so that nothing re-sent names them until they are seen again."""
+        for name in matching(self._person_seen_at, people):
             del self._person_seen_at[name]
         for extension in self.extensions:
-            for person in wanted:
+            for person in people:
                 extension.forget(person)
-        if self.on_forget is not None:  # the rest of the bridge (its web page) forgets them too
-            self.on_forget(wanted)
+        if people and self.on_forget is not None:  # the rest of the bridge (its web page) forgets them too
+            self.on_forget(frozenset(people))
 
-        def theirs(found: dict[str, bytes]) -> Traces:
-            return self.traces.find(wanted, {**self.connection.retained_values(), **found})
+    async def _sweep(self, choose: Callable[[dict[str, bytes]], Traces], timeout: float) -> Traces:
+        """Clear the retained topics `choose` picks from those the broker holds and those this
+        connection would re-send (its own); one sweep at a time, each reading what the last
+        cleared. Raises SinkError when the broker cannot be read or does not acknowledge."""
+
+        def chosen(found: dict[str, bytes]) -> Traces:
+            return choose({**self.connection.retained_values(), **found})
 
         async with self._forgetting:
             try:
-                traces, _ = await sweep(self.connection, self.traces.filters(), theirs, timeout=timeout)
+                traces, _ = await sweep(self.connection, self.traces.filters(), chosen, timeout=timeout)
             except asyncio.TimeoutError:
                 raise SinkError(
                     f"MQTT broker {self.address} did not acknowledge within {timeout:g} s"
                 ) from None
         return traces
-
-    async def _not_kept(self, timeout: float = 10.0) -> set[str]:
-        """Everyone the broker retains a trace of who is not one of `--person` (as published)."""
-        try:
-            found = await self.connection.read_retained(self.traces.filters(), timeout)
-        except asyncio.TimeoutError:
-            raise SinkError(f"MQTT broker {self.address} did not acknowledge within {timeout:g} s") from None
-        kept = self.settings.as_published(self.settings.kept_people)
-        return {name for name in self.traces.people(found) if name not in kept}
 
     async def _answer_forget(self, payload: bytes) -> None:
         """A forget request: forget the person, answer with what was cleared (never the name)."""

@@ -20,7 +20,9 @@ all on the event loop:
 5. `forget(person)` when the bridge is asked to forget someone (MqttSink): drop what it
    holds about them, so that nothing it re-sends (after a reconnect, to a restarted Home
    Assistant) names them until they are seen again; the sink then clears their retained
-   topics, which it finds with `person_topics` under `retained_filters` (traces.py).
+   topics, which it finds with `person_topics` under `retained_filters` (traces.py); at
+   start, before `start`, the sink also clears what belongs to cameras left out
+   (`camera_topics`) and re-publishes what holds parts of them (`camera_rewrites`).
 6. `close()` before the connection closes.
 
 `details()` adds what /status should show about it. An extension must not block: the
@@ -76,6 +78,21 @@ class MqttExtension(ABC):
 
     def people_in(self, found: Mapping[str, bytes]) -> set[str]:
         """Everyone (NFC) whom this extension's retained messages in `found` belong to."""
+        return set()
+
+    def camera_topics(self, cameras: Collection[str], found: Mapping[str, bytes]) -> list[str]:
+        """Which of the retained messages `found` are this extension's and belong to one of
+        `cameras` (left out by the filters: cleared at start)."""
+        return []
+
+    def camera_rewrites(self, cameras: Collection[str], found: Mapping[str, bytes]) -> dict[str, bytes]:
+        """This extension's retained messages in `found` that hold parts of `cameras` beside
+        other parts, each as it must be re-published to withdraw those parts: topic -> payload."""
+        return {}
+
+    def cameras_in(self, found: Mapping[str, bytes]) -> set[str]:
+        """Every camera whom this extension's retained messages in `found` belong to or hold
+        parts of."""
         return set()
 
     def details(self) -> dict[str, Any]:

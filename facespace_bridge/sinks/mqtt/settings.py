@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from facespace_bridge.client import redactor
-from facespace_bridge.privacy.filters import FilterSettings, normalized
+from facespace_bridge.privacy.filters import FilterSettings, camera_passes, normalized
 from facespace_bridge.privacy.pseudonyms import PseudonymKeyError, Pseudonyms, key_from_environment
 from facespace_bridge.settings import flag, from_options, option_name, setting
 from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
@@ -95,8 +95,21 @@ class MqttSettings:
     excluded_people: frozenset[str] = frozenset()
     # `--person`, NFC-normalised: when given, everyone else is left out, and removed at start too.
     kept_people: frozenset[str] = frozenset()
+    # `--exclude-camera` and `--camera-id`: cameras left out, whose retained presence and Home
+    # Assistant configs the sink clears at start if it published them before.
+    excluded_cameras: frozenset[str] = frozenset()
+    kept_cameras: frozenset[str] = frozenset()  # when given, every other camera is left out
     # `--pseudonymize` (privacy/pseudonyms.py): what was published stands for each person.
     pseudonyms: Pseudonyms | None = None
+
+    @property
+    def leaves_out(self) -> bool:
+        """Whether the filters leave out anyone or any camera (whose traces a start clears)."""
+        return bool(self.excluded_people or self.kept_people or self.excluded_cameras or self.kept_cameras)
+
+    def camera_kept(self, camera: str) -> bool:
+        """Whether the camera filters keep `camera` (privacy/filters.py, the sources' rule)."""
+        return camera_passes(camera, self.kept_cameras, self.excluded_cameras)
 
     def as_published(self, people: Iterable[str]) -> frozenset[str]:
         """`people` as the bridge published them, to find their traces by: NFC-normalised, and
@@ -121,6 +134,8 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
     MQTT_PASSWORD; raises click's errors for bad input, does no I/O."""
     excluded = config.get(option_name(FilterSettings, "exclude_people")) or ()
     kept = config.get(option_name(FilterSettings, "people")) or ()
+    excluded_cameras = config.get(option_name(FilterSettings, "exclude_cameras")) or ()
+    kept_cameras = config.get(option_name(FilterSettings, "cameras")) or ()
     pseudonyms = None
     if config.get("pseudonymize"):
         try:
@@ -133,6 +148,8 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
         password=os.environ.get("MQTT_PASSWORD") or None,
         excluded_people=frozenset(normalized(name) for name in excluded),
         kept_people=frozenset(normalized(name) for name in kept),
+        excluded_cameras=frozenset(excluded_cameras),
+        kept_cameras=frozenset(kept_cameras),
         pseudonyms=pseudonyms,
     )
 

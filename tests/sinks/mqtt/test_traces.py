@@ -246,3 +246,94 @@ async def test_excluded_at_a_start_that_switches_discovery_forms(mqtt_broker: Mq
     assert [t for t, p in after.items() if "Bob" in t or b"Bob" in p] == []
     assert any(t.startswith("homeassistant/device/facespace/person_Alice") for t in after)
     assert not any(t.startswith("homeassistant/sensor/") for t in after)  # the others migrated
+
+
+ODD_CAMERA = "Zoë's 📷/1"  # a camera id that is no topic segment as it is
+
+
+async def world_with_cameras(sink: MqttSink) -> None:
+    """`world`, and a third camera whose id is escaped in topics, with Alice in view there."""
+    await world(sink)
+    await sink.announce([*CAMERAS, ODD_CAMERA], PEOPLE)
+    await (await sink.publish([presence_event(ODD_CAMERA, ["Alice"], ["Alice"], [], T0)]))
+    await sink.flush()
+
+
+@pytest.mark.parametrize("mode", ["entity", "device"])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"excluded_cameras": frozenset({"Door"})},
+        {"kept_cameras": frozenset({"Hall", "Door"})},  # `--camera-id`: every other camera is left out
+    ],
+    ids=["exclude-camera", "camera-id"],
+)
+async def test_a_start_clears_the_cameras_left_out(
+    mqtt_broker: MqttBroker, mode: str, filters: dict[str, frozenset[str]]
+) -> None:
+    """What the broker retains of a camera left out now goes at start: its presence, its Home
+    Assistant device, everyone's occupancy of it (in device form withdrawn from each person's
+    config, as Home Assistant removes one entity of a device); nothing else changes."""
+    async with sink_for(mqtt_broker, ha=ha_for(mode=mode)) as sink:
+        await world_with_cameras(sink)
+    await asyncio.to_thread(foreign_config, mqtt_broker)
+    before = await retained_async(mqtt_broker)
+    everyone = [*CAMERAS, ODD_CAMERA]
+    left_out = "Door" if "excluded_cameras" in filters else ODD_CAMERA
+    kept = [c for c in everyone if c != left_out]
+    # What Home Assistant's own config computation says the configs are without that camera.
+    ha = ha_for(mode=mode)
+    expected = ha.configs(kept, PEOPLE)
+    theirs = set(ha.configs(everyone, PEOPLE)) - set(expected)
+    assert theirs and theirs <= before.keys() and LAYOUT.presence(left_out) in before
+
+    with MqttCollector(mqtt_broker, "homeassistant/#") as collector:
+        async with sink_for(mqtt_broker, ha=ha_for(mode=mode), **filters):  # a start, announcing nobody
+            pass
+        published = [m for m in collector.snapshot() if not m.retain]
+    after = await retained_async(mqtt_broker)
+    assert before.keys() - after.keys() == theirs | {LAYOUT.presence(left_out)}
+    assert {t: p for t, p in after.items() if t.startswith("homeassistant/") and t != FOREIGN} == expected
+    assert {t: p for t, p in after.items() if t.startswith("facespace/")} == {
+        t: p for t, p in before.items() if t.startswith("facespace/") and t != LAYOUT.presence(left_out)
+    }  # the people's states stay as they were
+    assert after[FOREIGN] == before[FOREIGN]
+    withdrawn = [
+        key
+        for m in published
+        if m.topic.startswith("homeassistant/device/") and m.payload
+        for key, component in orjson.loads(m.payload)["cmps"].items()
+        if component == {"p": "binary_sensor"}
+    ]
+    if mode == "device":  # each person's occupancy of it, withdrawn before it left their config
+        assert len(withdrawn) == len(PEOPLE)
+    else:
+        assert withdrawn == []
+
+    # Started again: nothing left to clear, nothing published but what a start publishes.
+    async with sink_for(mqtt_broker, ha=ha_for(mode=mode), **filters) as sink:
+        assert len(sink.traces.find((), after, sink.traces.cameras(after) - set(kept))) == 0
+    assert await retained_async(mqtt_broker) == after
+
+
+async def test_a_camera_left_out_at_a_start_that_switches_discovery_forms(mqtt_broker: MqttBroker) -> None:
+    """Device form to entity form with a camera excluded: its occupancy entities are withdrawn
+    from each person's device config before the migration moves the configs over."""
+    async with sink_for(mqtt_broker, ha=ha_for(mode="device")) as sink:
+        await world_with_cameras(sink)
+    with MqttCollector(mqtt_broker, "homeassistant/#") as collector:
+        async with sink_for(
+            mqtt_broker, ha=ha_for(mode="entity"), excluded_cameras=frozenset({ODD_CAMERA})
+        ) as sink:
+            await sink.announce(CAMERAS, PEOPLE)
+            await sink.flush()
+        await collector.wait_for(lambda ms: any("/sensor/" in m.topic for m in ms), what="the new form")
+    topics = [m.topic for m in collector.snapshot() if not m.retain]
+    person_config = "homeassistant/device/facespace/person_Alice/config"
+    # Withdrawn (its components), then moved over (the migration), then cleared.
+    assert topics.count(person_config) == 3
+    after = await retained_async(mqtt_broker)
+    assert {t: p for t, p in after.items() if t.startswith("homeassistant/")} == ha_for(
+        mode="entity"
+    ).configs(CAMERAS, PEOPLE)
+    assert LAYOUT.presence(ODD_CAMERA) not in after
