@@ -36,12 +36,7 @@ from facespace_bridge.client import (
 from facespace_bridge.client.redaction import MIN_SAFE_LENGTH
 from facespace_bridge.metrics import CountingTransport, Metrics
 from facespace_bridge.privacy.filters import EntryFilter, FilterError, FilterSettings
-from facespace_bridge.privacy.pseudonyms import (
-    KEY_VARIABLE,
-    PseudonymKeyError,
-    Pseudonyms,
-    key_from_environment,
-)
+from facespace_bridge.privacy.pseudonyms import KEY_VARIABLE, Pseudonyms, pseudonyms_for
 from facespace_bridge.settings import cli_options, from_options
 from facespace_bridge.sinks import Role, Sink
 from facespace_bridge.sinks.registry import build_sinks
@@ -266,14 +261,10 @@ pseudonymize_option = click.option(
 def pseudonyms_from(config: dict[str, Any]) -> Pseudonyms | None:
     """With `--pseudonymize`, the pseudonyms under the key from the environment (never argv or
     the config file); None without. A missing or short key is a usage error (exit 2)."""
-    if not config.get("pseudonymize"):
-        return None
-    try:
-        key = key_from_environment()
-    except PseudonymKeyError as exc:
-        raise click.UsageError(str(exc)) from None
-    register_secret(os.environ[KEY_VARIABLE])
-    return Pseudonyms(key)
+    pseudonyms = pseudonyms_for(config)
+    if pseudonyms is not None:
+        register_secret(os.environ[KEY_VARIABLE])
+    return pseudonyms
 
 
 def logging_options(command: F) -> F:

@@ -19,7 +19,9 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
+from typing import Any
 
+import click
 import orjson
 
 from facespace_bridge.privacy.filters import normalized
@@ -49,6 +51,17 @@ def key_from_environment(environ: Mapping[str, str] | None = None) -> bytes:
             f"{KEY_VARIABLE} is too short: {MIN_KEY_BYTES} bytes at least (e.g. `openssl rand -hex 32`)"
         )
     return key
+
+
+def pseudonyms_for(config: Mapping[str, Any]) -> Pseudonyms | None:
+    """With a command's `--pseudonymize`, the pseudonyms under the key from the environment;
+    None without. A missing or short key is a usage error (one line, exit 2)."""
+    if not config.get("pseudonymize"):
+        return None
+    try:
+        return Pseudonyms(key_from_environment())
+    except PseudonymKeyError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 class Pseudonyms:

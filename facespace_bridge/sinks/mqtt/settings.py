@@ -13,7 +13,7 @@ import click
 
 from facespace_bridge.client import redactor
 from facespace_bridge.privacy.filters import FilterSettings, camera_passes, normalized
-from facespace_bridge.privacy.pseudonyms import PseudonymKeyError, Pseudonyms, key_from_environment
+from facespace_bridge.privacy.pseudonyms import Pseudonyms, pseudonyms_for
 from facespace_bridge.settings import flag, from_options, option_name, setting
 from facespace_bridge.sinks.mqtt.address import BrokerAddress, TlsFiles, parse_mqtt_url
 from facespace_bridge.sinks.mqtt.connection import PROTOCOLS
@@ -136,12 +136,7 @@ def settings_from_config(config: Mapping[str, Any]) -> MqttSettings:
     kept = config.get(option_name(FilterSettings, "people")) or ()
     excluded_cameras = config.get(option_name(FilterSettings, "exclude_cameras")) or ()
     kept_cameras = config.get(option_name(FilterSettings, "cameras")) or ()
-    pseudonyms = None
-    if config.get("pseudonymize"):
-        try:
-            pseudonyms = Pseudonyms(key_from_environment())
-        except PseudonymKeyError as exc:
-            raise click.UsageError(str(exc)) from None
+    pseudonyms = pseudonyms_for(config)
     settings = from_options(
         MqttSettings,
         config,
