@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from facespace_bridge.commands import run
 from facespace_bridge.commands._common import register_secret, setup_logging
+from facespace_bridge.events import seen_at_text
 
 log = logging.getLogger("facespace_bridge.addon")
 
@@ -60,7 +61,7 @@ def _backfill_from(hours: int, context: Context) -> list[str]:
     if not hours or not context.first_start:
         return []
     start = context.now - timedelta(hours=hours)
-    return [start.strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return [seen_at_text(start)]
 
 
 @dataclass(frozen=True)

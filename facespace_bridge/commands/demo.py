@@ -32,7 +32,7 @@ from facespace_bridge.checkpoints import store_from_config
 from facespace_bridge.commands import run
 from facespace_bridge.commands._common import make_client, page_state, prepare, serve_page, setup_logging
 from facespace_bridge.embedded import EmbeddedBrokerError, MqttBroker, TansuBroker
-from facespace_bridge.events import Event, parse_rfc3339
+from facespace_bridge.events import Event, parse_rfc3339, seen_at_text
 from facespace_bridge.sinks.base import Ack, Sink
 
 
@@ -171,7 +171,7 @@ def command(cameras: int, people: int, visits_per_hour: float, backfill_minutes:
                     "--web-port", "0"]  # fmt: skip
             if backfill_minutes:
                 since = datetime.now(timezone.utc) - timedelta(minutes=backfill_minutes)
-                argv += ["--backfill-from", since.strftime("%Y-%m-%dT%H:%M:%SZ")]
+                argv += ["--backfill-from", seen_at_text(since)]
             if kafka:
                 (workdir / "kafka").mkdir()
                 tansu = TansuBroker(workdir / "kafka", own_session=True).start()
