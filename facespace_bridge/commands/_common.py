@@ -203,6 +203,18 @@ def entry_filter_from(config: dict[str, Any], names: Pseudonyms | None = None) -
     )
 
 
+def filters_key_and_names(config: dict[str, Any]) -> tuple[EntryFilter, str, Pseudonyms | None]:
+    """What `run` and `replay` read first, checked in this order before any side effect (bad
+    input: exit 2): the filters, the API key, and with `--pseudonymize` the pseudonyms, under
+    which the filters match names as their pseudonyms (`entry_filter_from`)."""
+    entry_filter = entry_filter_from(config)
+    api_key = api_key_from(config)
+    names = pseudonyms_from(config)
+    if names is not None:
+        entry_filter = entry_filter_from(config, names)
+    return entry_filter, api_key, names
+
+
 def api_key_from(config: dict[str, Any]) -> str:
     """The API key from `--api-key-file` or env FACESPACE_API_KEY (never argv, never the TOML file,
     which is configuration to share, not a secret store)."""
@@ -368,11 +380,7 @@ def register_secret(secret: str | None) -> None:
 def prepare(config: dict[str, Any], role: Role = Role.BRIDGE) -> tuple[str, list[Sink], BridgeOptions]:
     """Everything that can be checked without the network, checked before any side effect;
     bad input raises click's usage errors (exit 2). The sinks are built for `role`."""
-    entry_filter = entry_filter_from(config)
-    api_key = api_key_from(config)
-    names = pseudonyms_from(config)  # (the key checked before any side effect; make_client uses it)
-    if names is not None:
-        entry_filter = entry_filter_from(config, names)
+    entry_filter, api_key, names = filters_key_and_names(config)
     backfill_from = None
     if config["backfill_from"]:
         try:

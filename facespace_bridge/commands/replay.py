@@ -36,14 +36,12 @@ from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.checkpoints.acks import AckTracker
 from facespace_bridge.client import APIKeyError, AsyncLogsAPI, FaceSpaceError, LogEntry, parse_user_time
 from facespace_bridge.commands._common import (
-    api_key_from,
     api_options,
     config_option,
-    entry_filter_from,
     filter_options,
+    filters_key_and_names,
     logging_options,
     pseudonymize_option,
-    pseudonyms_from,
     setup_logging,
     tune_gc,
     warn_if_short,
@@ -288,11 +286,7 @@ def command(**config: Any) -> None:
             f"start {config['start_time']!r} is not before end {config['end_time']!r}",
             param_hint="--start-time",
         )
-    entry_filter = entry_filter_from(config)
-    api_key = api_key_from(config)
-    names = pseudonyms_from(config)
-    if names is not None:
-        entry_filter = entry_filter_from(config, names)
+    entry_filter, api_key, names = filters_key_and_names(config)
     dry_run = config["dry_run"]
     if not config["broker"] and not dry_run:
         raise click.UsageError("--broker is required (or --dry-run)")
