@@ -184,7 +184,7 @@ async def test_home_assistant_shows_what_the_simulator_sees(
 
         # Time passes until the household member has left every camera: Home Assistant follows,
         # and --away-after (3 s) later their tracker, and the person, say not_home.
-        for _ in range(200):
+        for _ in range(1000):  # (at most 230 steps at 15,000 random times of day)
             sim.advance(30)
             if all(member not in ps for ps in sim.world.present().values()):
                 break
