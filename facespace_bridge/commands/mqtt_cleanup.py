@@ -3,11 +3,12 @@
 What exists is learnt from the broker: the retained topics the bridge publishes — its
 presence and person topics (`TopicLayout.retained_filters`) and, with discovery on, the
 Home Assistant extension's configs in either discovery form (origin facespace-bridge) and
-device tracker states (`HomeAssistant.retained_filters`). What should exist is computed
-from the known cameras and people, taken from the FaceSpace API (`/recognition` now, plus
-`/logs` over the last `--history-days`) or, with `--keep FILE`, from a JSON file
-`{"cameras": [...], "people": [...]}` ("-" for stdin) without the API. Everything found
-and not expected is removed by publishing an empty retained payload.
+device tracker states, read back by sinks/mqtt/homeassistant_retained.py (`retained_filters`,
+`owns`, `expected`). What should exist is computed from the known cameras and people, taken
+from the FaceSpace API (`/recognition` now, plus `/logs` over the last `--history-days`) or,
+with `--keep FILE`, from a JSON file `{"cameras": [...], "people": [...]}` ("-" for stdin)
+without the API. Everything found and not expected is removed by publishing an empty
+retained payload.
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ def stale_topics(
     the availability, never a config some other tool wrote."""
     expected = layout.retained_topics(known.cameras, known.people)
     if ha is not None:
-        expected |= ha.expected(known.cameras, known.people)
+        expected |= ha.retained_reader.expected(known.cameras, known.people)
     stale = []
     for topic, payload in found.items():
         if topic in expected or topic == layout.bridge_state:
             continue
-        if ha is not None and not ha.owns(topic, payload):
+        if ha is not None and not ha.retained_reader.owns(topic, payload):
             continue
         stale.append(topic)
     return sorted(stale)
@@ -162,7 +163,7 @@ def command(**config: Any) -> None:
 
     timeout = config["mqtt_timeout"]
     connection = side_connection(settings, Role.CLEANUP, timeout)
-    filters = layout.retained_filters() + (ha.retained_filters() if ha is not None else [])
+    filters = layout.retained_filters() + (ha.retained_reader.retained_filters() if ha is not None else [])
     try:
         stale, found = asyncio.run(
             clean(connection, filters, known, layout, ha, dry_run=config["dry_run"], timeout=timeout)

@@ -20,13 +20,21 @@ all on the event loop:
 5. `forget(person)` when the bridge is asked to forget someone (MqttSink): drop what it
    holds about them, so that nothing it re-sends (after a reconnect, to a restarted Home
    Assistant) names them until they are seen again; the sink then clears their retained
-   topics, which it finds with `person_topics` under `retained_filters` (traces.py); at
-   start, before `start`, the sink also clears what belongs to cameras left out
-   (`camera_topics`) and re-publishes what holds parts of them (`camera_rewrites`).
+   topics, found through each extension's `retained_reader` (below); at start, before
+   `start`, the sink also clears what belongs to cameras left out and re-publishes what
+   holds parts of them, found the same way.
 6. `close()` before the connection closes.
 
 `details()` adds what /status should show about it. An extension must not block: the
 hooks run between publishes.
+
+Its `retained_reader` (a `RetainedReader`) reads back what it retains, without publishing:
+where its retained topics lie (`retained_filters`), which of the retained messages found there
+are its own and belong to some people (`person_topics`, `people_in`) or cameras
+(`camera_topics`, `cameras_in`), and which hold parts of cameras beside others'
+(`camera_rewrites`). traces.py asks it, for `forget` and the sink; `mqtt-cleanup` reads
+under its `retained_filters`. An extension that retains nothing keeps the default, which
+finds nothing.
 """
 
 from __future__ import annotations
@@ -42,30 +50,9 @@ if TYPE_CHECKING:
     from facespace_bridge.sinks.mqtt.connection import MqttConnection
 
 
-class MqttExtension(ABC):
-    """One feature of the MQTT sink; see the module docstring for when each hook is called."""
-
-    name: str = "extension"
-
-    @abstractmethod
-    async def start(self, connection: MqttConnection) -> None:
-        """Connected, nothing published yet: subscribe, read the broker, set retained state."""
-
-    async def announce(  # noqa: B027 - optional hook
-        self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
-    ) -> None:
-        """Everyone known at start; return once the broker has what was published for them."""
-
-    def on_event(self, event: Event) -> Sequence[str]:
-        """An event the sink is about to publish; returns the
-        extra topics that carry the same message under the event's acknowledgement."""
-        return ()
-
-    def on_message(self, topic: str, payload: bytes) -> None:  # noqa: B027 - optional hook
-        """A message on a topic this extension subscribed to."""
-
-    def forget(self, person: str) -> None:  # noqa: B027 - optional hook
-        """Drop everything held about `person` (NFC-normalised): they are being forgotten."""
+class RetainedReader:
+    """What an extension's retained messages say, read back (the module docstring); this
+    default finds nothing."""
 
     def retained_filters(self) -> list[str]:
         """Where the retained topics this extension publishes lie."""
@@ -94,6 +81,33 @@ class MqttExtension(ABC):
         """Every camera whom this extension's retained messages in `found` belong to or hold
         parts of."""
         return set()
+
+
+class MqttExtension(ABC):
+    """One feature of the MQTT sink; see the module docstring for when each hook is called."""
+
+    name: str = "extension"
+    retained_reader: RetainedReader = RetainedReader()
+
+    @abstractmethod
+    async def start(self, connection: MqttConnection) -> None:
+        """Connected, nothing published yet: subscribe, read the broker, set retained state."""
+
+    async def announce(  # noqa: B027 - optional hook
+        self, cameras: Iterable[str], people: Iterable[str], last_seen: Mapping[str, LastSeen]
+    ) -> None:
+        """Everyone known at start; return once the broker has what was published for them."""
+
+    def on_event(self, event: Event) -> Sequence[str]:
+        """An event the sink is about to publish; returns the
+        extra topics that carry the same message under the event's acknowledgement."""
+        return ()
+
+    def on_message(self, topic: str, payload: bytes) -> None:  # noqa: B027 - optional hook
+        """A message on a topic this extension subscribed to."""
+
+    def forget(self, person: str) -> None:  # noqa: B027 - optional hook
+        """Drop everything held about `person` (NFC-normalised): they are being forgotten."""
 
     def details(self) -> dict[str, Any]:
         """What /status shows about this extension, beside the sink's own details."""

@@ -1,8 +1,9 @@
 """Home Assistant, as an extension of the MQTT sink (extension.py) that owns its whole life
 cycle: discovery configs in either of Home Assistant's two forms and the migration between
 them, re-announcing when Home Assistant restarts, the event gate, a device tracker per
-person, what `mqtt-cleanup` needs to tell its topics from others', and which of them are a
-person's (`person_topics`, for forgetting them: traces.py). docs/mqtt.md says what users see.
+person, and the one implementation of each of its naming rules. Reading its retained messages
+back (whose they are, for `mqtt-cleanup` and forgetting) is homeassistant_retained.py's
+(`retained_reader`), by these same rules. docs/mqtt.md says what users see.
 
 Discovery follows Home Assistant's MQTT discovery docs and zigbee2mqtt's Home Assistant
 extension: a stable `unique_id` per entity, `origin`, one device per camera and per person
@@ -40,21 +41,21 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
-import paho.mqtt.client as paho
 
 from facespace_bridge._version import __version__
 from facespace_bridge.events import seen_at_text
-from facespace_bridge.privacy.filters import matching, normalized
+from facespace_bridge.privacy.filters import matching
 from facespace_bridge.settings import cli_options, from_options, setting
 from facespace_bridge.sinks.base import LastSeen, Role
 from facespace_bridge.sinks.mqtt.extension import MqttExtension
+from facespace_bridge.sinks.mqtt.homeassistant_retained import HomeAssistantRetained
 from facespace_bridge.sinks.mqtt.topics import (
     TopicLayout,
     check_base_topic,
@@ -62,7 +63,6 @@ from facespace_bridge.sinks.mqtt.topics import (
     short_hash,
     topics_overlap,
 )
-from facespace_bridge.sinks.mqtt.traces import json_object, names_in
 from facespace_bridge.whereabouts import Whereabouts
 
 if TYPE_CHECKING:
@@ -176,6 +176,7 @@ class HomeAssistant(MqttExtension):
         # Every config this bridge (this base topic) publishes, in either form, matches this.
         self.config_filter = f"{ha_prefix}/+/{self.node_id}/+/config"
         self.origin = {"name": ORIGIN_NAME, "sw_version": __version__}
+        self.retained_reader: HomeAssistantRetained = HomeAssistantRetained(self)
 
         self.cameras: set[str] = set()
         self.people: set[str] = set()
@@ -204,17 +205,18 @@ class HomeAssistant(MqttExtension):
         connection.subscribe(self.status_topic)
         connection.on_connect.append(self._reconnected)
         found = await connection.read_retained([self.config_filter])
-        own = {t: p for t, p in found.items() if self.owns(t, p)}
+        reader = self.retained_reader
+        own = {t: p for t, p in found.items() if reader.owns(t, p)}
         self._to_migrate = sorted(t for t in own if not self._in_mode(t))
-        withdrawn = {t: p for t, p in own.items() if self._withdrawn(p)}
+        withdrawn = {t: p for t, p in own.items() if reader.withdrawn(p)}
         if withdrawn:
-            # Configs re-published with a left-out camera's occupancy withdrawn (traces.py): each
-            # such component only `{"p": ...}`, which makes Home Assistant remove the entity; once
-            # it has, they leave the config too (a component merely left out stays in Home
+            # Configs re-published with a left-out camera's occupancy withdrawn (`camera_rewrites`):
+            # each such component only `{"p": ...}`, which makes Home Assistant remove the entity;
+            # once it has, they leave the config too (a component merely left out stays in Home
             # Assistant), before any migration moves the config over.
             await asyncio.sleep(self.migration_pause)
             await self._publish_configs({
-                t: self._without_withdrawn(p) for t, p in withdrawn.items() if self._in_mode(t)
+                t: reader.without_withdrawn(p) for t, p in withdrawn.items() if self._in_mode(t)
             })  # fmt: skip
         if self._to_migrate:
             log.info(
@@ -393,165 +395,6 @@ class HomeAssistant(MqttExtension):
             return dict([self._device_config(entities)])
         return dict(self._entity_config(entity) for entity in entities)
 
-    # -- for mqtt-cleanup -------------------------------------------------------------------------
-
-    def retained_filters(self) -> list[str]:
-        """Where the retained topics this extension publishes lie."""
-        return [self.config_filter, f"{self.layout.prefix}/person/+/tracker"]
-
-    def expected(self, cameras: Iterable[str], people: Iterable[str]) -> set[str]:
-        """The retained topics it would publish for these cameras and people."""
-        people = sorted(set(people))
-        return set(self.configs(cameras, people)) | {self.layout.person_tracker(p) for p in people}
-
-    def person_topics(self, people: Collection[str], found: Mapping[str, bytes]) -> list[str]:
-        """Their discovery configs, in either form, known by their device's identifier (a
-        person's device is `<node>_person_<slug of its name>`; in entity form each of their
-        entities carries it, the camera pairs too), and their device trackers' states."""
-        topics = []
-        for topic, payload in found.items():
-            if not self._people_of(topic, payload).isdisjoint(people):
-                topics.append(topic)
-        return topics
-
-    def people_in(self, found: Mapping[str, bytes]) -> set[str]:
-        """Everyone whose discovery configs or device tracker `found` holds (NFC)."""
-        people: set[str] = set()
-        for topic, payload in found.items():
-            people |= self._people_of(topic, payload)
-        return people
-
-    def camera_topics(self, cameras: Collection[str], found: Mapping[str, bytes]) -> list[str]:
-        """The configs, in either form, of the cameras' devices, and in entity form each
-        person's occupancy of them (device form: `camera_rewrites`)."""
-        return [
-            topic
-            for topic, payload in found.items()
-            if not self._cameras_of(topic, payload).isdisjoint(cameras)
-        ]
-
-    def camera_rewrites(self, cameras: Collection[str], found: Mapping[str, bytes]) -> dict[str, bytes]:
-        """In device form, each person's config with their occupancy of the cameras withdrawn:
-        each such component only `{"p": platform}`, Home Assistant's way to remove one entity
-        of a device (`start` then drops them from the config)."""
-        rewrites = {}
-        for topic, payload in found.items():
-            parts = [key for key, camera in self._camera_parts(topic, payload).items() if camera in cameras]
-            if parts:
-                document = json_object(payload)
-                components = dict(document["cmps"])
-                for key in parts:
-                    components[key] = {"p": components[key].get("p")}
-                rewrites[topic] = orjson.dumps({**document, "cmps": components})
-        return rewrites
-
-    def cameras_in(self, found: Mapping[str, bytes]) -> set[str]:
-        """Every camera whose configs, or occupancy in a person's config, `found` holds."""
-        cameras: set[str] = set()
-        for topic, payload in found.items():
-            cameras |= self._cameras_of(topic, payload)
-            cameras.update(self._camera_parts(topic, payload).values())
-        return cameras
-
-    def _people_of(self, topic: str, payload: bytes) -> set[str]:
-        """The person (NFC) a retained message of this bridge's belongs to: a discovery config
-        by its device (a person's is `<node>_person_<slug of its name>`), a device tracker's
-        state by its `person`; none for anything else."""
-        document = self._own_config(topic, payload)
-        if document is not None:
-            owner = self._device_owner(document)
-            if owner is not None and owner[0] == "person":
-                return {normalized(owner[1])}
-        elif paho.topic_matches_sub(f"{self.layout.prefix}/person/+/tracker", topic):
-            return names_in(json_object(payload), "person")
-        return set()
-
-    def _cameras_of(self, topic: str, payload: bytes) -> set[str]:
-        """The camera a retained config of this bridge's belongs to whole: the camera's device
-        (`<node>_camera_<slug of its id>`: its config in device form, its sensor's in entity
-        form), and in entity form a person's occupancy of it (`_occupancy_camera`)."""
-        document = self._own_config(topic, payload)
-        owner = None if document is None else self._device_owner(document)
-        if owner is None:
-            return set()
-        kind, name = owner
-        if kind == "camera":
-            return {name}
-        camera = None if "cmps" in document else self._occupancy_camera(name, document)
-        return set() if camera is None else {camera}
-
-    def _camera_parts(self, topic: str, payload: bytes) -> dict[str, str]:
-        """A person's config in device form: its occupancy components, key -> camera."""
-        document = self._own_config(topic, payload)
-        owner = None if document is None else self._device_owner(document)
-        components = None if document is None else document.get("cmps")
-        if owner is None or owner[0] != "person" or not isinstance(components, dict):
-            return {}
-        parts = {}
-        for key, component in components.items():
-            camera = self._occupancy_camera(owner[1], component) if isinstance(component, dict) else None
-            if camera is not None:
-                parts[key] = camera
-        return parts
-
-    def _own_config(self, topic: str, payload: bytes) -> dict[str, Any] | None:
-        """A retained discovery config of this bridge's, decoded; None for anything else."""
-        if paho.topic_matches_sub(self.config_filter, topic) and self.owns(topic, payload):
-            return json_object(payload)
-        return None
-
-    def _device_owner(self, config: Mapping[str, Any]) -> tuple[str, str] | None:
-        """Whose device a config is for: ("person", name) or ("camera", id), as the device's
-        name says and its identifier (what `_device` builds from that name) confirms."""
-        device = config.get("device") or config.get("dev")
-        name = device.get("name") if isinstance(device, dict) else None
-        if not isinstance(name, str):
-            return None
-        identifiers = device.get("identifiers", ())
-        for kind, built in (("person", self._person_device(name)), ("camera", self._camera_device(name))):
-            if built.info["identifiers"][0] in identifiers:
-                return kind, name
-        return None
-
-    def _occupancy_camera(self, person: str, component: Mapping[str, Any]) -> str | None:
-        """The camera of `person`'s occupancy entity (a config in entity form, a component in
-        device form): the one its name says ("At <camera>") when its unique id is the one
-        `_occupancy` builds for them; None for any other entity."""
-        name = component.get("name")
-        if not isinstance(name, str) or not name.startswith("At "):
-            return None
-        camera = name.removeprefix("At ")
-        return (
-            camera if component.get("unique_id") == self._unique_id(self._occupancy(camera, person)) else None
-        )
-
-    @staticmethod
-    def _is_withdrawn(component: object) -> bool:
-        """Whether a device config's component is only `{"p": platform}` (`camera_rewrites`)."""
-        return isinstance(component, dict) and component.keys() == {"p"}
-
-    def _withdrawn(self, payload: bytes) -> bool:
-        """Whether a device config holds withdrawn components."""
-        components = json_object(payload).get("cmps")
-        return isinstance(components, dict) and any(map(self._is_withdrawn, components.values()))
-
-    def _without_withdrawn(self, payload: bytes) -> bytes:
-        document = json_object(payload)
-        components = {k: c for k, c in document["cmps"].items() if not self._is_withdrawn(c)}
-        return orjson.dumps({**document, "cmps": components})
-
-    def owns(self, topic: str, payload: bytes) -> bool:
-        """Whether a retained message under `retained_filters` is this bridge's: a config only
-        when its origin says so (never someone else's under a colliding node id)."""
-        if not topic.startswith(self.ha_prefix + "/"):
-            return True
-        try:
-            document = orjson.loads(payload)
-            origin = document.get("origin") or document.get("o") or {}
-            return bool(document.get("migrate_discovery") or origin.get("name") == ORIGIN_NAME)
-        except (orjson.JSONDecodeError, AttributeError):
-            return False
-
     # -- entities and devices ---------------------------------------------------------------------
 
     def _in_mode(self, topic: str) -> bool:
@@ -705,6 +548,16 @@ class HomeAssistant(MqttExtension):
 
     def _unique_id(self, entity: Entity) -> str:
         return f"{self.node_id}_{entity.object_id}"
+
+    # The names its retained messages are recognised by (homeassistant_retained.DiscoveryNaming):
+    def person_device_id(self, person: str) -> str:
+        return self._person_device(person).info["identifiers"][0]
+
+    def camera_device_id(self, camera_id: str) -> str:
+        return self._camera_device(camera_id).info["identifiers"][0]
+
+    def occupancy_unique_id(self, camera_id: str, person: str) -> str:
+        return self._unique_id(self._occupancy(camera_id, person))
 
     def _component(self, entity: Entity) -> dict[str, Any]:
         """What an entity's config says in either form, besides device and origin."""

@@ -7,14 +7,15 @@ What belongs to a person is read from the retained messages themselves, never gu
 topic spellings (a name reaches a topic only through `topics.topic_segment`, and may have
 reached the broker in another Unicode form): the sink's own topics by the names in their
 payloads — the person's last-seen state (`person`) and every camera's presence that names
-them (`people`, `arrived`, `departed`) — and each extension's by its own rule
-(`MqttExtension.person_topics`: Home Assistant's discovery configs by their device
-identifiers, the device tracker's state by its `person`). Names are compared after NFC
+them (`people`, `arrived`, `departed`) — and each extension's by its own rule (its
+`retained_reader`, a `RetainedReader` of extension.py: `person_topics`; Home Assistant's,
+homeassistant_retained.py, finds its discovery configs by their device identifiers and the
+device tracker's state by its `person`). Names are compared after NFC
 normalisation. A camera's are found the same way: its presence by the payload's `camera_id`,
-each extension's by `MqttExtension.camera_topics` (Home Assistant's camera device and each
+each extension's by `RetainedReader.camera_topics` (Home Assistant's camera device and each
 person's occupancy of it, by their identifiers); a retained message that holds a left-out
 camera's parts beside others' (Home Assistant's device form: a person's config lists their
-occupancy of every camera) is re-retained without them (`MqttExtension.camera_rewrites`).
+occupancy of every camera) is re-retained without them (`RetainedReader.camera_rewrites`).
 Clearing is an empty retained payload on each topic, configs first, so that Home Assistant
 removes the entities before their state topics empty.
 """
@@ -114,7 +115,7 @@ class PersonTraces:
         """The topic filters under which every retained trace lies."""
         filters = self.layout.retained_filters()
         for extension in self.extensions:
-            filters += extension.retained_filters()
+            filters += extension.retained_reader.retained_filters()
         return list(dict.fromkeys(filters))
 
     def people(self, found: Mapping[str, bytes]) -> set[str]:
@@ -123,7 +124,7 @@ class PersonTraces:
         for _, payload in self._sink_messages(found):
             people |= names_in(json_object(payload), "person", "people", "arrived", "departed")
         for extension in self.extensions:
-            people |= extension.people_in(found)
+            people |= extension.retained_reader.people_in(found)
         return people
 
     def cameras(self, found: Mapping[str, bytes]) -> set[str]:
@@ -135,7 +136,7 @@ class PersonTraces:
             if "people" in document and isinstance(camera, str):
                 cameras.add(camera)
         for extension in self.extensions:
-            cameras |= extension.cameras_in(found)
+            cameras |= extension.retained_reader.cameras_in(found)
         return cameras
 
     def _sink_messages(self, found: Mapping[str, bytes]) -> Iterator[tuple[str, bytes]]:
@@ -168,12 +169,12 @@ class PersonTraces:
                 states.append(topic)
         configs: list[str] = []
         rewrites: dict[str, bytes] = {}
-        for extension in self.extensions:
-            for topic in extension.person_topics(wanted, found) if wanted else ():
+        for reader in (extension.retained_reader for extension in self.extensions):
+            for topic in reader.person_topics(wanted, found) if wanted else ():
                 (configs if topic.endswith("/config") else states).append(topic)
             if left_out:
-                configs += extension.camera_topics(left_out, found)
-                rewrites.update(extension.camera_rewrites(left_out, found))
+                configs += reader.camera_topics(left_out, found)
+                rewrites.update(reader.camera_rewrites(left_out, found))
         unique = dict.fromkeys  # an extension's topic may lie under the sink's filters too
         cleared = set(configs)  # a config cleared whole is not rewritten too
         return Traces(
