@@ -183,35 +183,24 @@ def filter_options(command: F) -> F:
     return command
 
 
-def entry_filter_from(config: dict[str, Any], names: Pseudonyms | None = None) -> EntryFilter:
-    """The filters of a command's options; filters that contradict each other are bad input (exit 2).
-
-    `names`: under --pseudonymize the sources see only pseudonyms (the client renames every
-    reply), so `--person` and `--exclude-person` are matched as their pseudonyms."""
+def entry_filter_from(config: dict[str, Any]) -> EntryFilter:
+    """The filters of a command's options; filters that contradict each other are bad input (exit 2)."""
     try:
-        settings = from_options(FilterSettings, config)
-        entry_filter = EntryFilter.from_settings(settings)
+        return EntryFilter.from_settings(from_options(FilterSettings, config))
     except FilterError as exc:
         raise click.BadParameter(str(exc), param_hint=exc.option) from None
-    if names is None or not entry_filter.by_person:
-        return entry_filter
-    return EntryFilter(
-        settings.cameras,
-        settings.exclude_cameras,
-        [names.of(name) for name in settings.people],
-        [names.of(name) for name in settings.exclude_people],
-    )
 
 
 def filters_key_and_names(config: dict[str, Any]) -> tuple[EntryFilter, str, Pseudonyms | None]:
     """What `run` and `replay` read first, checked in this order before any side effect (bad
-    input: exit 2): the filters, the API key, and with `--pseudonymize` the pseudonyms, under
-    which the filters match names as their pseudonyms (`entry_filter_from`)."""
+    input: exit 2): the filters, the API key, and with `--pseudonymize` the pseudonyms. Under
+    them the sources see only pseudonyms (the client renames every reply), so `--person` and
+    `--exclude-person` match the names' pseudonyms."""
     entry_filter = entry_filter_from(config)
     api_key = api_key_from(config)
     names = pseudonyms_from(config)
-    if names is not None:
-        entry_filter = entry_filter_from(config, names)
+    if names is not None and entry_filter.by_person:
+        entry_filter = entry_filter.renamed(names.of)
     return entry_filter, api_key, names
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +152,16 @@ class EntryFilter:
             (camera,) = self.cameras
             return camera
         return None
+
+    def renamed(self, rename: Callable[[str], str]) -> EntryFilter:
+        """The same filters with each person's name as `rename` gives it (under --pseudonymize
+        the sources see only pseudonyms, so the person filters match the names' pseudonyms)."""
+        return EntryFilter(
+            self.cameras,
+            self.exclude_cameras,
+            map(rename, self.people),
+            map(rename, self.exclude_people),
+        )
 
     def camera_kept(self, camera: str) -> bool:
         return camera_passes(camera, self.cameras, self.exclude_cameras)

@@ -207,7 +207,8 @@ def test_a_new_key_announces_everyone_to_home_assistant_under_new_ids() -> None:
 
 def test_under_pseudonyms_the_person_filters_match_the_names_pseudonyms() -> None:
     """The sources see only pseudonyms under --pseudonymize: --person and --exclude-person are
-    matched as theirs (NFC variants included), cameras as they are."""
+    matched as theirs (NFC variants included), cameras as they are (what run and replay do:
+    commands/_common.filters_key_and_names)."""
     from facespace_bridge.commands._common import entry_filter_from
 
     pseudonyms = Pseudonyms(KEY)
@@ -217,9 +218,9 @@ def test_under_pseudonyms_the_person_filters_match_the_names_pseudonyms() -> Non
         "person": (),
         "exclude_person": ("Jose\u0301",),
     }
-    entry_filter = entry_filter_from(config, pseudonyms)
+    entry_filter = entry_filter_from(config).renamed(pseudonyms.of)
     assert not entry_filter.person_kept(pseudonyms.of("Jos\u00e9"))
     assert entry_filter.person_kept(pseudonyms.of("Alice"))
     assert not entry_filter.camera_kept("Bedroom") and entry_filter.camera_kept("Hall")
-    only = entry_filter_from({**config, "exclude_person": (), "person": ("Alice",)}, pseudonyms)
+    only = entry_filter_from({**config, "exclude_person": (), "person": ("Alice",)}).renamed(pseudonyms.of)
     assert only.person_kept(pseudonyms.of("Alice")) and not only.person_kept("Alice")
