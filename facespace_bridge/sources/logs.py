@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
-from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError
+from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError, Window
 from facespace_bridge.events import SIGHTINGS, SightingEncoder
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
@@ -86,15 +86,7 @@ class LogsSource:
         async for window in self.client.iter_windows(
             minute_floor(start), end, self.camera_id, read_ahead=True
         ):
-            for batch in number_listing(
-                window.reply,
-                max(window.start, start),
-                window.end,
-                resume=resume,
-                newest=self.newest_seen,
-                entry_filter=self.entry_filter,
-                encoder=self.encoder,
-            ):
+            for batch in self._numbered(window, max(window.start, start), resume=resume):
                 yield batch
             yield Barrier(window.end or self._read_through(window.start))
 
@@ -135,10 +127,7 @@ class LogsSource:
             if now >= next_poll:
                 try:
                     async for window in self.client.iter_windows(query_from, None, self.camera_id):
-                        for batch in number_listing(
-                            window.reply, window.start, window.end, resume=first, memory=memory,
-                            newest=self.newest_seen, entry_filter=self.entry_filter, encoder=self.encoder,
-                        ):  # fmt: skip
+                        for batch in self._numbered(window, window.start, resume=first, memory=memory):
                             yield batch
                 except HTTPRequestError as exc:
                     retry_in = backoff.failed()
@@ -179,15 +168,7 @@ class LogsSource:
         memory.quick = True
         try:
             async for window in self.client.iter_windows(start, None, camera):
-                for batch in number_listing(
-                    window.reply,
-                    window.start,
-                    window.end,
-                    memory=memory,
-                    newest=self.newest_seen,
-                    entry_filter=self.entry_filter,
-                    encoder=self.encoder,
-                ):
+                for batch in self._numbered(window, window.start, memory=memory):
                     yield batch
         except HTTPRequestError as exc:
             log.debug("quick logs poll for %s failed (the regular poll will read it): %s", cameras, exc)
@@ -196,6 +177,27 @@ class LogsSource:
             memory.quick = False
         self.quick_polls += 1
         self.health.answered()
+
+    def _numbered(
+        self,
+        window: Window,
+        start: datetime,
+        *,
+        resume: Checkpoint | None = None,
+        memory: TailMemory | None = None,
+    ) -> Iterator[Batch]:
+        """The batches of a window's reply from `start` (`number_listing`), through this
+        source's filter and encoder, noting the newest second read per camera."""
+        return number_listing(
+            window.reply,
+            start,
+            window.end,
+            resume=resume,
+            memory=memory,
+            newest=self.newest_seen,
+            entry_filter=self.entry_filter,
+            encoder=self.encoder,
+        )
 
     def _failed(self, exc: HTTPRequestError, retry_in: float) -> None:
         log.warning("logs poll failed, retrying in %.0f s: %s", retry_in, exc)
