@@ -23,7 +23,7 @@ from facespace_bridge.checkpoints import Backfill, Checkpoint, CheckpointError, 
 from facespace_bridge.checkpoints.acks import AckTracker
 from facespace_bridge.checkpoints.writer import CheckpointWriter
 from facespace_bridge.client import AsyncLogsAPI, FaceSpaceError, LogEntry
-from facespace_bridge.events import PSEUDONYMOUS_SIGHTINGS, SIGHTINGS, seen_at_text
+from facespace_bridge.events import seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
@@ -102,7 +102,7 @@ class Bridge:
             tail_interval=options.tail_interval,
             refresh=options.refresh,
             clock=clock,
-            encoder=PSEUDONYMOUS_SIGHTINGS if options.pseudonymous else SIGHTINGS,
+            pseudonymous=options.pseudonymous,
         )
         self.realtime_source = RealtimeSource(
             client,

@@ -47,13 +47,7 @@ from facespace_bridge.commands._common import (
     warn_if_short,
     with_env,
 )
-from facespace_bridge.events import (
-    DEADLETTER_SCHEMA,
-    PSEUDONYMOUS_SIGHTINGS,
-    SIGHTINGS,
-    SightingEncoder,
-    seen_at_text,
-)
+from facespace_bridge.events import DEADLETTER_SCHEMA, seen_at_text
 from facespace_bridge.metrics import Metrics
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.publisher import Publisher
@@ -298,10 +292,10 @@ def command(**config: Any) -> None:
     day_first = "/" in config["start_time"] or "/" in (config["end_time"] or "")
     understood = f"replaying {range_text(start, end)} (UTC{', day first' if day_first else ''})"
     client = AsyncLogsAPI(api_key, base_url=config["api_url"], timeout=config["api_timeout"], names=names)
-    encoder = SIGHTINGS if names is None else PSEUDONYMOUS_SIGHTINGS
     began = time.monotonic()
+    pseudonymous = names is not None
     tally = asyncio.run(
-        _main(client, [] if dry_run else sinks, start, end, entry_filter, progress, understood, encoder)
+        _main(client, [] if dry_run else sinks, start, end, entry_filter, progress, understood, pseudonymous)
     )
     seconds = time.monotonic() - began
     rate = tally.entries / seconds if seconds > 0 else 0.0
@@ -386,12 +380,12 @@ async def _main(
     entry_filter: EntryFilter,
     progress: bool,
     understood: str,
-    encoder: SightingEncoder = SIGHTINGS,
+    pseudonymous: bool = False,
 ) -> Tally:
     """`understood` (the range as read) is logged once the API has answered (bad input says only
-    what is wrong). `encoder` builds the sightings (pseudonymous ones under --pseudonymize)."""
+    what is wrong). `pseudonymous`: the client's names are pseudonyms (--pseudonymize)."""
     started: list[Sink] = []
-    chunks = LogsSource(client, entry_filter=entry_filter, encoder=encoder).read_range(
+    chunks = LogsSource(client, entry_filter=entry_filter, pseudonymous=pseudonymous).read_range(
         start, end, Checkpoint()
     )
     stop = asyncio.Event()

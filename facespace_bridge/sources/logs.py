@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from facespace_bridge.backoff import Backoff
 from facespace_bridge.checkpoints import Checkpoint
 from facespace_bridge.client import AsyncLogsAPI, HTTPRequestError, Window
-from facespace_bridge.events import SIGHTINGS, SightingEncoder
+from facespace_bridge.events import PSEUDONYMOUS_SIGHTINGS, SIGHTINGS
 from facespace_bridge.privacy.filters import EntryFilter
 from facespace_bridge.sources.base import Barrier, Batch, Clock, PollHealth, utcnow
 from facespace_bridge.sources.listing import TailMemory, number_listing
@@ -41,7 +41,8 @@ class LogsSource:
     """Reads `/logs` for the bridge and for replay. One instance per run; not thread-safe.
 
     `entry_filter` leaves cameras and people out (privacy/filters.py); with one `--camera-id`
-    the API is asked for that camera alone."""
+    the API is asked for that camera alone. `pseudonymous`: the client's names are pseudonyms
+    (--pseudonymize), and the sightings say so (`events.PSEUDONYMOUS_SIGHTINGS`)."""
 
     def __init__(
         self,
@@ -53,12 +54,12 @@ class LogsSource:
         refresh: float = 1.0,
         clock: Clock = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
-        encoder: SightingEncoder = SIGHTINGS,
+        pseudonymous: bool = False,
     ) -> None:
         self.client = client
         self.entry_filter = entry_filter = entry_filter or EntryFilter()
         self.camera_id = entry_filter.single_camera  # the API's own narrowing, when it can
-        self.encoder = encoder  # builds the sightings (events.PSEUDONYMOUS_SIGHTINGS: --pseudonymize)
+        self.encoder = PSEUDONYMOUS_SIGHTINGS if pseudonymous else SIGHTINGS  # builds the sightings
         self.lateness = lateness
         self.tail_interval = tail_interval
         self.refresh = refresh
