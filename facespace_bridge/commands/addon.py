@@ -298,7 +298,8 @@ def command(options_file: Path, data_dir: Path, ingress_port: int) -> int:
     register_secret(options.get("mqtt_password"))
     checkpoint = data_dir / CHECKPOINT
     context = Context(first_start=not checkpoint.exists(), now=datetime.now(timezone.utc))
-    argv, env = run_arguments(options, context, run_flags())
+    flags = run_flags()
+    argv, env = run_arguments(options, context, flags)
     if not options.get("mqtt_url"):
         token = os.environ.get(TOKEN_VARIABLE)
         if not token:
@@ -315,11 +316,15 @@ def command(options_file: Path, data_dir: Path, ingress_port: int) -> int:
             service.url,
             f" (user {service.username})" if service.username else "",
         )
-        argv += ["--mqtt-url", service.url]
-        if service.username:
-            argv += ["--mqtt-username", service.username]
-        if service.password:
-            env["MQTT_PASSWORD"] = service.password
+        # As if typed in the options (the same flags and variables), after them: it wins.
+        broker = {
+            "mqtt_url": service.url,
+            "mqtt_username": service.username,
+            "mqtt_password": service.password,
+        }
+        broker_argv, broker_env = run_arguments(broker, context, flags)
+        argv += broker_argv
+        env.update(broker_env)
     else:
         log.info("MQTT broker from the options (mqtt_url); the Supervisor's is not asked for")
     os.environ.update(env)
