@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
+from facespace_bridge.embedded import free_port
 from facespace_bridge.metrics import STATES
 from facespace_bridge.status import State
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RunningBridge:

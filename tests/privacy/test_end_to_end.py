@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import httpx
 import orjson
 import pytest
 
+from facespace_bridge.embedded import free_port
 from tests.fixtures.kafka import read_all
 from tests.fixtures.mqtt import MqttCollector, retained_async
 
@@ -53,12 +53,6 @@ def forms_of_the_name() -> list[bytes]:
 def matches(data: bytes) -> int:
     lowered = data.lower()
     return sum(lowered.count(form.lower()) for form in forms_of_the_name())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def when(text: str) -> datetime:

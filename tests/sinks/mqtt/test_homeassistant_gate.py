@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -17,6 +16,7 @@ import orjson
 import pytest
 
 from facespace_bridge.client import LogEntry
+from facespace_bridge.embedded import free_port
 from facespace_bridge.events import parse_rfc3339, sighting_event
 from facespace_bridge.sinks import Role
 from facespace_bridge.sinks.mqtt import from_config
@@ -63,12 +63,6 @@ async def test_a_replay_fires_nothing_and_leaves_home_assistant_and_availability
     # `online`/`offline` of its own on the bridge's availability (a bridge may be running).
     topics = {m.topic for m in everything.snapshot()}
     assert topics == {"facespace/Camera1/sighting", "facespace/person/Alice"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
