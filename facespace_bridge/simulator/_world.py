@@ -254,9 +254,8 @@ class World:
             self._cameras += _ODD_CAMERAS
         self._camera_set = frozenset(self._cameras)
         self._people = _make_people(config.seed, config.people, config.odd_names)
-        if config.companion is not None:
-            if config.companion in self._people:
-                raise ValueError(f"the companion {config.companion!r} is one of the world's people already")
+        if config.companion is not None and config.companion in self._people:
+            raise ValueError(f"the companion {config.companion!r} is one of the world's people already")
         self._lock = threading.RLock()
         self._cache: OrderedDict[tuple[str, int], _Bucket] = OrderedDict()
         self._cached_entries = 0
