@@ -128,12 +128,13 @@ class HomeAssistantRetained(RetainedReader):
         when its origin says so (never someone else's under a colliding node id)."""
         if not topic.startswith(self.naming.ha_prefix + "/"):
             return True
-        try:
-            document = orjson.loads(payload)
-            origin = document.get("origin") or document.get("o") or {}
-            return bool(document.get("migrate_discovery") or origin.get("name") == self.naming.origin["name"])
-        except (orjson.JSONDecodeError, AttributeError):
-            return False
+        return self._said_ours(json_object(payload))
+
+    def _said_ours(self, document: Mapping[str, Any]) -> bool:
+        """Whether a decoded config says it is this bridge's: its origin, or a migration marker."""
+        origin = document.get("origin") or document.get("o")
+        ours = isinstance(origin, dict) and origin.get("name") == self.naming.origin["name"]
+        return bool(document.get("migrate_discovery") or ours)
 
     def withdrawn(self, payload: bytes) -> bool:
         """Whether a device config holds withdrawn components (`camera_rewrites`)."""
@@ -189,9 +190,10 @@ class HomeAssistantRetained(RetainedReader):
 
     def _own_config(self, topic: str, payload: bytes) -> dict[str, Any] | None:
         """A retained discovery config of this bridge's, decoded; None for anything else."""
-        if paho.topic_matches_sub(self.naming.config_filter, topic) and self.owns(topic, payload):
-            return json_object(payload)
-        return None
+        if not paho.topic_matches_sub(self.naming.config_filter, topic):
+            return None
+        document = json_object(payload)  # (decoded once: what owns() reads too)
+        return document if self._said_ours(document) else None
 
     def _device_owner(self, config: Mapping[str, Any]) -> tuple[str, str] | None:
         """Whose device a config is for: ("person", name) or ("camera", id), as the device's
