@@ -30,6 +30,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' broker fixtures
 
 from tests.fixtures.kafka import topic_size  # noqa: F401  (the benchmarks count topics with it)
+from tests.fixtures.prometheus import metric_sum
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 API_KEY = "bench-key"
@@ -115,15 +116,7 @@ class Probe:
 
 def metric_total(port: int, name: str, **labels: str) -> float:
     """Sum of one Prometheus metric's samples on the bridge's /metrics that match `labels`."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{key}="{wanted}"' in head for key, wanted in labels.items()):
-            total += float(value)
-    return total
+    return metric_sum(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text, name, **labels)
 
 
 def wait_until(condition: Any, timeout: float, every: float = 0.05, what: str = "condition") -> None:

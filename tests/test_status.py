@@ -23,6 +23,7 @@ import pytest
 from facespace_bridge.embedded import free_port
 from facespace_bridge.metrics import STATES
 from facespace_bridge.status import State
+from tests.fixtures.prometheus import metric_sum
 
 CLI = [sys.executable, "-m", "facespace_bridge"]
 
@@ -137,11 +138,7 @@ async def test_api_faults_degrade_and_count_retries_then_recover(simulator, tmp_
     failing = [s for s in degraded["sources"].values() if s["state"] == "failing"]
     assert failing and all("HTTP 5" in s["last_error"] or "50" in s["last_error"] for s in failing)
     assert bridge.get("/readyz").status_code == 503
-    metrics = bridge.get("/metrics").text
-    retries = [
-        line for line in metrics.splitlines() if line.startswith("facespace_bridge_api_retries_total{")
-    ]
-    assert retries and sum(float(line.rsplit(" ", 1)[1]) for line in retries) >= 1
+    assert metric_sum(bridge.get("/metrics").text, "facespace_bridge_api_retries_total") >= 1
     assert simulator.api_key not in bridge.get("/status").text
     simulator.reset_faults()
     await bridge.wait(running, 90, "RUNNING again once the API answers")

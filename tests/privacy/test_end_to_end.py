@@ -35,6 +35,7 @@ import pytest
 from facespace_bridge.embedded import free_port
 from tests.fixtures.kafka import read_all
 from tests.fixtures.mqtt import MqttCollector, retained_async
+from tests.fixtures.prometheus import metric_sum
 
 pytestmark = pytest.mark.slow
 
@@ -88,10 +89,7 @@ class Bridge:
             await asyncio.sleep(0.2)
 
     def metric(self, name: str, **labels: str) -> float:
-        wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        pattern = re.escape(f"{name}{{{wanted}}}" if labels else name) + r" (\S+)"
-        found = re.search(pattern, self.get("/metrics").text)
-        return float(found.group(1)) if found else 0.0
+        return metric_sum(self.get("/metrics").text, name, **labels)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)

@@ -40,6 +40,7 @@ from facespace_bridge.simulator._faults import MALFORMED_SAMPLES
 from facespace_bridge.sinks.mqtt.topics import id_slug, topic_segment
 from tests.fixtures.kafka import Record, read_all
 from tests.fixtures.mqtt import MqttCollector, retained
+from tests.fixtures.prometheus import metric_sum
 
 KEY = "0123456789abcdef-the-pseudonym-key"  # 34 bytes
 OTHER_KEY = "fedcba9876543210-another-pseudonym-key"
@@ -129,11 +130,8 @@ class BridgeRun:
         assert self.proc.wait(timeout=15) == 0, self.log.read_text()[-3000:]
 
     def published_sightings(self) -> float:
-        text = self.get("metrics", "/metrics").text
-        found = re.findall(
-            r'facespace_bridge_events_published_total\{sink="kafka",type="sighting"\} (\S+)', text
-        )
-        return float(found[0]) if found else 0.0
+        metrics = self.get("metrics", "/metrics").text
+        return metric_sum(metrics, "facespace_bridge_events_published_total", sink="kafka", type="sighting")
 
 
 async def until(predicate, bridge: BridgeRun, what: str, timeout: float = 90.0) -> None:
